@@ -1,0 +1,96 @@
+"""natsbus: blocking CQRS commands and queries over NATS for threaded Python.
+
+The public API lives here; everything else is an implementation detail
+unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
+``natsbus.codec`` are public modules too).
+"""
+
+from .bus import DEFAULT, Bus, CommandBus, QueryBus
+from .codec import converter
+from .config import NatsConfig
+from .envelope import (
+    RequestEnvelope,
+    ResponseEnvelope,
+    create_request_envelope,
+    create_response_envelope,
+    decode_request,
+    decode_response,
+)
+from .errors import (
+    BusClosedError,
+    BusyError,
+    ConfigError,
+    ConflictError,
+    ConnectError,
+    DeadlineExceededError,
+    EnvelopeError,
+    HandlerError,
+    InvalidRequestError,
+    LifecycleError,
+    LoopThreadError,
+    MessageTypeError,
+    NatsBusError,
+    NoHandlerError,
+    NotConnectedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RegistrationError,
+    RequestError,
+    RequestTimeoutError,
+    ServiceError,
+    TransportError,
+)
+from .messages import Command, Kind, Query, command_subject, query_subject, type_name
+from .server import NatsServer
+from .worker import Dispatcher, WorkerPool
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT",
+    "Bus",
+    "BusClosedError",
+    "BusyError",
+    "Command",
+    "CommandBus",
+    "ConfigError",
+    "ConflictError",
+    "ConnectError",
+    "DeadlineExceededError",
+    "Dispatcher",
+    "EnvelopeError",
+    "HandlerError",
+    "InvalidRequestError",
+    "Kind",
+    "LifecycleError",
+    "LoopThreadError",
+    "MessageTypeError",
+    "NatsBusError",
+    "NatsConfig",
+    "NatsServer",
+    "NoHandlerError",
+    "NotConnectedError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "Query",
+    "QueryBus",
+    "RegistrationError",
+    "RequestEnvelope",
+    "RequestError",
+    "RequestTimeoutError",
+    "ResponseEnvelope",
+    "ServiceError",
+    "TransportError",
+    "WorkerPool",
+    "__version__",
+    "command_subject",
+    "converter",
+    "create_request_envelope",
+    "create_response_envelope",
+    "decode_request",
+    "decode_response",
+    "query_subject",
+    "type_name",
+]

@@ -1,0 +1,5 @@
+"""``python -m natsbus``: the same as the ``natsbus`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

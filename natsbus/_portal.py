@@ -1,0 +1,182 @@
+"""The background event-loop thread and the blocking hand-off into it.
+
+A :class:`Portal` owns one daemon thread running one asyncio loop. Blocking
+code hands work to it in two ways:
+
+* :meth:`Portal.call` runs a coroutine and waits for its result. It costs a
+  task and a cross-thread future, so it is for rare work (connect,
+  subscribe, drain, close).
+* :class:`Doorbell` is the hot path: producers on any thread append to a
+  deque and ring; the loop is woken at most once per batch however many
+  producers rang, and drains the whole deque in one go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections import deque
+from typing import Any, Awaitable, Callable, Deque, Generic, Optional, TypeVar
+
+from .errors import BusClosedError, LifecycleError, LoopThreadError
+
+T = TypeVar("T")
+Item = TypeVar("Item")
+
+
+class Portal:
+    """One background thread running an asyncio event loop.
+
+    Args:
+        name: The thread's name (shows in thread dumps and logs).
+    """
+
+    def __init__(self, name: str = "natsbus-loop") -> None:
+        self._name = name
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._ident: Optional[int] = None
+        self._stopped = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop (only valid between start and stop)."""
+        if self._loop is None:
+            raise LifecycleError("the portal is not started")
+        return self._loop
+
+    def start(self) -> None:
+        """Start the thread; return once its loop is running."""
+        if self._thread is not None:
+            raise LifecycleError("the portal is already started")
+        ready = threading.Event()
+        loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            self._ident = threading.get_ident()
+            loop.call_soon(ready.set)
+            try:
+                loop.run_forever()
+            finally:
+                _cancel_all(loop)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name=self._name, daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def in_loop_thread(self) -> bool:
+        """Whether the caller runs on this portal's loop thread."""
+        return threading.get_ident() == self._ident
+
+    def check_caller(self, what: str) -> None:
+        """Raise :class:`LoopThreadError` when called on the loop thread.
+
+        A blocking call there would wait for the loop it is blocking.
+        """
+        if threading.get_ident() == self._ident:
+            raise LoopThreadError(
+                f"{what} blocks, and was called on natsbus's own event-loop thread, "
+                "where it would deadlock; call it from an ordinary thread"
+            )
+
+    def call(self, fn: Callable[[], Awaitable[T]], timeout: Optional[float] = None) -> T:
+        """Run ``fn()`` on the loop and wait for its result.
+
+        On timeout the coroutine is cancelled on the loop, so nothing is
+        left running, and :class:`TimeoutError` is raised.
+
+        Raises:
+            LoopThreadError: called on the loop thread.
+            BusClosedError: the portal is stopped.
+        """
+        self.check_caller("a blocking natsbus call")
+        if self._stopped or self._loop is None:
+            raise BusClosedError("the natsbus event loop is stopped")
+
+        async def runner() -> T:
+            return await fn()
+
+        future = asyncio.run_coroutine_threadsafe(runner(), self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"the operation did not finish within {timeout}s") from None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel what still runs on the loop, stop it and join the thread.
+
+        Safe to call twice, and from the loop thread (it then only stops
+        the loop; the thread ends on its own).
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(loop.stop)
+            except RuntimeError:  # closed between the check and the call
+                pass
+        if threading.get_ident() != self._ident:
+            thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the loop thread is running."""
+        return bool(self._thread and self._thread.is_alive()) and not self._stopped
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+class Doorbell(Generic[Item]):
+    """A thread-safe queue drained on the loop, woken once per batch.
+
+    Producers on any thread call :meth:`put`; the first one to find the
+    bell quiet schedules one wake-up; everyone else only appends. The
+    consumer coroutine (:meth:`batches`) clears the flag *before* draining,
+    so an item appended while it drains is either drained in this pass or
+    rings again: no item is ever stranded.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: Deque[Item] = deque()
+        self._rung = False
+        self._event = asyncio.Event()
+
+    def put(self, item: Item) -> None:
+        """Append ``item`` and make sure the loop will look (any thread)."""
+        self._items.append(item)
+        if not self._rung:
+            self._rung = True
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def wait(self) -> Deque[Item]:
+        """Wait until rung; return the deque to drain with ``popleft``."""
+        await self._event.wait()
+        self._event.clear()
+        self._rung = False
+        return self._items
+
+    def drain_now(self) -> "list[Any]":
+        """Take every queued item at once (for shutdown)."""
+        items = list(self._items)
+        self._items.clear()
+        return items

@@ -1,0 +1,602 @@
+"""WorkerPool: subscriptions -> a bounded thread pool -> replies.
+
+Data flow for one request::
+
+    loop thread     subscription callback: admit or refuse (busy), enqueue
+    worker thread   decode envelope -> build message -> handler -> encode
+    loop thread     the transport's pump publishes the reply
+
+The loop thread never runs user code and never waits on it; a handler
+never touches the nats client (it hands its reply to the transport's
+queue, which never blocks).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import queue
+import signal
+import threading
+import time
+import typing
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, Union
+
+import attrs
+
+from . import codec
+from ._transport import Headers
+from .bus import ERROR_CODE_HEADER, ERROR_HEADER, Bus
+from .envelope import INVALID_REQUEST_PREFIX, EnvelopeError, decode_request, peek_id, utc_timestamp
+from .errors import (
+    BusClosedError,
+    BusyError,
+    ConfigError,
+    HandlerError,
+    InvalidRequestError,
+    LifecycleError,
+    RegistrationError,
+    ServiceError,
+)
+from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
+
+__all__ = ["Dispatcher", "HandlerRoute", "WorkerPool"]
+
+logger = logging.getLogger("natsbus.worker")
+
+F = TypeVar("F")
+
+
+@attrs.define(eq=False)
+class EndpointStats:
+    """Counters for one handler, updated by the worker threads.
+
+    Attributes:
+        num_requests: Requests handled (successes and errors).
+        num_errors: Requests answered with an error envelope.
+        processing_time_ns: Total handler-side time in nanoseconds.
+        last_error: The last error text, or ``""``.
+    """
+
+    num_requests: int = 0
+    num_errors: int = 0
+    processing_time_ns: int = 0
+    last_error: str = ""
+
+    @property
+    def average_processing_time_ns(self) -> int:
+        """Mean time per request in nanoseconds (0 before any request)."""
+        return self.processing_time_ns // self.num_requests if self.num_requests else 0
+
+
+@attrs.define(eq=False)
+class HandlerRoute:
+    """One registered handler: what it handles and how to call it.
+
+    Attributes:
+        kind: Command or query.
+        name: The wire type name.
+        subject: ``commands.{name}`` / ``queries.{name}``.
+        message_class: The attrs class the payload is built into.
+        call: The callable that handles one message.
+        label: A name for logs (the function or handler class).
+        stats: Its counters.
+    """
+
+    kind: Kind
+    name: str
+    subject: str
+    message_class: type
+    call: Callable[[Any], Any]
+    label: str
+    stats: EndpointStats = attrs.Factory(EndpointStats)
+
+
+def _resolve(handler: Any, message_type: Optional[type]) -> Tuple[Callable[[Any], Any], type, str]:
+    if inspect.isfunction(handler) or inspect.ismethod(handler):
+        fn: Callable[[Any], Any] = handler
+        label = getattr(handler, "__qualname__", repr(handler))
+    elif callable(getattr(handler, "handle", None)):
+        fn = handler.handle
+        label = type(handler).__qualname__
+    elif callable(handler):
+        fn = handler
+        label = type(handler).__qualname__
+    else:
+        raise RegistrationError(
+            f"{handler!r} is not a handler: pass a function or an object with a handle(msg) method"
+        )
+    if message_type is None:
+        try:
+            params = [
+                p
+                for p in inspect.signature(fn).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+        except (TypeError, ValueError) as exc:
+            raise RegistrationError(f"cannot inspect handler {label}: {exc}") from None
+        if not params:
+            raise RegistrationError(f"handler {label} takes no message argument")
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception as exc:
+            raise RegistrationError(f"cannot resolve the annotations of handler {label}: {exc}") from None
+        message_type = hints.get(params[0].name)
+        if message_type is None:
+            raise RegistrationError(
+                f"handler {label} has no type annotation on its message parameter "
+                f"{params[0].name!r}; annotate it or pass message_type="
+            )
+    try:
+        ensure_message_class(message_type)
+    except TypeError as exc:
+        raise RegistrationError(f"handler {label}: {exc}") from None
+    return fn, message_type, label
+
+
+class Dispatcher:
+    """Decode a request, run its handler, encode the reply. No NATS inside.
+
+    Thread-safe: handlers run concurrently on the worker threads. The
+    in-memory test bus uses it too, so both paths encode alike.
+
+    Args:
+        service_id: The service's name (for logs).
+    """
+
+    def __init__(self, service_id: str) -> None:
+        self.service_id = service_id
+        self._routes: Dict[str, HandlerRoute] = {}
+        self._stats_lock = threading.Lock()
+
+    @property
+    def routes(self) -> List[HandlerRoute]:
+        """The registered handlers, in registration order."""
+        return list(self._routes.values())
+
+    def route_for(self, subject: str) -> Optional[HandlerRoute]:
+        """The handler of ``subject``, if any."""
+        return self._routes.get(subject)
+
+    def register(
+        self,
+        handler: Any,
+        *,
+        message_type: Optional[type] = None,
+        kind: Union[Kind, str, None] = None,
+    ) -> HandlerRoute:
+        """Register a handler; see :meth:`WorkerPool.register`."""
+        fn, cls, label = _resolve(handler, message_type)
+        declared = message_kind(cls)
+        wanted = Kind(kind) if kind is not None else None
+        if declared is not None and wanted is not None and declared is not wanted:
+            raise RegistrationError(f"{cls.__name__} is a {declared.value}, not a {wanted.value}")
+        resolved = declared or wanted
+        if resolved is None:
+            raise RegistrationError(
+                f"{cls.__name__} is neither a Command nor a Query subclass; "
+                "pass kind='command' or kind='query'"
+            )
+        name = type_name(cls)
+        subject = subject_for(resolved, name)
+        existing = self._routes.get(subject)
+        if existing is not None:
+            raise RegistrationError(
+                f"two handlers for {subject}: {existing.label} is already registered, "
+                f"cannot add {label}"
+            )
+        route = HandlerRoute(resolved, name, subject, cls, fn, label)
+        self._routes[subject] = route
+        return route
+
+    def dispatch(self, route: HandlerRoute, data: bytes, max_payload: int = 0) -> Tuple[bytes, Headers]:
+        """Handle one request body; return the reply body and headers.
+
+        Never raises: every failure becomes an error envelope. A reply
+        over ``max_payload`` (when > 0) becomes an error envelope too.
+        """
+        started = time.perf_counter_ns()
+        kind = route.kind
+        message_id = ""
+        try:
+            envelope = decode_request(data, kind)
+            message_id = envelope.id
+            if envelope.message_type != route.name:
+                raise EnvelopeError(
+                    f"{kind.value}_type {envelope.message_type!r} does not match subject {route.subject}"
+                )
+            try:
+                message = codec.structure(envelope.payload, route.message_class)
+            except ValueError as exc:
+                raise EnvelopeError(str(exc)) from None
+        except EnvelopeError as exc:
+            if not message_id:
+                message_id = peek_id(data)[0] or ""
+            error = InvalidRequestError(INVALID_REQUEST_PREFIX + str(exc), subject=route.subject)
+            logger.info("%s %s rejected: %s", route.subject, message_id or "(no id)", error)
+            return self._error(route, kind, message_id, error, started)
+        try:
+            result = route.call(message)
+        except ServiceError as exc:
+            logger.info("%s %s failed: %s", route.label, message_id, exc)
+            return self._error(route, kind, message_id, exc, started)
+        except BaseException as exc:  # a handler must never take the pool down
+            logger.error("handler %s failed on %s", route.label, message_id, exc_info=True)
+            text = str(exc) or type(exc).__name__
+            return self._error(route, kind, message_id, HandlerError(text), started)
+        try:
+            body = codec.dumps(
+                {
+                    "success": True,
+                    f"{kind.value}_id": message_id,
+                    "timestamp": utc_timestamp(),
+                    "payload": codec.unstructure(result),
+                    "error": None,
+                }
+            )
+        except Exception as exc:
+            logger.error("cannot encode the result of %s for %s", route.label, message_id, exc_info=True)
+            error = HandlerError(f"could not encode the result of {route.name}: {exc}")
+            return self._error(route, kind, message_id, error, started)
+        if max_payload and len(body) > max_payload:
+            error = HandlerError(
+                f"reply to {route.name} is {len(body)} bytes, over the server's max payload "
+                f"of {max_payload} bytes"
+            )
+            logger.error("%s %s: %s", route.label, message_id, error)
+            return self._error(route, kind, message_id, error, started)
+        self._count(route, started, None)
+        return body, None
+
+    def _error(
+        self, route: HandlerRoute, kind: Kind, message_id: str, error: ServiceError, started: int
+    ) -> Tuple[bytes, Headers]:
+        self._count(route, started, error.message)
+        return error_reply(kind, message_id, error)
+
+    def _count(self, route: HandlerRoute, started: int, error: Optional[str]) -> None:
+        elapsed = time.perf_counter_ns() - started
+        stats = route.stats
+        with self._stats_lock:
+            stats.num_requests += 1
+            stats.processing_time_ns += elapsed
+            if error is not None:
+                stats.num_errors += 1
+                stats.last_error = error
+
+
+def error_reply(kind: Kind, message_id: str, error: ServiceError) -> Tuple[bytes, Headers]:
+    """The spec's error envelope for ``error``, with the NATS micro headers."""
+    text = error.message
+    body = codec.dumps(
+        {
+            "success": False,
+            f"{kind.value}_id": message_id,
+            "timestamp": utc_timestamp(),
+            "payload": None,
+            "error": text,
+        }
+    )
+    return body, {ERROR_HEADER: text[:1024], ERROR_CODE_HEADER: str(error.code)}
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+_STOP = None  # the sentinel that ends a worker thread
+
+
+class WorkerPool:
+    """Serves commands and queries from a pool of worker threads.
+
+    Each handler's subject (``commands.{Type}`` / ``queries.{Type}``) is
+    subscribed in a queue group, so instances of one service share the
+    load. At most ``max_workers`` handlers run at once and at most
+    ``max_pending`` requests wait; past that a request is answered at once
+    with a busy error (code 503) so its caller can retry elsewhere.
+
+    Args:
+        bus: The connection to serve on.
+        service_id: The service's name.
+        max_workers: Handler threads.
+        max_pending: Admitted requests that may wait for a thread.
+        queue_group: The queue group; defaults to ``service_id``.
+        handlers: Handlers to register at once.
+
+    Example::
+
+        pool = WorkerPool(bus, service_id="user-service", max_workers=8)
+        pool.register(create_user)          # def create_user(cmd: CreateUserCommand)
+        pool.run()                          # until SIGINT / SIGTERM
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        service_id: str = "natsbus",
+        *,
+        max_workers: int = 8,
+        max_pending: int = 1000,
+        queue_group: Optional[str] = None,
+        handlers: Iterable[Any] = (),
+    ) -> None:
+        if max_workers < 1:
+            raise ConfigError(f"max_workers must be >= 1, got {max_workers}")
+        if max_pending < 0:
+            raise ConfigError(f"max_pending must be >= 0, got {max_pending}")
+        self.bus = bus
+        self.service_id = service_id
+        self.max_workers = max_workers
+        self.max_pending = max_pending
+        self.queue_group = queue_group or service_id
+        self.dispatcher = Dispatcher(service_id)
+        self._state = _State.NEW
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._inflight = 0
+        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._threads: List[threading.Thread] = []
+        self._subs: List[Any] = []
+        self._stop_requested = threading.Event()
+        self.refused_busy = 0
+        self.dropped_without_reply = 0
+        for handler in handlers:
+            self.register(handler)
+
+    # -- registration -----------------------------------------------------
+
+    def register(
+        self,
+        handler: Any = None,
+        *,
+        message_type: Optional[type] = None,
+        kind: Union[Kind, str, None] = None,
+    ) -> Any:
+        """Register a handler (also usable as a decorator, with or without arguments).
+
+        Args:
+            handler: A function taking the message, or an object with a
+                ``handle(self, msg)`` method (dependencies as its fields).
+            message_type: The message class; default: the annotation of
+                the handler's first parameter.
+            kind: ``"command"`` or ``"query"``; needed only for plain attrs
+                classes that subclass neither Command nor Query.
+
+        Returns:
+            The handler, unchanged.
+
+        Raises:
+            RegistrationError: no usable message type, or a second handler
+                for the same type.
+            LifecycleError: the pool is already running.
+        """
+        if handler is None:
+            return lambda h: self.register(h, message_type=message_type, kind=kind)
+        if self._state is not _State.NEW:
+            raise LifecycleError("register handlers before start()")
+        self.dispatcher.register(handler, message_type=message_type, kind=kind)
+        return handler
+
+    @property
+    def subjects(self) -> List[str]:
+        """The subjects served, in registration order."""
+        return [route.subject for route in self.dispatcher.routes]
+
+    @property
+    def running(self) -> bool:
+        """Whether the pool is started and not stopping."""
+        return self._state is _State.RUNNING
+
+    @property
+    def inflight(self) -> int:
+        """Requests admitted and not yet answered."""
+        return self._inflight
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> "WorkerPool":
+        """Start the threads and subscribe; return once subscribed.
+
+        Raises:
+            RegistrationError: no handler is registered.
+            LifecycleError: already started.
+        """
+        with self._lock:
+            if self._state is not _State.NEW:
+                raise LifecycleError(f"the WorkerPool is {self._state.value}; start() works once")
+            if not self.dispatcher.routes:
+                raise RegistrationError("no handlers registered; register at least one before start()")
+            self._state = _State.RUNNING
+        for i in range(self.max_workers):
+            thread = threading.Thread(
+                target=self._work, name=f"natsbus-worker-{self.service_id}-{i}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        transport = self.bus._live()
+
+        async def subscribe_all() -> List[Any]:
+            subs = []
+            for route in self.dispatcher.routes:
+                subs.append(
+                    await transport.subscribe(route.subject, self.queue_group, self._admitter(route))
+                )
+            await transport.flush()  # the server has every SUB before we return
+            return subs
+
+        try:
+            self._subs = self.bus.run(subscribe_all)
+        except BaseException:
+            self._halt_threads(1.0)
+            self._state = _State.STOPPED
+            raise
+        logger.info(
+            "worker pool %s serving %s with %d threads (queue group %s)",
+            self.service_id,
+            ", ".join(self.subjects),
+            self.max_workers,
+            self.queue_group,
+        )
+        return self
+
+    def _admitter(self, route: HandlerRoute) -> Callable[[str, str, bytes, Headers], None]:
+        capacity = self.max_workers + self.max_pending
+        put = self._queue.put
+
+        def admit(subject: str, reply: str, data: bytes, headers: Headers) -> None:
+            # Loop thread: decide and hand off; never parse or run user code here.
+            if not reply:
+                self.dropped_without_reply += 1
+                logger.warning("dropped a message on %s without a reply subject", subject)
+                return
+            with self._lock:
+                if self._inflight >= capacity:
+                    busy = True
+                else:
+                    busy = False
+                    self._inflight += 1
+            if busy:
+                self._refuse_busy(route, reply, data)
+            else:
+                put((route, reply, data, headers))
+
+        return admit
+
+    def _refuse_busy(self, route: HandlerRoute, reply: str, data: bytes) -> None:
+        self.refused_busy += 1
+        message_id, _ = peek_id(data)
+        error = BusyError(
+            f"Service busy: {self.service_id} has {self.max_workers} handlers running and "
+            f"{self.max_pending} waiting; retry later or on another instance",
+            subject=route.subject,
+        )
+        body, headers = error_reply(route.kind, message_id or "", error)
+        logger.debug("refused %s %s: busy", route.subject, message_id)
+        self.bus._transport.publish(reply, body, headers)
+
+    def _work(self) -> None:
+        transport = self.bus._live()
+        dispatch = self.dispatcher.dispatch
+        get = self._queue.get
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            route, reply, data, _headers = item
+            try:
+                body, headers = dispatch(route, data, transport.max_payload)
+                transport.publish(reply, body, headers)
+            except BusClosedError:
+                logger.warning("the Bus closed before the reply to %s could be sent", route.subject)
+            except BaseException:  # keep the thread alive whatever happens
+                logger.exception("unexpected failure serving %s", route.subject)
+            finally:
+                with self._lock:
+                    self._inflight -= 1
+                    if self._inflight == 0:
+                        self._idle.notify_all()
+
+    def stop(self, drain_timeout: float = 30.0) -> bool:
+        """Stop gracefully: no new requests, finish admitted ones, reply, return.
+
+        In order: drain the subscriptions (the server stops sending to us,
+        so queue-group peers get the new requests, and what it already sent
+        is still admitted); wait for every admitted request to be answered;
+        end the threads; flush the replies to the server. The Bus stays open.
+
+        Args:
+            drain_timeout: Seconds for the whole drain.
+
+        Returns:
+            True when everything admitted was answered in time.
+        """
+        with self._lock:
+            if self._state in (_State.STOPPING, _State.STOPPED):
+                return True
+            was_running = self._state is _State.RUNNING
+            self._state = _State.STOPPING
+        deadline = time.monotonic() + drain_timeout
+        clean = True
+        if was_running and not self.bus.closed:
+            subs, self._subs = self._subs, []
+            transport = self.bus._live()
+            try:
+                self.bus.run(lambda: transport.drain_subscriptions(subs), max(0.1, drain_timeout))
+            except Exception as exc:
+                logger.warning("draining the subscriptions of %s failed: %s", self.service_id, exc)
+        with self._lock:
+            while self._inflight and time.monotonic() < deadline:
+                self._idle.wait(deadline - time.monotonic())
+            left = self._inflight
+        if left:
+            clean = False
+            logger.warning(
+                "worker pool %s stopped with %d request(s) still running after %.1fs",
+                self.service_id,
+                left,
+                drain_timeout,
+            )
+        self._halt_threads(max(0.0, deadline - time.monotonic()))
+        if was_running and not self.bus.closed:
+            try:
+                self.bus.run(self.bus._transport.flush, max(0.1, deadline - time.monotonic()))
+            except Exception as exc:
+                logger.warning("flushing the replies of %s failed: %s", self.service_id, exc)
+        self._state = _State.STOPPED
+        logger.info("worker pool %s stopped%s", self.service_id, "" if clean else " (not drained)")
+        return clean
+
+    def _halt_threads(self, timeout: float) -> None:
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, end - time.monotonic()))
+
+    def run(self, drain_timeout: float = 30.0) -> None:
+        """Start (if needed) and serve until :meth:`stop`, SIGINT or SIGTERM.
+
+        The first signal drains gracefully; a second one stops at once.
+        Signal handlers are installed only when called on the main thread.
+        """
+        if self._state is _State.NEW:
+            self.start()
+        previous: Dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+
+            def on_signal(signum: int, frame: Any) -> None:
+                if self._stop_requested.is_set():
+                    logger.warning("second signal: stopping at once")
+                    raise SystemExit(128 + signum)
+                logger.info("signal %d: draining", signum)
+                self._stop_requested.set()
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        try:
+            while not self._stop_requested.wait(0.5):
+                if self._state is not _State.RUNNING:
+                    break
+        finally:
+            try:
+                self.stop(drain_timeout)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to return after draining (any thread)."""
+        self._stop_requested.set()
+
+    def __enter__(self) -> "WorkerPool":
+        if self._state is _State.NEW:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
