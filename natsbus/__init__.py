@@ -48,7 +48,6 @@ from .worker import Dispatcher, WorkerPool
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT",
     "Bus",
     "BusClosedError",
     "BusyError",
@@ -57,6 +56,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "ConnectError",
+    "DEFAULT",
     "DeadlineExceededError",
     "Dispatcher",
     "EnvelopeError",

@@ -175,7 +175,7 @@ class Doorbell(Generic[Item]):
         self._rung = False
         return self._items
 
-    def drain_now(self) -> "list[Any]":
+    def drain_now(self) -> list[Any]:
         """Take every queued item at once (for shutdown)."""
         items = list(self._items)
         self._items.clear()

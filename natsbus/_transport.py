@@ -69,7 +69,7 @@ class PendingReply(concurrent.futures.Future):  # type: ignore[type-arg]
         token: Its key in the reply map.
     """
 
-    def __init__(self, subject: str, token: str, transport: "Transport") -> None:
+    def __init__(self, subject: str, token: str, transport: Transport) -> None:
         super().__init__()
         self.subject = subject
         self.token = token
@@ -286,9 +286,7 @@ class Transport:
             return  # its caller gave up; a late reply is dropped
         headers = msg.headers
         if headers and headers.get("Status") == _NO_RESPONDERS and not msg.data:
-            _set_exception(
-                fut, NoHandlerError(f"No handler available for {fut.subject}", subject=fut.subject)
-            )
+            _set_exception(fut, NoHandlerError(f"No handler available for {fut.subject}", subject=fut.subject))
         else:
             _set_result(fut, Reply(msg.data, headers))
 
@@ -379,7 +377,10 @@ class Transport:
 
     async def drain_subscriptions(self, subs: List[Subscription]) -> None:
         """Stop interest in ``subs`` after delivering what the server already sent."""
-        results = await asyncio.gather(*(sub.drain() for sub in subs), return_exceptions=True)
+        results = await asyncio.gather(
+            *(sub.drain() for sub in subs),  # type: ignore[no-untyped-call]
+            return_exceptions=True,
+        )
         for result in results:
             if isinstance(result, Exception):
                 logger.debug("draining a subscription failed: %r", result)
@@ -405,14 +406,14 @@ class Transport:
         return self.portal.call(fn, timeout)
 
 
-def _set_result(fut: "concurrent.futures.Future[Any]", value: Any) -> None:
+def _set_result(fut: concurrent.futures.Future[Any], value: Any) -> None:
     try:
         fut.set_result(value)
     except concurrent.futures.InvalidStateError:  # already failed or cancelled
         pass
 
 
-def _set_exception(fut: "concurrent.futures.Future[Any]", exc: BaseException) -> None:
+def _set_exception(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
     try:
         fut.set_exception(exc)
     except concurrent.futures.InvalidStateError:

@@ -27,7 +27,16 @@ from .errors import (
     ServiceError,
     error_class_for_code,
 )
-from .messages import Command, Kind, Query, ensure_message_class, message_kind, result_type, subject_for, type_name
+from .messages import (
+    Command,
+    Kind,
+    Query,
+    ensure_message_class,
+    message_kind,
+    result_type,
+    subject_for,
+    type_name,
+)
 
 __all__ = ["Bus", "CommandBus", "QueryBus"]
 
@@ -57,7 +66,7 @@ class _State(enum.Enum):
 
 # Buses alive in this process, so a fork can reset their locks in the child
 # (a lock held by another thread at fork time would never be released there).
-_LIVE_BUSES: "weakref.WeakSet[Bus]" = weakref.WeakSet()
+_LIVE_BUSES: weakref.WeakSet[Bus] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -191,7 +200,7 @@ class Bus:
             if pending.done() and pending.exception() is not None:
                 raise
             pending.abandon()
-            ms = int(round((timeout or 0) * 1000))
+            ms = round((timeout or 0) * 1000)
             raise RequestTimeoutError(text(ms), subject=pending.subject, timeout=timeout) from None
 
     def run(self, coro_fn: Any, timeout: Optional[float] = None) -> Any:
@@ -223,7 +232,7 @@ class Bus:
             self._transport.mark_closed()
         self._portal.stop(timeout)
 
-    def __enter__(self) -> "Bus":
+    def __enter__(self) -> Bus:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -296,9 +305,7 @@ class _MessageBus:
         except EnvelopeError as exc:
             raise EnvelopeError(f"invalid response from {route.subject}: {exc}") from None
         if envelope.id != message_id:
-            raise EnvelopeError(
-                f"response from {route.subject} answers {envelope.id!r}, not {message_id!r}"
-            )
+            raise EnvelopeError(f"response from {route.subject} answers {envelope.id!r}, not {message_id!r}")
         if not envelope.success:
             raise _service_error(envelope, reply.headers, route.subject)
         target = returns if returns is not None else route.result
@@ -308,8 +315,7 @@ class _MessageBus:
             return codec.structure(envelope.payload, target)
         except ValueError as exc:
             raise EnvelopeError(
-                f"response payload from {route.subject} does not fit "
-                f"{getattr(target, '__name__', target)}: {exc}"
+                f"response payload from {route.subject} does not fit {getattr(target, '__name__', target)}: {exc}"
             ) from None
 
 
@@ -371,7 +377,7 @@ class CommandBus(_MessageBus):
         """
         return self._call(command, timeout, returns)
 
-    def with_timeout(self, seconds: Optional[float]) -> "CommandBus":
+    def with_timeout(self, seconds: Optional[float]) -> CommandBus:
         """A copy of this bus with another default timeout."""
         return CommandBus(self.bus, seconds, self.service_id)
 
@@ -407,6 +413,6 @@ class QueryBus(_MessageBus):
         """
         return self._call(query, timeout, returns)
 
-    def with_timeout(self, seconds: Optional[float]) -> "QueryBus":
+    def with_timeout(self, seconds: Optional[float]) -> QueryBus:
         """A copy of this bus with another default timeout."""
         return QueryBus(self.bus, seconds, self.service_id)

@@ -28,7 +28,7 @@ def _to_servers(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     return servers
 
 
-def _positive(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and value <= 0:
         raise ConfigError(f"NatsConfig.{attribute.name} must be > 0, got {value!r}")
 
@@ -84,9 +84,7 @@ class NatsConfig:
     inbox_prefix: str = "_INBOX"
 
     @classmethod
-    def from_env(
-        cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any
-    ) -> "NatsConfig":
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> NatsConfig:
         """Build a config from environment variables, then ``overrides``.
 
         Reads ``NATS_URL`` (one URL or a comma-separated list; default

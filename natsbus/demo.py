@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import uuid
-from typing import Any, Callable, Dict, Optional, TextIO
+from typing import Any, Dict, Optional, TextIO
 
 import attrs
 
@@ -24,7 +24,6 @@ from .messages import Command, Query
 from .worker import WorkerPool
 
 SERVICE_ID = "user-service"
-
 
 
 @attrs.frozen
@@ -101,7 +100,6 @@ def build_pool(bus: Bus, max_workers: int = 8) -> WorkerPool:
     pool.register(CreateUserHandler(repository))
     pool.register(GetUserHandler(repository))
     return pool
-
 
 
 def _show(out: TextIO, title: str, envelope: Dict[str, Any]) -> None:

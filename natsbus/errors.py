@@ -110,7 +110,7 @@ class ConnectError(TransportError, ConnectionError):
         servers: The URLs that were tried.
     """
 
-    def __init__(self, message: str, servers: "tuple[str, ...]" = ()) -> None:
+    def __init__(self, message: str, servers: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.servers = servers
 
@@ -199,7 +199,7 @@ class ServiceError(RequestError):
         message: str,
         *,
         subject: str = "",
-        envelope: "Optional[ResponseEnvelope]" = None,
+        envelope: Optional[ResponseEnvelope] = None,
     ) -> None:
         super().__init__(message, subject=subject)
         self.envelope = envelope

