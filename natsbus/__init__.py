@@ -42,6 +42,7 @@ from .errors import (
     TransportError,
 )
 from .messages import Command, Kind, Query, command_subject, query_subject, type_name
+from .policies import QueryCache, RetryPolicy
 from .server import NatsServer
 from .worker import Dispatcher, WorkerPool
 
@@ -76,11 +77,13 @@ __all__ = [
     "PermissionDeniedError",
     "Query",
     "QueryBus",
+    "QueryCache",
     "RegistrationError",
     "RequestEnvelope",
     "RequestError",
     "RequestTimeoutError",
     "ResponseEnvelope",
+    "RetryPolicy",
     "ServiceError",
     "TransportError",
     "WorkerPool",

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import enum
+import heapq
+import itertools
 import logging
+import math
 import os
+import queue
 import threading
+import time
 import weakref
-from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union, overload
+from collections import OrderedDict
+from collections.abc import Sized
+from concurrent.futures import Future
+from functools import partial
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Type, TypeVar, Union, overload
 
 import attrs
 
@@ -23,6 +32,7 @@ from .errors import (
     EnvelopeError,
     HandlerError,
     InvalidRequestError,
+    NatsBusError,
     RequestTimeoutError,
     ServiceError,
     error_class_for_code,
@@ -37,6 +47,7 @@ from .messages import (
     subject_for,
     type_name,
 )
+from .policies import QueryCache, RetryPolicy
 
 __all__ = ["Bus", "CommandBus", "QueryBus"]
 
@@ -110,6 +121,7 @@ class Bus:
         self._state = _State.OPEN
         self._pid = os.getpid()
         self._portal, self._transport = self._open()
+        self._completer_thread: Optional[_Completer] = None
         _LIVE_BUSES.add(self)
 
     def _open(self) -> Tuple[Portal, Transport]:
@@ -131,6 +143,7 @@ class Bus:
                     # The parent's loop thread does not exist here; its
                     # objects are dropped unclosed, as the parent owns them.
                     self._portal, self._transport = self._open()
+                    self._completer_thread = None
                     self._pid = os.getpid()
         if self._state is _State.CLOSED:
             raise BusClosedError("the Bus is closed")
@@ -203,6 +216,17 @@ class Bus:
             ms = round((timeout or 0) * 1000)
             raise RequestTimeoutError(text(ms), subject=pending.subject, timeout=timeout) from None
 
+    def _completer(self) -> _Completer:
+        completer = self._completer_thread
+        if completer is None:
+            with self._lock:
+                if self._state is _State.CLOSED:
+                    raise BusClosedError("the Bus is closed")
+                if self._completer_thread is None:
+                    self._completer_thread = _Completer()
+                completer = self._completer_thread
+        return completer
+
     def run(self, coro_fn: Any, timeout: Optional[float] = None) -> Any:
         """Run ``coro_fn()`` on the Bus's loop and wait (for extensions)."""
         self._live()
@@ -221,16 +245,21 @@ class Bus:
         _LIVE_BUSES.discard(self)
         if self._pid != os.getpid():
             return  # a forked child that never used the Bus owns nothing
+        # Order: flush and close the connection (failing calls still waiting),
+        # then stop the loop, then the completer, which settles the futures
+        # the close just failed before it exits.
         if self._portal.in_loop_thread():
             self._transport.mark_closed()
             self._portal.stop()
-            return
-        try:
-            self._portal.call(lambda: self._transport.close(timeout), timeout + 1.0)
-        except Exception as exc:  # the loop is stopped below whatever happened
-            logger.debug("closing the connection failed: %r", exc)
-            self._transport.mark_closed()
-        self._portal.stop(timeout)
+        else:
+            try:
+                self._portal.call(lambda: self._transport.close(timeout), timeout + 1.0)
+            except Exception as exc:  # the loop is stopped below whatever happened
+                logger.debug("closing the connection failed: %r", exc)
+                self._transport.mark_closed()
+            self._portal.stop(timeout)
+        if self._completer_thread is not None:
+            self._completer_thread.stop(timeout)
 
     def __enter__(self) -> Bus:
         return self
@@ -249,18 +278,98 @@ class _Route:
     result: Any
 
 
+@attrs.frozen
+class _Request:
+    """One encoded request, ready to send (and to resend, for retries)."""
+
+    route: _Route
+    message_id: str
+    payload: Any
+    body: bytes
+
+
+class _Completer:
+    """Completes :meth:`submit` futures on its own thread, never on the loop.
+
+    A future's done-callbacks run on the thread that completes it; users
+    attach their own, so the loop thread must not be that thread. This one
+    also expires futures whose timeout passes, as no caller waits on them.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Tuple[str, Any]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="natsbus-completer", daemon=True)
+        self._thread.start()
+
+    def watch(
+        self,
+        pending: PendingReply,
+        deadline: Optional[float],
+        finish: Callable[[Reply], Any],
+        future: concurrent.futures.Future[Any],
+        timeout_error: Callable[[], BaseException],
+    ) -> None:
+        entry = (pending, deadline, finish, future, timeout_error)
+        self._queue.put(("new", entry))  # before "done": the queue keeps the order
+        pending.add_done_callback(lambda _: self._queue.put(("done", entry)))
+
+    def stop(self, timeout: float) -> None:
+        self._queue.put(("stop", None))
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        heap: List[Tuple[float, int, Any]] = []
+        seq = itertools.count()
+        while True:
+            wait = None if not heap else max(0.0, heap[0][0] - time.monotonic())
+            try:
+                kind, entry = self._queue.get(timeout=wait)
+            except queue.Empty:
+                kind, entry = "tick", None
+            if kind == "stop":
+                for _, _, (_pending, _, _, future, _) in heap:
+                    if not future.done():
+                        future.set_exception(BusClosedError("the Bus was closed while waiting for a reply"))
+                return
+            if kind == "new" and entry[1] is not None:
+                heapq.heappush(heap, (entry[1], next(seq), entry))
+            elif kind == "done":
+                pending, _, finish, future, _ = entry
+                if not future.done():
+                    try:
+                        future.set_result(finish(pending.result()))
+                    except BaseException as exc:
+                        future.set_exception(exc)
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                pending, _, _, future, timeout_error = heapq.heappop(heap)[2]
+                if not future.done():
+                    pending.abandon()
+                    future.set_exception(timeout_error())
+
+
 class _MessageBus:
     _kind: Kind
 
-    def __init__(self, bus: Bus, timeout: Optional[float], service_id: str) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        timeout: Optional[float],
+        service_id: str,
+        retry: Optional[RetryPolicy] = None,
+    ) -> None:
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"timeout must be > 0 seconds or None, got {timeout!r}")
         self.bus = bus
         self.timeout = timeout
         self.service_id = service_id
+        self.retry = retry
         self._routes: Dict[type, _Route] = {}
         self._type_key = f"{self._kind.value}_type"
         self._id_key = f"{self._kind.value}_id"
+        label = self._kind.label
+        self._timeout_text: Callable[[int], str] = lambda ms: f"{label} request timeout after {ms}ms"
 
     def _route(self, cls: type) -> _Route:
         route = self._routes.get(cls)
@@ -277,27 +386,46 @@ class _MessageBus:
             self._routes[cls] = route
         return route
 
-    def _build(self, message: Any) -> Tuple[_Route, str, bytes]:
+    def _build(self, message: Any) -> _Request:
         route = self._route(type(message))
         message_id = new_id(self._kind)
+        payload = codec.unstructure(message)
         body = codec.dumps(
             {
                 self._type_key: route.name,
                 self._id_key: message_id,
                 "service_id": self.service_id,
                 "timestamp": utc_timestamp(),
-                "payload": codec.unstructure(message),
+                "payload": payload,
             }
         )
-        return route, message_id, body
+        return _Request(route, message_id, payload, body)
 
-    def _call(self, message: Any, timeout: TimeoutArg, returns: Any) -> Any:
-        route, message_id, body = self._build(message)
-        limit = self.timeout if timeout is DEFAULT else timeout
-        pending = self.bus._send(route.subject, body, None)
-        label = self._kind.label
-        reply = self.bus._wait(pending, limit, lambda ms: f"{label} request timeout after {ms}ms")
-        return self._result(reply, route, message_id, returns)
+    def _limit(self, timeout: TimeoutArg) -> Optional[float]:
+        return self.timeout if timeout is DEFAULT else timeout
+
+    def _call(self, request: _Request, timeout: TimeoutArg, returns: Any, retry: Any) -> Tuple[Any, Reply]:
+        """Send (and resend, per the retry policy); return the result and its reply."""
+        limit = self._limit(timeout)
+        policy: Optional[RetryPolicy] = self.retry if retry is DEFAULT else retry
+        attempt = 0
+        while True:
+            try:
+                reply = self._exchange(request, limit)
+                return self._result(reply, request.route, request.message_id, returns), reply
+            except NatsBusError as exc:
+                if policy is None or not policy.should_retry(exc, attempt):
+                    raise
+                delay = policy.delay(attempt)
+                attempt += 1
+                logger.info(
+                    "%s %s: %s; retry %d in %.2fs", request.route.subject, request.message_id, exc, attempt, delay
+                )
+                time.sleep(delay)
+
+    def _exchange(self, request: _Request, limit: Optional[float]) -> Reply:
+        pending = self.bus._send(request.route.subject, request.body, None)
+        return self.bus._wait(pending, limit, self._timeout_text)
 
     def _result(self, reply: Reply, route: _Route, message_id: str, returns: Any) -> Any:
         try:
@@ -317,6 +445,125 @@ class _MessageBus:
             raise EnvelopeError(
                 f"response payload from {route.subject} does not fit {getattr(target, '__name__', target)}: {exc}"
             ) from None
+
+    def submit(self, message: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None) -> Future[Any]:
+        """Send ``message`` now; return a future of its result.
+
+        The future is a ``concurrent.futures.Future``: wait on it, combine
+        it with ``concurrent.futures.wait``/``as_completed``, or add
+        callbacks (they run on a natsbus helper thread, never the loop).
+        It fails with the same errors :meth:`execute` raises, the timeout
+        included. No retries: a future is one attempt.
+        """
+        request = self._build(message)
+        limit = self._limit(timeout)
+        pending = self.bus._send(request.route.subject, request.body, None)
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        ms = round((limit or 0) * 1000)
+        self.bus._completer().watch(
+            pending,
+            None if limit is None else time.monotonic() + limit,
+            lambda reply: self._result(reply, request.route, request.message_id, returns),
+            future,
+            lambda: RequestTimeoutError(self._timeout_text(ms), subject=request.route.subject, timeout=limit),
+        )
+        return future
+
+    def _many(
+        self,
+        messages: Iterable[Any],
+        concurrency: int,
+        timeout: TimeoutArg,
+        return_exceptions: bool,
+        progress: Optional[Callable[[int, Optional[int]], None]],
+        returns: Any,
+    ) -> List[Any]:
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        limit = self._limit(timeout)
+        total = len(messages) if isinstance(messages, Sized) else None
+        source = iter(messages)
+        results: List[Any] = []
+        # index -> (pending, deadline, request); insertion order is send
+        # order, and every request has the same timeout, so the first entry
+        # always has the earliest deadline.
+        outstanding: OrderedDict[int, Tuple[PendingReply, float, _Request]] = OrderedDict()
+        done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        finished = 0
+        exhausted = False
+        ms = round((limit or 0) * 1000)
+
+        def settle(index: int, value: Any, failed: bool) -> None:
+            nonlocal finished
+            if failed and not return_exceptions:
+                raise value
+            results[index] = value
+            finished += 1
+            if progress is not None:
+                progress(finished, total)
+
+        try:
+            while True:
+                while not exhausted and len(outstanding) < concurrency:
+                    try:
+                        message = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    index = len(results)
+                    results.append(None)
+                    try:
+                        request = self._build(message)
+                        pending = self.bus._send(request.route.subject, request.body, None)
+                    except (NatsBusError, TypeError, ValueError) as exc:
+                        settle(index, exc, True)
+                        continue
+                    deadline = math.inf if limit is None else time.monotonic() + limit
+                    outstanding[index] = (pending, deadline, request)
+                    pending.add_done_callback(partial(_put_index, done, index))
+                if not outstanding:
+                    if exhausted:
+                        return results
+                    continue
+                first_deadline = next(iter(outstanding.values()))[1]
+                wait = None if first_deadline == math.inf else max(0.0, first_deadline - time.monotonic())
+                try:
+                    ready = [done.get(timeout=wait)]
+                except queue.Empty:
+                    ready = []
+                while True:  # take every completion that is already there
+                    try:
+                        ready.append(done.get_nowait())
+                    except queue.Empty:
+                        break
+                for index in ready:
+                    entry = outstanding.pop(index, None)
+                    if entry is None:
+                        continue  # expired already
+                    pending, _, request = entry
+                    try:
+                        value = self._result(pending.result(), request.route, request.message_id, returns)
+                    except NatsBusError as exc:
+                        settle(index, exc, True)
+                    else:
+                        settle(index, value, False)
+                now = time.monotonic()
+                while outstanding:
+                    index, (pending, deadline, request) = next(iter(outstanding.items()))
+                    if deadline > now:
+                        break
+                    del outstanding[index]
+                    pending.abandon()
+                    error = RequestTimeoutError(self._timeout_text(ms), subject=request.route.subject, timeout=limit)
+                    settle(index, error, True)
+        finally:
+            for pending, _, _ in outstanding.values():
+                pending.abandon()
+
+
+def _put_index(done: queue.SimpleQueue[int], index: int, _: object) -> None:
+    done.put(index)
 
 
 def _service_error(envelope: ResponseEnvelope, headers: Headers, subject: str) -> ServiceError:
@@ -338,29 +585,39 @@ class CommandBus(_MessageBus):
         bus: The connection.
         timeout: Default seconds per call (``None``: no limit).
         service_id: The ``service_id`` put in each request envelope.
+        retry: A :class:`RetryPolicy` for every call (off by default).
     """
 
     _kind = Kind.COMMAND
 
-    def __init__(self, bus: Bus, timeout: Optional[float] = 5.0, service_id: str = "natsbus") -> None:
-        super().__init__(bus, timeout, service_id)
+    def __init__(
+        self,
+        bus: Bus,
+        timeout: Optional[float] = 5.0,
+        service_id: str = "natsbus",
+        *,
+        retry: Optional[RetryPolicy] = None,
+    ) -> None:
+        super().__init__(bus, timeout, service_id, retry)
 
     @overload
-    def execute(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT) -> R: ...
+    def execute(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT) -> R: ...
 
     @overload
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Type[T]) -> T: ...
+    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Type[T], retry: Any = DEFAULT) -> T: ...
 
     @overload
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT) -> Any: ...
+    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT) -> Any: ...
 
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None) -> Any:
+    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None, retry: Any = DEFAULT) -> Any:
         """Send ``command`` to ``commands.{Type}`` and return its result.
 
         Args:
             command: An attrs instance (a :class:`Command` or any attrs class).
             timeout: Seconds for this call; default the bus's; ``None`` no limit.
             returns: Build the result as this type (overrides ``Command[R]``).
+            retry: A :class:`RetryPolicy` for this call, or ``None`` for no
+                retry; default the bus's. Retries reuse the ``command_id``.
 
         Returns:
             The result: an ``R`` for ``Command[R]`` or ``returns``, else
@@ -375,11 +632,46 @@ class CommandBus(_MessageBus):
             EnvelopeError: the reply is not a valid response envelope.
             BusClosedError: the Bus is closed.
         """
-        return self._call(command, timeout, returns)
+        return self._call(self._build(command), timeout, returns, retry)[0]
+
+    def execute_many(
+        self,
+        commands: Iterable[Any],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: bool = False,
+        progress: Optional[Callable[[int, Optional[int]], None]] = None,
+        returns: Any = None,
+    ) -> List[Any]:
+        """Execute many commands from one thread, pipelined.
+
+        At most ``concurrency`` requests are in flight at once; results come
+        back in input order. ``commands`` may be any iterable (a generator
+        is consumed lazily, so huge inputs need not fit in memory).
+
+        Args:
+            commands: The commands.
+            concurrency: Requests in flight at most.
+            timeout: Seconds per command.
+            return_exceptions: Put each failure (a natsbus exception) in
+                the result list instead of raising the first one.
+            progress: Called as ``progress(done, total)`` after each
+                command finishes (``total`` is ``None`` for iterators).
+            returns: As for :meth:`execute`.
+
+        Returns:
+            The results (and, with ``return_exceptions``, errors) in input order.
+
+        Raises:
+            NatsBusError: the first failure, unless ``return_exceptions``;
+                the commands still in flight are abandoned.
+        """
+        return self._many(commands, concurrency, timeout, return_exceptions, progress, returns)
 
     def with_timeout(self, seconds: Optional[float]) -> CommandBus:
         """A copy of this bus with another default timeout."""
-        return CommandBus(self.bus, seconds, self.service_id)
+        return CommandBus(self.bus, seconds, self.service_id, retry=self.retry)
 
 
 class QueryBus(_MessageBus):
@@ -389,30 +681,83 @@ class QueryBus(_MessageBus):
         bus: The connection.
         timeout: Default seconds per call (``None``: no limit).
         service_id: The ``service_id`` put in each request envelope.
+        retry: A :class:`RetryPolicy` for every call (off by default).
+        cache: A :class:`QueryCache` for results (off by default).
     """
 
     _kind = Kind.QUERY
 
-    def __init__(self, bus: Bus, timeout: Optional[float] = 3.0, service_id: str = "natsbus") -> None:
-        super().__init__(bus, timeout, service_id)
+    def __init__(
+        self,
+        bus: Bus,
+        timeout: Optional[float] = 3.0,
+        service_id: str = "natsbus",
+        *,
+        retry: Optional[RetryPolicy] = None,
+        cache: Optional[QueryCache] = None,
+    ) -> None:
+        super().__init__(bus, timeout, service_id, retry)
+        self.cache = cache
 
     @overload
-    def ask(self, query: Query[R], *, timeout: TimeoutArg = DEFAULT) -> R: ...
+    def ask(self, query: Query[R], *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT, cache: bool = True) -> R: ...
 
     @overload
-    def ask(self, query: Any, *, timeout: TimeoutArg = DEFAULT, returns: Type[T]) -> T: ...
+    def ask(
+        self,
+        query: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        returns: Type[T],
+        retry: Any = DEFAULT,
+        cache: bool = True,
+    ) -> T: ...
 
     @overload
-    def ask(self, query: Any, *, timeout: TimeoutArg = DEFAULT) -> Any: ...
+    def ask(self, query: Any, *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT, cache: bool = True) -> Any: ...
 
-    def ask(self, query: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None) -> Any:
+    def ask(
+        self,
+        query: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        returns: Any = None,
+        retry: Any = DEFAULT,
+        cache: bool = True,
+    ) -> Any:
         """Send ``query`` to ``queries.{Type}`` and return its result.
 
         Same arguments, results and errors as :meth:`CommandBus.execute`;
         the timeout text is ``Query request timeout after 3000ms``.
+        ``cache=False`` bypasses (and does not fill) the bus's cache.
         """
-        return self._call(query, timeout, returns)
+        request = self._build(query)
+        store = self.cache if cache else None
+        if store is None:
+            return self._call(request, timeout, returns, retry)[0]
+        key = (request.route.name, codec.dumps(request.payload))
+        hit = store.get(key)
+        if hit is not None:
+            # Decode the cached reply afresh: no two callers share a result.
+            reply, message_id = hit
+            return self._result(reply, request.route, message_id, returns)
+        result, reply = self._call(request, timeout, returns, retry)
+        store.put(key, (reply, request.message_id))
+        return result
+
+    def ask_many(
+        self,
+        queries: Iterable[Any],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: bool = False,
+        progress: Optional[Callable[[int, Optional[int]], None]] = None,
+        returns: Any = None,
+    ) -> List[Any]:
+        """Ask many queries from one thread, pipelined; see :meth:`CommandBus.execute_many`."""
+        return self._many(queries, concurrency, timeout, return_exceptions, progress, returns)
 
     def with_timeout(self, seconds: Optional[float]) -> QueryBus:
         """A copy of this bus with another default timeout."""
-        return QueryBus(self.bus, seconds, self.service_id)
+        return QueryBus(self.bus, seconds, self.service_id, retry=self.retry, cache=self.cache)
