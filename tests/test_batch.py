@@ -71,7 +71,7 @@ def test_submit_future_fails_with_the_execute_errors(bus: Bus, math_pool: Worker
     with pytest.raises(NoHandlerError):
         commands.submit(Unserved(1)).result(10)
     timed_out = commands.submit(Square(999), timeout=0.1)
-    with pytest.raises(RequestTimeoutError, match="^Command request timeout after 100ms$"):
+    with pytest.raises(RequestTimeoutError, match=r"^Command request timeout after 100ms$"):
         timed_out.result(10)
 
 
@@ -80,7 +80,7 @@ def test_submit_callbacks_do_not_run_on_the_loop_thread(bus: Bus, math_pool: Wor
     done = threading.Event()
     future = CommandBus(bus).submit(Square(3))
 
-    def callback(f: "concurrent.futures.Future[int]") -> None:
+    def callback(f: concurrent.futures.Future[int]) -> None:
         seen.append(threading.current_thread().name)
         done.set()
 
