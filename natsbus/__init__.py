@@ -8,6 +8,7 @@ unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
 from .bus import DEFAULT, Bus, CommandBus, QueryBus
 from .codec import converter
 from .config import NatsConfig
+from .context import RequestContext, current_request
 from .envelope import (
     RequestEnvelope,
     ResponseEnvelope,
@@ -79,6 +80,7 @@ __all__ = [
     "QueryBus",
     "QueryCache",
     "RegistrationError",
+    "RequestContext",
     "RequestEnvelope",
     "RequestError",
     "RequestTimeoutError",
@@ -92,6 +94,7 @@ __all__ = [
     "converter",
     "create_request_envelope",
     "create_response_envelope",
+    "current_request",
     "decode_request",
     "decode_response",
     "query_subject",

@@ -25,6 +25,7 @@ from . import codec
 from ._portal import Portal
 from ._transport import Headers, PendingReply, Reply, Transport
 from .config import NatsConfig
+from .context import DEADLINE_HEADER
 from .envelope import INVALID_REQUEST_PREFIX, ResponseEnvelope, decode_response, new_id, utc_timestamp
 from .errors import (
     BusClosedError,
@@ -368,6 +369,7 @@ class _MessageBus:
         self._routes: Dict[type, _Route] = {}
         self._type_key = f"{self._kind.value}_type"
         self._id_key = f"{self._kind.value}_id"
+        self._header_cache: Dict[float, Dict[str, str]] = {}
         label = self._kind.label
         self._timeout_text: Callable[[int], str] = lambda ms: f"{label} request timeout after {ms}ms"
 
@@ -423,8 +425,19 @@ class _MessageBus:
                 )
                 time.sleep(delay)
 
+    def _headers(self, limit: Optional[float]) -> Headers:
+        """The deadline header for a call with this timeout (shared; never mutated)."""
+        if limit is None:
+            return None
+        headers = self._header_cache.get(limit)
+        if headers is None:
+            headers = {DEADLINE_HEADER: str(max(1, round(limit * 1000)))}
+            if len(self._header_cache) < 64:
+                self._header_cache[limit] = headers
+        return headers
+
     def _exchange(self, request: _Request, limit: Optional[float]) -> Reply:
-        pending = self.bus._send(request.route.subject, request.body, None)
+        pending = self.bus._send(request.route.subject, request.body, self._headers(limit))
         return self.bus._wait(pending, limit, self._timeout_text)
 
     def _result(self, reply: Reply, route: _Route, message_id: str, returns: Any) -> Any:
@@ -493,6 +506,7 @@ class _MessageBus:
         finished = 0
         exhausted = False
         ms = round((limit or 0) * 1000)
+        headers = self._headers(limit)
 
         def settle(index: int, value: Any, failed: bool) -> None:
             nonlocal finished
@@ -515,7 +529,7 @@ class _MessageBus:
                     results.append(None)
                     try:
                         request = self._build(message)
-                        pending = self.bus._send(request.route.subject, request.body, None)
+                        pending = self.bus._send(request.route.subject, request.body, headers)
                     except (NatsBusError, TypeError, ValueError) as exc:
                         settle(index, exc, True)
                         continue

@@ -14,7 +14,9 @@ queue, which never blocks).
 from __future__ import annotations
 
 import enum
+import heapq
 import inspect
+import itertools
 import logging
 import queue
 import signal
@@ -28,11 +30,13 @@ import attrs
 from . import codec
 from ._transport import Headers
 from .bus import ERROR_CODE_HEADER, ERROR_HEADER, Bus
+from .context import RequestContext, _enter, _leave, parse_deadline
 from .envelope import INVALID_REQUEST_PREFIX, decode_request, peek_id, utc_timestamp
 from .errors import (
     BusClosedError,
     BusyError,
     ConfigError,
+    DeadlineExceededError,
     EnvelopeError,
     HandlerError,
     InvalidRequestError,
@@ -82,6 +86,8 @@ class HandlerRoute:
         message_class: The attrs class the payload is built into.
         call: The callable that handles one message.
         label: A name for logs (the function or handler class).
+        time_limit: Seconds after which the caller gets a timeout error
+            (the handler's thread runs on; Python cannot kill it).
         stats: Its counters.
     """
 
@@ -91,6 +97,7 @@ class HandlerRoute:
     message_class: type
     call: Callable[[Any], Any]
     label: str
+    time_limit: Optional[float] = None
     stats: EndpointStats = attrs.Factory(EndpointStats)
 
 
@@ -148,6 +155,8 @@ class Dispatcher:
         self.service_id = service_id
         self._routes: Dict[str, HandlerRoute] = {}
         self._stats_lock = threading.Lock()
+        #: Requests not started because their caller had already given up.
+        self.expired = 0
 
     @property
     def routes(self) -> List[HandlerRoute]:
@@ -164,8 +173,11 @@ class Dispatcher:
         *,
         message_type: Optional[type] = None,
         kind: Union[Kind, str, None] = None,
+        time_limit: Optional[float] = None,
     ) -> HandlerRoute:
         """Register a handler; see :meth:`WorkerPool.register`."""
+        if time_limit is not None and time_limit <= 0:
+            raise ConfigError(f"time_limit must be > 0 seconds or None, got {time_limit!r}")
         fn, cls, label = _resolve(handler, message_type)
         declared = message_kind(cls)
         wanted = Kind(kind) if kind is not None else None
@@ -183,15 +195,26 @@ class Dispatcher:
             raise RegistrationError(
                 f"two handlers for {subject}: {existing.label} is already registered, cannot add {label}"
             )
-        route = HandlerRoute(resolved, name, subject, cls, fn, label)
+        route = HandlerRoute(resolved, name, subject, cls, fn, label, time_limit)
         self._routes[subject] = route
         return route
 
-    def dispatch(self, route: HandlerRoute, data: bytes, max_payload: int = 0) -> Tuple[bytes, Headers]:
+    def dispatch(
+        self,
+        route: HandlerRoute,
+        data: bytes,
+        max_payload: int = 0,
+        *,
+        headers: Headers = None,
+        deadline: Optional[float] = None,
+    ) -> Tuple[bytes, Headers]:
         """Handle one request body; return the reply body and headers.
 
-        Never raises: every failure becomes an error envelope. A reply
-        over ``max_payload`` (when > 0) becomes an error envelope too.
+        Never raises: every failure becomes an error envelope. A request
+        whose ``deadline`` (``time.monotonic()``) has passed is not started
+        and gets a 504 error. A reply over ``max_payload`` (when > 0)
+        becomes an error envelope too. The handler can read the request
+        through :func:`natsbus.current_request`.
         """
         started = time.perf_counter_ns()
         kind = route.kind
@@ -213,6 +236,14 @@ class Dispatcher:
             invalid = InvalidRequestError(INVALID_REQUEST_PREFIX + str(exc), subject=route.subject)
             logger.info("%s %s rejected: %s", route.subject, message_id or "(no id)", invalid)
             return self._error(route, kind, message_id, invalid, started)
+        if deadline is not None and time.monotonic() >= deadline:
+            self.expired += 1
+            logger.info("%s %s not started: its caller already gave up", route.subject, message_id)
+            late = DeadlineExceededError(
+                f"Deadline exceeded: the caller gave up before {route.subject} started", subject=route.subject
+            )
+            return self._error(route, kind, message_id, late, started)
+        token = _enter(RequestContext(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline))
         try:
             result = route.call(message)
         except ServiceError as exc:
@@ -222,6 +253,8 @@ class Dispatcher:
             logger.error("handler %s failed on %s", route.label, message_id, exc_info=True)
             text = str(exc) or type(exc).__name__
             return self._error(route, kind, message_id, HandlerError(text), started)
+        finally:
+            _leave(token)
         try:
             body = codec.dumps(
                 {
@@ -261,6 +294,12 @@ class Dispatcher:
                 stats.num_errors += 1
                 stats.last_error = error
 
+    def count_error(self, route: HandlerRoute, error: str) -> None:
+        """Count an error reply sent for ``route`` outside :meth:`dispatch`."""
+        with self._stats_lock:
+            route.stats.num_errors += 1
+            route.stats.last_error = error
+
 
 def error_reply(kind: Kind, message_id: str, error: ServiceError) -> Tuple[bytes, Headers]:
     """The spec's error envelope for ``error``, with the NATS micro headers."""
@@ -287,6 +326,48 @@ class _State(enum.Enum):
 _STOP = None  # the sentinel that ends a worker thread
 
 
+class _Watchdog:
+    """Answers for handlers that overrun their time limit.
+
+    Each timed request has a one-shot claim on its reply. Whoever claims
+    first answers: the worker thread with the handler's reply, or this
+    thread with a 504 once the limit passes. The overrunning handler keeps
+    its thread (Python cannot kill a thread); its late result is dropped.
+    """
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self._pool = pool
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"natsbus-watchdog-{pool.service_id}", daemon=True)
+        self._thread.start()
+
+    def watch(self, deadline: float, claim: threading.Lock, route: HandlerRoute, reply: str, data: bytes) -> None:
+        self._queue.put((deadline, claim, route, reply, data))
+
+    def stop(self, timeout: float) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        heap: List[Tuple[float, int, Any]] = []
+        seq = itertools.count()
+        while True:
+            wait = None if not heap else max(0.0, heap[0][0] - time.monotonic())
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = ()
+            if item is _STOP:
+                return
+            if item:
+                heapq.heappush(heap, (item[0], next(seq), item))
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                _, claim, route, reply, data = heapq.heappop(heap)[2]
+                if claim.acquire(blocking=False):
+                    self._pool._answer_overrun(route, reply, data)
+
+
 class WorkerPool:
     """Serves commands and queries from a pool of worker threads.
 
@@ -297,7 +378,8 @@ class WorkerPool:
     with a busy error (code 503) so its caller can retry elsewhere.
 
     Args:
-        bus: The connection to serve on.
+        bus: The connection to serve on; may be ``None`` and given later
+            with :meth:`bind` (as ``natsbus worker`` does).
         service_id: The service's name.
         max_workers: Handler threads.
         max_pending: Admitted requests that may wait for a thread.
@@ -313,7 +395,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: Optional[Bus] = None,
         service_id: str = "natsbus",
         *,
         max_workers: int = 8,
@@ -321,28 +403,37 @@ class WorkerPool:
         queue_group: Optional[str] = None,
         handlers: Iterable[Any] = (),
     ) -> None:
-        if max_workers < 1:
-            raise ConfigError(f"max_workers must be >= 1, got {max_workers}")
-        if max_pending < 0:
-            raise ConfigError(f"max_pending must be >= 0, got {max_pending}")
         self.bus = bus
         self.service_id = service_id
         self.max_workers = max_workers
         self.max_pending = max_pending
         self.queue_group = queue_group or service_id
+        self._validate()
         self.dispatcher = Dispatcher(service_id)
         self._state = _State.NEW
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._inflight = 0
+        self._completed = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: List[threading.Thread] = []
         self._subs: List[Any] = []
+        self._watchdog: Optional[_Watchdog] = None
         self._stop_requested = threading.Event()
+        #: Requests refused at once because the pool was full.
         self.refused_busy = 0
+        #: Messages dropped because they had no reply subject.
         self.dropped_without_reply = 0
+        #: Requests whose handler overran its time limit.
+        self.overruns = 0
         for handler in handlers:
             self.register(handler)
+
+    def _validate(self) -> None:
+        if self.max_workers < 1:
+            raise ConfigError(f"max_workers must be >= 1, got {self.max_workers}")
+        if self.max_pending < 0:
+            raise ConfigError(f"max_pending must be >= 0, got {self.max_pending}")
 
     # -- registration -----------------------------------------------------
 
@@ -352,6 +443,7 @@ class WorkerPool:
         *,
         message_type: Optional[type] = None,
         kind: Union[Kind, str, None] = None,
+        time_limit: Optional[float] = None,
     ) -> Any:
         """Register a handler (also usable as a decorator, with or without arguments).
 
@@ -362,6 +454,10 @@ class WorkerPool:
                 the handler's first parameter.
             kind: ``"command"`` or ``"query"``; needed only for plain attrs
                 classes that subclass neither Command nor Query.
+            time_limit: A soft limit in seconds. Past it the caller gets a
+                504 timeout-class error and the overrun is logged; the
+                handler's thread runs on until the handler returns (Python
+                cannot kill a thread) and its late result is dropped.
 
         Returns:
             The handler, unchanged.
@@ -372,11 +468,18 @@ class WorkerPool:
             LifecycleError: the pool is already running.
         """
         if handler is None:
-            return lambda h: self.register(h, message_type=message_type, kind=kind)
+            return lambda h: self.register(h, message_type=message_type, kind=kind, time_limit=time_limit)
         if self._state is not _State.NEW:
             raise LifecycleError("register handlers before start()")
-        self.dispatcher.register(handler, message_type=message_type, kind=kind)
+        self.dispatcher.register(handler, message_type=message_type, kind=kind, time_limit=time_limit)
         return handler
+
+    def bind(self, bus: Bus) -> WorkerPool:
+        """Serve on ``bus`` (before :meth:`start`)."""
+        if self._state is not _State.NEW:
+            raise LifecycleError("bind() works only before start()")
+        self.bus = bus
+        return self
 
     @property
     def subjects(self) -> List[str]:
@@ -393,26 +496,40 @@ class WorkerPool:
         """Requests admitted and not yet answered."""
         return self._inflight
 
+    @property
+    def expired(self) -> int:
+        """Requests not started because their caller had already given up."""
+        return self.dispatcher.expired
+
+    def _bus(self) -> Bus:
+        if self.bus is None:
+            raise LifecycleError("this WorkerPool has no Bus; pass one or call bind(bus) first")
+        return self.bus
+
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> WorkerPool:
-        """Start the threads and subscribe; return once subscribed.
+        """Start the threads and subscribe; return once the server has the subscriptions.
 
         Raises:
             RegistrationError: no handler is registered.
-            LifecycleError: already started.
+            LifecycleError: already started, or no Bus.
         """
+        self._validate()
+        bus = self._bus()
         with self._lock:
             if self._state is not _State.NEW:
                 raise LifecycleError(f"the WorkerPool is {self._state.value}; start() works once")
             if not self.dispatcher.routes:
                 raise RegistrationError("no handlers registered; register at least one before start()")
             self._state = _State.RUNNING
+        transport = bus._live()
         for i in range(self.max_workers):
             thread = threading.Thread(target=self._work, name=f"natsbus-worker-{self.service_id}-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        transport = self.bus._live()
+        if any(route.time_limit for route in self.dispatcher.routes):
+            self._watchdog = _Watchdog(self)
 
         async def subscribe_all() -> List[Any]:
             subs = []
@@ -422,16 +539,17 @@ class WorkerPool:
             return subs
 
         try:
-            self._subs = self.bus.run(subscribe_all)
+            self._subs = bus.run(subscribe_all)
         except BaseException:
             self._halt_threads(1.0)
             self._state = _State.STOPPED
             raise
         logger.info(
-            "worker pool %s serving %s with %d threads (queue group %s)",
+            "worker pool %s serving %s with %d threads, %d pending at most (queue group %s)",
             self.service_id,
             ", ".join(self.subjects),
             self.max_workers,
+            self.max_pending,
             self.queue_group,
         )
         return self
@@ -439,14 +557,16 @@ class WorkerPool:
     def _admitter(self, route: HandlerRoute) -> Callable[[str, str, bytes, Headers], None]:
         capacity = self.max_workers + self.max_pending
         put = self._queue.put
+        lock = self._lock
+        monotonic = time.monotonic
 
         def admit(subject: str, reply: str, data: bytes, headers: Headers) -> None:
-            # Loop thread: decide and hand off; never parse or run user code here.
+            # Loop thread: decide and hand off; never parse bodies or run user code here.
             if not reply:
                 self.dropped_without_reply += 1
-                logger.warning("dropped a message on %s without a reply subject", subject)
+                logger.debug("dropped a message on %s without a reply subject", subject)
                 return
-            with self._lock:
+            with lock:
                 if self._inflight >= capacity:
                     busy = True
                 else:
@@ -455,7 +575,7 @@ class WorkerPool:
             if busy:
                 self._refuse_busy(route, reply, data)
             else:
-                put((route, reply, data, headers))
+                put((route, reply, data, headers, parse_deadline(headers, monotonic())))
 
         return admit
 
@@ -467,22 +587,53 @@ class WorkerPool:
             f"{self.max_pending} waiting; retry later or on another instance",
             subject=route.subject,
         )
+        self.dispatcher.count_error(route, error.message)
         body, headers = error_reply(route.kind, message_id or "", error)
         logger.debug("refused %s %s: busy", route.subject, message_id)
-        self.bus._transport.publish(reply, body, headers)
+        self._bus()._transport.publish(reply, body, headers)
+
+    def _answer_overrun(self, route: HandlerRoute, reply: str, data: bytes) -> None:
+        """Watchdog thread: the handler overran; the caller gets a 504 now."""
+        self.overruns += 1
+        message_id, _ = peek_id(data)
+        limit_ms = round((route.time_limit or 0) * 1000)
+        error = DeadlineExceededError(
+            f"Handler for {route.name} exceeded its time limit of {limit_ms}ms", subject=route.subject
+        )
+        logger.warning(
+            "%s %s: handler %s overran its %dms limit; the caller got a timeout error and the "
+            "thread keeps running until the handler returns",
+            route.subject,
+            message_id,
+            route.label,
+            limit_ms,
+        )
+        self.dispatcher.count_error(route, error.message)
+        body, headers = error_reply(route.kind, message_id or "", error)
+        try:
+            self._bus()._transport.publish(reply, body, headers)
+        except BusClosedError:
+            pass
 
     def _work(self) -> None:
-        transport = self.bus._live()
+        transport = self._bus()._live()
         dispatch = self.dispatcher.dispatch
         get = self._queue.get
         while True:
             item = get()
             if item is _STOP:
                 return
-            route, reply, data, _headers = item
+            route, reply, data, headers, deadline = item
             try:
-                body, headers = dispatch(route, data, transport.max_payload)
-                transport.publish(reply, body, headers)
+                claim: Optional[threading.Lock] = None
+                if route.time_limit is not None and self._watchdog is not None:
+                    claim = threading.Lock()
+                    self._watchdog.watch(time.monotonic() + route.time_limit, claim, route, reply, data)
+                body, reply_headers = dispatch(route, data, transport.max_payload, headers=headers, deadline=deadline)
+                if claim is None or claim.acquire(blocking=False):
+                    transport.publish(reply, body, reply_headers)
+                else:
+                    logger.warning("%s: a handler finished after its time limit; its result was dropped", route.subject)
             except BusClosedError:
                 logger.warning("the Bus closed before the reply to %s could be sent", route.subject)
             except BaseException:  # keep the thread alive whatever happens
@@ -490,6 +641,7 @@ class WorkerPool:
             finally:
                 with self._lock:
                     self._inflight -= 1
+                    self._completed += 1
                     if self._inflight == 0:
                         self._idle.notify_all()
 
@@ -512,36 +664,41 @@ class WorkerPool:
                 return True
             was_running = self._state is _State.RUNNING
             self._state = _State.STOPPING
+            completed_before = self._completed
         deadline = time.monotonic() + drain_timeout
-        clean = True
-        if was_running and not self.bus.closed:
+        bus = self.bus
+        if was_running and bus is not None and not bus.closed:
             subs, self._subs = self._subs, []
-            transport = self.bus._live()
+            transport = bus._live()
             try:
-                self.bus.run(lambda: transport.drain_subscriptions(subs), max(0.1, drain_timeout))
+                bus.run(lambda: transport.drain_subscriptions(subs), max(0.1, drain_timeout))
             except Exception as exc:
                 logger.warning("draining the subscriptions of %s failed: %s", self.service_id, exc)
         with self._lock:
             while self._inflight and time.monotonic() < deadline:
                 self._idle.wait(deadline - time.monotonic())
             left = self._inflight
-        if left:
-            clean = False
-            logger.warning(
-                "worker pool %s stopped with %d request(s) still running after %.1fs",
-                self.service_id,
-                left,
-                drain_timeout,
-            )
+            drained = self._completed - completed_before
         self._halt_threads(max(0.0, deadline - time.monotonic()))
-        if was_running and not self.bus.closed:
+        if self._watchdog is not None:
+            self._watchdog.stop(1.0)
+        if was_running and bus is not None and not bus.closed:
             try:
-                self.bus.run(self.bus._transport.flush, max(0.1, deadline - time.monotonic()))
+                bus.run(bus._transport.flush, max(0.1, deadline - time.monotonic()))
             except Exception as exc:
                 logger.warning("flushing the replies of %s failed: %s", self.service_id, exc)
         self._state = _State.STOPPED
-        logger.info("worker pool %s stopped%s", self.service_id, "" if clean else " (not drained)")
-        return clean
+        if left:
+            logger.warning(
+                "worker pool %s stopped: drained %d request(s); %d still running after %.1fs were abandoned",
+                self.service_id,
+                drained,
+                left,
+                drain_timeout,
+            )
+        else:
+            logger.info("worker pool %s stopped: drained %d request(s), none left", self.service_id, drained)
+        return not left
 
     def _halt_threads(self, timeout: float) -> None:
         for _ in self._threads:
@@ -550,11 +707,15 @@ class WorkerPool:
         for thread in self._threads:
             thread.join(max(0.0, end - time.monotonic()))
 
-    def run(self, drain_timeout: float = 30.0) -> None:
-        """Start (if needed) and serve until :meth:`stop`, SIGINT or SIGTERM.
+    def run(self, drain_timeout: float = 30.0) -> bool:
+        """Start (if needed) and serve until :meth:`request_stop`, SIGINT or SIGTERM.
 
-        The first signal drains gracefully; a second one stops at once.
-        Signal handlers are installed only when called on the main thread.
+        The first signal drains gracefully (see :meth:`stop`); a second one
+        stops at once by raising ``SystemExit(128 + signal)``. Signal
+        handlers are installed only when called on the main thread.
+
+        Returns:
+            What :meth:`stop` returned: True when everything was drained.
         """
         if self._state is _State.NEW:
             self.start()
@@ -563,9 +724,9 @@ class WorkerPool:
 
             def on_signal(signum: int, frame: Any) -> None:
                 if self._stop_requested.is_set():
-                    logger.warning("second signal: stopping at once")
+                    logger.warning("second signal %d: stopping at once", signum)
                     raise SystemExit(128 + signum)
-                logger.info("signal %d: draining", signum)
+                logger.info("signal %d: draining (send it again to stop at once)", signum)
                 self._stop_requested.set()
 
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -574,15 +735,13 @@ class WorkerPool:
             while not self._stop_requested.wait(0.5):
                 if self._state is not _State.RUNNING:
                     break
+            return self.stop(drain_timeout)
         finally:
-            try:
-                self.stop(drain_timeout)
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def request_stop(self) -> None:
-        """Ask :meth:`run` to return after draining (any thread)."""
+        """Ask :meth:`run` to drain and return (any thread)."""
         self._stop_requested.set()
 
     def __enter__(self) -> WorkerPool:
