@@ -201,6 +201,29 @@ class Bus:
         pending = self._send(subject, payload, dict(headers) if headers else None)
         return self._wait(pending, timeout, lambda ms: f"Request timeout after {ms}ms")
 
+    def publish(self, subject: str, payload: bytes, *, headers: Optional[Mapping[str, str]] = None) -> None:
+        """Publish raw bytes without waiting for anything (fire and forget).
+
+        Queued for the loop at once; never blocks on the network. Use
+        :meth:`flush` to wait until the server has it.
+
+        Raises:
+            PayloadTooLargeError: ``payload`` is over the server's limit.
+            BusClosedError: the Bus is closed.
+        """
+        transport = self._live()
+        transport._check_send(subject, payload)
+        transport.publish(subject, payload, dict(headers) if headers else None)
+
+    def flush(self, timeout: Optional[float] = 5.0) -> None:
+        """Wait until everything published so far has reached the server.
+
+        Raises:
+            TimeoutError: not confirmed within ``timeout`` seconds.
+        """
+        transport = self._live()
+        self._portal.call(transport.flush, timeout)
+
     def _send(self, subject: str, payload: bytes, headers: Headers) -> PendingReply:
         transport = self._live()
         self._portal.check_caller("a blocking natsbus request")

@@ -22,7 +22,7 @@ import inspect
 import logging
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from . import __version__
 
@@ -66,6 +66,7 @@ def _add_worker_parser(sub: Any) -> None:
     worker.add_argument("--max-pending", type=int, help="admitted requests that may wait for a thread")
     worker.add_argument("--queue-group", help="queue group (default: the service id)")
     worker.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to drain on stop (default 30)")
+    worker.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to reach NATS at start (default 5)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -112,7 +113,9 @@ def _run_worker(args: argparse.Namespace) -> int:
         bus = target.bus
         owned = None
     else:
-        overrides = {"servers": args.server} if args.server else {}
+        overrides: Dict[str, Any] = {"connect_timeout": args.connect_timeout}
+        if args.server:
+            overrides["servers"] = args.server
         try:
             bus = owned = Bus(NatsConfig.from_env(**overrides))
         except ConnectError as exc:
@@ -122,7 +125,12 @@ def _run_worker(args: argparse.Namespace) -> int:
             print(f"natsbus worker: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        pool = _as_pool(target, bus)
+        try:
+            pool = _as_pool(target, bus)
+        except Exception as exc:
+            logger.debug("building the pool failed", exc_info=True)
+            print(f"natsbus worker: cannot build a WorkerPool from {args.target}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         if pool is None:
             print(
                 f"natsbus worker: {args.target} is neither a WorkerPool nor a factory returning one",

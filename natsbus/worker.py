@@ -720,21 +720,24 @@ class WorkerPool:
         if self._state is _State.NEW:
             self.start()
         previous: Dict[signal.Signals, Any] = {}
+        signals: List[int] = []
         if threading.current_thread() is threading.main_thread():
 
             def on_signal(signum: int, frame: Any) -> None:
-                if self._stop_requested.is_set():
-                    logger.warning("second signal %d: stopping at once", signum)
+                # No locks and no logging here: the handler runs between two
+                # bytecodes of the main thread, which may hold those locks.
+                signals.append(signum)
+                if len(signals) >= 2:
                     raise SystemExit(128 + signum)
-                logger.info("signal %d: draining (send it again to stop at once)", signum)
-                self._stop_requested.set()
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
         try:
-            while not self._stop_requested.wait(0.5):
-                if self._state is not _State.RUNNING:
+            while not signals and self._state is _State.RUNNING:
+                if self._stop_requested.wait(0.2):
                     break
+            if signals:
+                logger.info("signal %d: draining (send it again to stop at once)", signals[0])
             return self.stop(drain_timeout)
         finally:
             for sig, handler in previous.items():

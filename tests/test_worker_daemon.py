@@ -1,0 +1,255 @@
+"""``natsbus worker`` as a real subprocess, sent real signals (issue: production worker)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+from daemon import WorkerProcess
+from worker_app import Add, Big, Fail, Remaining, Sleep, Slow
+
+from natsbus import (
+    Bus,
+    BusyError,
+    CommandBus,
+    ConflictError,
+    DeadlineExceededError,
+    HandlerError,
+    InvalidRequestError,
+    NatsServer,
+    NotFoundError,
+    QueryBus,
+    RequestTimeoutError,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture()
+def workers() -> Iterator[List[WorkerProcess]]:
+    started: List[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.kill()
+
+
+def _start(workers: List[WorkerProcess], url: str, *args: str, **env: str) -> WorkerProcess:
+    worker = WorkerProcess(url, args=args, env=env)
+    workers.append(worker)
+    return worker.wait_ready()
+
+
+def test_worker_serves_and_logs_one_line_at_start_and_stop(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess]
+) -> None:
+    worker = _start(workers, nats_server.url, "--max-workers", "3")
+    start_line = worker.wait_for("serving")
+    assert "worker-app" in start_line and "commands.Add" in start_line and "3 threads" in start_line
+    assert CommandBus(bus).execute(Add(2, 3)) == 5
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    assert "stopped: drained" in worker.output
+
+
+def test_bad_target_exits_2(nats_server: NatsServer) -> None:
+    for target, text in [
+        ("no_such_module:x", "cannot load no_such_module:x"),
+        ("worker_app:Add", "cannot build a WorkerPool from worker_app:Add"),
+        ("worker_app:remaining", "neither a WorkerPool nor a factory returning one"),
+    ]:
+        worker = WorkerProcess(nats_server.url, target=target)
+        assert worker.wait() == 2
+        assert text in worker.output
+
+
+def test_unreachable_server_exits_3() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = WorkerProcess(f"nats://127.0.0.1:{port}", args=["--connect-timeout", "1"])
+    assert worker.wait() == 3
+    assert f"nats://127.0.0.1:{port}" in worker.output
+
+
+def test_sigterm_finishes_the_request_in_flight(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess], tmp_path: Path
+) -> None:
+    log = tmp_path / "handler.log"
+    worker = _start(workers, nats_server.url, WORKER_APP_LOG=str(log))
+    result: List[object] = []
+    caller = threading.Thread(target=lambda: result.append(CommandBus(bus).execute(Sleep(1.0, "inflight"))))
+    caller.start()
+    _wait_for_line(log, "started inflight")
+    worker.signal(signal.SIGTERM)
+    caller.join(10)
+    assert result == ["slept"]
+    assert worker.wait() == 0
+    assert "drained 1 request(s), none left" in worker.output
+
+
+def test_second_signal_stops_at_once(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess], tmp_path: Path
+) -> None:
+    log = tmp_path / "handler.log"
+    worker = _start(workers, nats_server.url, WORKER_APP_LOG=str(log))
+    CommandBus(bus).submit(Sleep(30.0, "long"), timeout=60)
+    _wait_for_line(log, "started long")
+    worker.signal(signal.SIGTERM)
+    worker.wait_for("draining")
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 8
+
+
+def test_full_worker_answers_busy_at_once(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess], tmp_path: Path
+) -> None:
+    log = tmp_path / "handler.log"
+    _start(workers, nats_server.url, "--max-pending", "0", WORKER_APP_THREADS="1", WORKER_APP_LOG=str(log))
+    commands = CommandBus(bus)
+    first = commands.submit(Sleep(1.0, "occupy"))
+    _wait_for_line(log, "started occupy")
+    started = time.monotonic()
+    with pytest.raises(BusyError) as info:
+        commands.execute(Add(1, 1), timeout=5)
+    assert time.monotonic() - started < 2
+    assert info.value.code == 503
+    assert first.result(10) == "slept"
+
+
+def test_request_whose_caller_gave_up_is_not_started(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess], tmp_path: Path
+) -> None:
+    log = tmp_path / "handler.log"
+    worker = _start(workers, nats_server.url, WORKER_APP_THREADS="1", WORKER_APP_LOG=str(log))
+    commands = CommandBus(bus)
+    first = commands.submit(Sleep(0.8, "first"))
+    _wait_for_line(log, "started first")
+    with pytest.raises(RequestTimeoutError):
+        commands.execute(Sleep(0.0, "late"), timeout=0.2)  # queued behind "first"; gives up
+    assert first.result(10) == "slept"
+    assert commands.execute(Add(1, 2)) == 3  # the thread has moved past "late"
+    worker.wait_for("not started: its caller already gave up")
+    assert "started late" not in log.read_text()
+
+
+def test_handler_can_read_its_remaining_time(nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess]) -> None:
+    _start(workers, nats_server.url)
+    left = QueryBus(bus).ask(Remaining(), timeout=3.0)
+    assert left is not None and 2.0 < left <= 3.0
+    assert QueryBus(bus).ask(Remaining(), timeout=None) is None
+
+
+def test_handler_over_its_time_limit_gets_the_caller_a_timeout_error(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess]
+) -> None:
+    worker = _start(workers, nats_server.url)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceededError) as info:
+        CommandBus(bus).execute(Slow(3.0), timeout=10)
+    assert time.monotonic() - started < 2.5
+    assert str(info.value) == "Handler for Slow exceeded its time limit of 300ms"
+    assert isinstance(info.value, TimeoutError) and info.value.code == 504
+    worker.wait_for("overran its 300ms limit")
+    assert CommandBus(bus).execute(Add(1, 1)) == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [(400, InvalidRequestError), (404, NotFoundError), (409, ConflictError), (500, HandlerError)],
+)
+def test_typed_errors_cross_the_wire(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess], code: int, error: type
+) -> None:
+    if not workers:
+        _start(workers, nats_server.url)
+    with pytest.raises(error) as info:
+        CommandBus(bus).execute(Fail(code, f"failed with {code}"))
+    assert str(info.value) == f"failed with {code}"
+    assert info.value.code == code  # type: ignore[attr-defined]
+    envelope = info.value.envelope  # type: ignore[attr-defined]
+    assert envelope.error == f"failed with {code}" and envelope.success is False
+    body = json.dumps(
+        {
+            "command_type": "Fail",
+            "command_id": "cmd-h",
+            "service_id": "t",
+            "timestamp": "t",
+            "payload": {"code": code, "text": "x"},
+        }
+    ).encode()
+    reply = bus.request("commands.Fail", body, timeout=5)
+    assert reply.headers == {"Nats-Service-Error": "x", "Nats-Service-Error-Code": str(code)}
+
+
+def test_reply_over_max_payload_becomes_an_error_envelope(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess]
+) -> None:
+    _start(workers, nats_server.url)
+    assert QueryBus(bus).ask(Big(1000)) == "x" * 1000
+    with pytest.raises(HandlerError) as info:
+        QueryBus(bus).ask(Big(bus.max_payload))
+    assert f"over the server's max payload of {bus.max_payload} bytes" in str(info.value)
+
+
+def test_rolling_restart_of_two_instances_costs_no_failed_call(
+    nats_server: NatsServer, workers: List[WorkerProcess]
+) -> None:
+    url = nats_server.url
+    _start(workers, url)
+    _start(workers, url)
+    failures: List[BaseException] = []
+    calls = [0] * 8
+    stop = threading.Event()
+
+    with Bus(url) as client:
+        commands = CommandBus(client, timeout=10)
+
+        def caller(i: int) -> None:
+            n = 0
+            while not stop.is_set() and n < 100_000:
+                try:
+                    assert commands.execute(Add(i, n)) == i + n
+                except BaseException as exc:
+                    failures.append(exc)
+                n += 1
+                calls[i] = n
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            for index in (0, 1):  # restart each instance in turn, under load
+                old = workers[index]
+                before = sum(calls)
+                old.signal(signal.SIGTERM)
+                assert old.wait(30) == 0
+                workers[index] = WorkerProcess(url)
+                workers[index].wait_ready()
+                _wait_until(lambda before=before: sum(calls) > before + 200)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+    assert failures == []
+    assert sum(calls) > 400
+
+
+def _wait_for_line(path: Path, text: str, timeout: float = 10.0) -> None:
+    _wait_until(lambda: path.exists() and text in path.read_text(), timeout)
+
+
+def _wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        threading.Event().wait(0.01)
