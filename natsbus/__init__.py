@@ -2,12 +2,13 @@
 
 The public API lives here; everything else is an implementation detail
 unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
-``natsbus.codec`` are public modules too).
+``natsbus.codec``, ``natsbus.discovery`` are public modules too).
 """
 
 from .bus import DEFAULT, Bus, CommandBus, QueryBus
 from .codec import converter
 from .config import NatsConfig
+from .discovery import EndpointInfo, EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
 from .envelope import (
     RequestEnvelope,
     ResponseEnvelope,
@@ -59,6 +60,8 @@ __all__ = [
     "DEFAULT",
     "DeadlineExceededError",
     "Dispatcher",
+    "EndpointInfo",
+    "EndpointStatsSnapshot",
     "EnvelopeError",
     "HandlerError",
     "InvalidRequestError",
@@ -82,6 +85,9 @@ __all__ = [
     "RequestTimeoutError",
     "ResponseEnvelope",
     "ServiceError",
+    "ServiceInfo",
+    "ServicePing",
+    "ServiceStats",
     "TransportError",
     "WorkerPool",
     "__version__",

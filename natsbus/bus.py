@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import weakref
-from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union, overload
 
 import attrs
 
@@ -37,6 +37,9 @@ from .messages import (
     subject_for,
     type_name,
 )
+
+if TYPE_CHECKING:
+    from .discovery import ServiceInfo, ServicePing, ServiceStats
 
 __all__ = ["Bus", "CommandBus", "QueryBus"]
 
@@ -207,6 +210,32 @@ class Bus:
         """Run ``coro_fn()`` on the Bus's loop and wait (for extensions)."""
         self._live()
         return self._portal.call(coro_fn, timeout)
+
+    # -- service discovery (NATS micro protocol; see natsbus.discovery) --------
+
+    def ping(self, name: Optional[str] = None, id: Optional[str] = None, **options: Any) -> List[ServicePing]:
+        """PING every NATS micro service instance; see :func:`natsbus.discovery.ping`."""
+        from . import discovery
+
+        return discovery.ping(self, name, id, **options)
+
+    def discover(self, name: Optional[str] = None, id: Optional[str] = None, **options: Any) -> List[ServiceInfo]:
+        """INFO from every service instance; see :func:`natsbus.discovery.discover`."""
+        from . import discovery
+
+        return discovery.discover(self, name, id, **options)
+
+    def stats(self, name: Optional[str] = None, id: Optional[str] = None, **options: Any) -> List[ServiceStats]:
+        """STATS from every service instance; see :func:`natsbus.discovery.stats`."""
+        from . import discovery
+
+        return discovery.stats(self, name, id, **options)
+
+    def has_handler(self, message_type: Union[str, type], **options: Any) -> bool:
+        """Whether a service lists ``message_type``; see :func:`natsbus.discovery.has_handler`."""
+        from . import discovery
+
+        return discovery.has_handler(self, message_type, **options)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is queued, close the connection and join the loop thread.

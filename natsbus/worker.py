@@ -21,11 +21,12 @@ import signal
 import threading
 import time
 import typing
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import attrs
 
 from . import codec
+from ._micro import MicroResponder
 from ._transport import Headers
 from .bus import ERROR_CODE_HEADER, ERROR_HEADER, Bus
 from .envelope import INVALID_REQUEST_PREFIX, decode_request, peek_id, utc_timestamp
@@ -41,6 +42,9 @@ from .errors import (
     ServiceError,
 )
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
+
+if TYPE_CHECKING:
+    from .discovery import ServiceStats
 
 __all__ = ["Dispatcher", "HandlerRoute", "WorkerPool"]
 
@@ -303,6 +307,13 @@ class WorkerPool:
         max_pending: Admitted requests that may wait for a thread.
         queue_group: The queue group; defaults to ``service_id``.
         handlers: Handlers to register at once.
+        version: The SemVer version it reports as a NATS micro service.
+        description: The description it reports (``""`` when unset).
+        metadata: String metadata it reports.
+
+    A running pool is a NATS micro service named ``service_id``: it
+    answers ``$SRV.PING`` / ``$SRV.INFO`` / ``$SRV.STATS`` (see
+    ``natsbus._micro``); ``pool.micro.id`` is this instance's id.
 
     Example::
 
@@ -320,6 +331,9 @@ class WorkerPool:
         max_pending: int = 1000,
         queue_group: Optional[str] = None,
         handlers: Iterable[Any] = (),
+        version: str = "0.0.0",
+        description: str = "",
+        metadata: Optional[Mapping[str, str]] = None,
     ) -> None:
         if max_workers < 1:
             raise ConfigError(f"max_workers must be >= 1, got {max_workers}")
@@ -331,6 +345,7 @@ class WorkerPool:
         self.max_pending = max_pending
         self.queue_group = queue_group or service_id
         self.dispatcher = Dispatcher(service_id)
+        self.micro = MicroResponder(service_id, version, description or "", metadata, self.dispatcher, self.queue_group)
         self._state = _State.NEW
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -393,6 +408,12 @@ class WorkerPool:
         """Requests admitted and not yet answered."""
         return self._inflight
 
+    def stats(self) -> ServiceStats:
+        """Per-handler counts and timings: the numbers ``$SRV.STATS`` reports."""
+        from .discovery import ServiceStats
+
+        return ServiceStats.from_dict(self.micro.stats_response())
+
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> WorkerPool:
@@ -418,6 +439,7 @@ class WorkerPool:
             subs = []
             for route in self.dispatcher.routes:
                 subs.append(await transport.subscribe(route.subject, self.queue_group, self._admitter(route)))
+            subs.extend(await self.micro.subscribe(transport))  # $SRV.*: discoverable once serving
             await transport.flush()  # the server has every SUB before we return
             return subs
 
@@ -468,6 +490,7 @@ class WorkerPool:
             subject=route.subject,
         )
         body, headers = error_reply(route.kind, message_id or "", error)
+        self.dispatcher._count(route, time.perf_counter_ns(), error.message)  # an error reply, in the stats too
         logger.debug("refused %s %s: busy", route.subject, message_id)
         self.bus._transport.publish(reply, body, headers)
 
