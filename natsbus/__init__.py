@@ -2,7 +2,8 @@
 
 The public API lives here; everything else is an implementation detail
 unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
-``natsbus.codec``, ``natsbus.discovery`` are public modules too).
+``natsbus.codec``, ``natsbus.discovery``, ``natsbus.metrics`` are public
+modules too).
 """
 
 from .bus import DEFAULT, Bus, CommandBus, QueryBus
@@ -43,6 +44,7 @@ from .errors import (
     TransportError,
 )
 from .messages import Command, Kind, Query, command_subject, query_subject, type_name
+from .metrics import PrometheusCollector
 from .server import NatsServer
 from .worker import Dispatcher, WorkerPool
 
@@ -77,6 +79,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "PrometheusCollector",
     "Query",
     "QueryBus",
     "RegistrationError",
