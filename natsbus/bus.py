@@ -8,11 +8,11 @@ import logging
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union, overload
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union, overload
 
 import attrs
 
-from . import codec
+from . import codec, discovery
 from ._portal import Portal
 from ._transport import Headers, PendingReply, Reply, Transport
 from .config import NatsConfig
@@ -37,9 +37,6 @@ from .messages import (
     subject_for,
     type_name,
 )
-
-if TYPE_CHECKING:
-    from .discovery import ServiceInfo, ServicePing, ServiceStats
 
 __all__ = ["Bus", "CommandBus", "QueryBus"]
 
@@ -213,29 +210,52 @@ class Bus:
 
     # -- service discovery (NATS micro protocol; see natsbus.discovery) --------
 
-    def ping(self, name: Optional[str] = None, id: Optional[str] = None, **options: Any) -> List[ServicePing]:
+    def ping(
+        self,
+        name: Optional[str] = None,
+        id: Optional[str] = None,
+        *,
+        timeout: float = discovery.DEFAULT_TIMEOUT,
+        quiet: float = discovery.DEFAULT_QUIET,
+        count: Optional[int] = None,
+    ) -> List[discovery.ServicePing]:
         """PING every NATS micro service instance; see :func:`natsbus.discovery.ping`."""
-        from . import discovery
+        return discovery.ping(self, name, id, timeout=timeout, quiet=quiet, count=count)
 
-        return discovery.ping(self, name, id, **options)
+    def discover(
+        self,
+        name: Optional[str] = None,
+        id: Optional[str] = None,
+        *,
+        timeout: float = discovery.DEFAULT_TIMEOUT,
+        quiet: float = discovery.DEFAULT_QUIET,
+        count: Optional[int] = None,
+    ) -> List[discovery.ServiceInfo]:
+        """INFO from every service instance: what each serves; see :func:`natsbus.discovery.discover`."""
+        return discovery.discover(self, name, id, timeout=timeout, quiet=quiet, count=count)
 
-    def discover(self, name: Optional[str] = None, id: Optional[str] = None, **options: Any) -> List[ServiceInfo]:
-        """INFO from every service instance; see :func:`natsbus.discovery.discover`."""
-        from . import discovery
+    def stats(
+        self,
+        name: Optional[str] = None,
+        id: Optional[str] = None,
+        *,
+        timeout: float = discovery.DEFAULT_TIMEOUT,
+        quiet: float = discovery.DEFAULT_QUIET,
+        count: Optional[int] = None,
+    ) -> List[discovery.ServiceStats]:
+        """STATS from every service instance: per-endpoint counters; see :func:`natsbus.discovery.stats`."""
+        return discovery.stats(self, name, id, timeout=timeout, quiet=quiet, count=count)
 
-        return discovery.discover(self, name, id, **options)
-
-    def stats(self, name: Optional[str] = None, id: Optional[str] = None, **options: Any) -> List[ServiceStats]:
-        """STATS from every service instance; see :func:`natsbus.discovery.stats`."""
-        from . import discovery
-
-        return discovery.stats(self, name, id, **options)
-
-    def has_handler(self, message_type: Union[str, type], **options: Any) -> bool:
-        """Whether a service lists ``message_type``; see :func:`natsbus.discovery.has_handler`."""
-        from . import discovery
-
-        return discovery.has_handler(self, message_type, **options)
+    def has_handler(
+        self,
+        message_type: Union[str, type],
+        *,
+        kind: Union[Kind, str, None] = None,
+        timeout: float = discovery.DEFAULT_TIMEOUT,
+        quiet: float = discovery.DEFAULT_QUIET,
+    ) -> bool:
+        """Whether a running service lists ``message_type``; see :func:`natsbus.discovery.has_handler`."""
+        return discovery.has_handler(self, message_type, kind=kind, timeout=timeout, quiet=quiet)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is queued, close the connection and join the loop thread.

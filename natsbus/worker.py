@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 import typing
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import attrs
 
@@ -29,6 +29,7 @@ from . import codec
 from ._micro import MicroResponder
 from ._transport import Headers
 from .bus import ERROR_CODE_HEADER, ERROR_HEADER, Bus
+from .discovery import ServiceStats
 from .envelope import INVALID_REQUEST_PREFIX, decode_request, peek_id, utc_timestamp
 from .errors import (
     BusClosedError,
@@ -42,9 +43,6 @@ from .errors import (
     ServiceError,
 )
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
-
-if TYPE_CHECKING:
-    from .discovery import ServiceStats
 
 __all__ = ["Dispatcher", "HandlerRoute", "WorkerPool"]
 
@@ -410,8 +408,6 @@ class WorkerPool:
 
     def stats(self) -> ServiceStats:
         """Per-handler counts and timings: the numbers ``$SRV.STATS`` reports."""
-        from .discovery import ServiceStats
-
         return ServiceStats.from_dict(self.micro.stats_response())
 
     # -- lifecycle ----------------------------------------------------------
