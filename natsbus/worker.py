@@ -311,7 +311,8 @@ class WorkerPool:
 
     A running pool is a NATS micro service named ``service_id``: it
     answers ``$SRV.PING`` / ``$SRV.INFO`` / ``$SRV.STATS`` (see
-    ``natsbus._micro``); ``pool.micro.id`` is this instance's id.
+    ``natsbus.discovery`` for the client side); ``pool.micro.id`` is this
+    instance's id.
 
     Example::
 
