@@ -2,13 +2,15 @@
 
 The public API lives here; everything else is an implementation detail
 unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
-``natsbus.codec`` are public modules too).
+``natsbus.codec``, ``natsbus.discovery``, ``natsbus.metrics`` are public
+modules too).
 """
 
 from .bus import DEFAULT, Bus, CommandBus, QueryBus
 from .codec import converter
 from .config import NatsConfig
 from .context import RequestContext, current_request
+from .discovery import EndpointInfo, EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
 from .envelope import (
     RequestEnvelope,
     ResponseEnvelope,
@@ -43,6 +45,7 @@ from .errors import (
     TransportError,
 )
 from .messages import Command, Kind, Query, command_subject, query_subject, type_name
+from .metrics import PrometheusCollector
 from .policies import QueryCache, RetryPolicy
 from .server import NatsServer
 from .worker import Dispatcher, WorkerPool
@@ -61,6 +64,8 @@ __all__ = [
     "DEFAULT",
     "DeadlineExceededError",
     "Dispatcher",
+    "EndpointInfo",
+    "EndpointStatsSnapshot",
     "EnvelopeError",
     "HandlerError",
     "InvalidRequestError",
@@ -76,6 +81,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "PrometheusCollector",
     "Query",
     "QueryBus",
     "QueryCache",
@@ -87,6 +93,9 @@ __all__ = [
     "ResponseEnvelope",
     "RetryPolicy",
     "ServiceError",
+    "ServiceInfo",
+    "ServicePing",
+    "ServiceStats",
     "TransportError",
     "WorkerPool",
     "__version__",

@@ -61,6 +61,25 @@ class Reply(NamedTuple):
     headers: Headers
 
 
+class GatheredReply(NamedTuple):
+    """One of several replies to a request sent to many (see :meth:`Transport.gather`).
+
+    Attributes:
+        data: The body.
+        headers: The headers, or ``None``.
+        rtt: Seconds from sending the request to receiving this reply.
+    """
+
+    data: bytes
+    headers: Headers
+    rtt: float
+
+
+def new_nuid() -> str:
+    """A fresh NUID (22 random base-62 characters), e.g. for a service instance id."""
+    return NUID().next().decode()
+
+
 class PendingReply(concurrent.futures.Future):  # type: ignore[type-arg]
     """The future of one request's reply (a ``concurrent.futures.Future``).
 
@@ -246,7 +265,26 @@ class Transport:
             self._outbox.put(("", b"", "", None, marker))
             await marker
         if self._nc.is_connected:
-            await self._nc.flush()
+            await self._barrier()
+
+    async def _barrier(self, timeout: float = 10.0) -> None:
+        """A round trip to the server through nats-py's write buffer.
+
+        ``Client.flush()`` is not enough: nats-py writes its PING straight
+        to the socket while earlier commands (PUB, SUB, UNSUB) still sit in
+        its write buffer, so the PONG can come back before the server has
+        seen them. A message to our own inbox goes through the same buffer
+        in order, so when it comes back the server has processed, and sent
+        us, everything that was queued before it.
+        """
+        token = f"barrier-{next(self._counter)}"
+        fut = PendingReply(self._prefix + token, token, self)
+        self._waiters[token] = fut
+        try:
+            await self._nc.publish(self._prefix + token, b"")
+            await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+        finally:
+            self._waiters.pop(token, None)
 
     # -- callbacks (loop thread) -------------------------------------------
 
@@ -376,7 +414,17 @@ class Transport:
             raise map_error(exc, subject) from exc
 
     async def drain_subscriptions(self, subs: List[Subscription]) -> None:
-        """Stop interest in ``subs`` after delivering what the server already sent."""
+        """Stop interest in ``subs`` after delivering what the server already sent.
+
+        Each UNSUB goes out through the write buffer and a :meth:`_barrier`
+        confirms the server processed them before nats-py's own drain runs
+        (its drain's PING can overtake its UNSUB; messages the server routes
+        in between would be dropped once the subscription is removed).
+        """
+        for sub in subs:
+            await self._nc._send_unsubscribe(sub._id)
+        if self._nc.is_connected:
+            await self._barrier()
         results = await asyncio.gather(
             *(sub.drain() for sub in subs),  # type: ignore[no-untyped-call]
             return_exceptions=True,
@@ -401,6 +449,68 @@ class Transport:
             raise map_error(exc, subject) from exc
         return Reply(msg.data, msg.headers)
 
+    async def gather(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        *,
+        timeout: float,
+        quiet: float,
+        max_count: Optional[int] = None,
+        headers: Headers = None,
+    ) -> List[GatheredReply]:
+        """Send one request and collect every reply (e.g. ``$SRV.PING`` to all services).
+
+        Replies arrive on a fresh inbox of their own. Collecting stops
+        ``quiet`` seconds after the latest reply, after ``timeout`` seconds
+        in all, once ``max_count`` replies are in, or at once when the
+        server says nobody subscribes ``subject`` (no replies then).
+
+        Raises:
+            BusClosedError: the transport is closed.
+        """
+        if self._closed or self._outbox is None:
+            raise BusClosedError("the Bus is closed")
+        loop = asyncio.get_running_loop()
+        inbox = self._nc.new_inbox()
+        arrived: asyncio.Queue[Tuple[float, Msg]] = asyncio.Queue()
+
+        async def on_reply(msg: Msg) -> None:
+            arrived.put_nowait((loop.time(), msg))
+
+        replies: List[GatheredReply] = []
+        try:
+            sub = await self._nc.subscribe(inbox, cb=on_reply)
+        except nerr.Error as exc:
+            raise map_error(exc, subject) from exc
+        try:
+            sent = loop.time()
+            deadline = sent + timeout
+            try:
+                # SUB and PUB travel in order on one connection, so the
+                # server knows the inbox before any reply can come back.
+                await self._nc.publish(subject, payload, reply=inbox, headers=headers)
+            except nerr.Error as exc:
+                raise map_error(exc, subject) from exc
+            while max_count is None or len(replies) < max_count:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    at, msg = await asyncio.wait_for(arrived.get(), min(left, quiet) if replies else left)
+                except asyncio.TimeoutError:
+                    break
+                status = msg.headers.get("Status") if msg.headers else None
+                if status == _NO_RESPONDERS and not msg.data:
+                    break  # nobody subscribes the subject
+                replies.append(GatheredReply(msg.data, msg.headers, at - sent))
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nerr.Error as exc:  # pragma: no cover - the connection went away
+                logger.debug("unsubscribing the gather inbox failed: %r", exc)
+        return replies
+
     def run(self, fn: Callable[[], Awaitable[Any]], timeout: Optional[float] = None) -> Any:
         """Run ``fn()`` on the loop and wait (see :meth:`Portal.call`)."""
         return self.portal.call(fn, timeout)
@@ -420,4 +530,15 @@ def _set_exception(fut: concurrent.futures.Future[Any], exc: BaseException) -> N
         pass
 
 
-__all__ = ["ERROR_MAP", "Handler", "Headers", "PendingReply", "Reply", "Transport", "map_error", "nats"]
+__all__ = [
+    "ERROR_MAP",
+    "GatheredReply",
+    "Handler",
+    "Headers",
+    "PendingReply",
+    "Reply",
+    "Transport",
+    "map_error",
+    "nats",
+    "new_nuid",
+]

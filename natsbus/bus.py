@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import attrs
 
-from . import codec
+from . import codec, discovery
 from ._portal import Portal
 from ._transport import Headers, PendingReply, Reply, Transport
 from .config import NatsConfig
@@ -255,6 +255,55 @@ class Bus:
         """Run ``coro_fn()`` on the Bus's loop and wait (for extensions)."""
         self._live()
         return self._portal.call(coro_fn, timeout)
+
+    # -- service discovery (NATS micro protocol; see natsbus.discovery) --------
+
+    def ping(
+        self,
+        name: Optional[str] = None,
+        id: Optional[str] = None,
+        *,
+        timeout: float = discovery.DEFAULT_TIMEOUT,
+        quiet: float = discovery.DEFAULT_QUIET,
+        count: Optional[int] = None,
+    ) -> List[discovery.ServicePing]:
+        """PING every NATS micro service instance; see :func:`natsbus.discovery.ping`."""
+        return discovery.ping(self, name, id, timeout=timeout, quiet=quiet, count=count)
+
+    def discover(
+        self,
+        name: Optional[str] = None,
+        id: Optional[str] = None,
+        *,
+        timeout: float = discovery.DEFAULT_TIMEOUT,
+        quiet: float = discovery.DEFAULT_QUIET,
+        count: Optional[int] = None,
+    ) -> List[discovery.ServiceInfo]:
+        """INFO from every service instance: what each serves; see :func:`natsbus.discovery.discover`."""
+        return discovery.discover(self, name, id, timeout=timeout, quiet=quiet, count=count)
+
+    def stats(
+        self,
+        name: Optional[str] = None,
+        id: Optional[str] = None,
+        *,
+        timeout: float = discovery.DEFAULT_TIMEOUT,
+        quiet: float = discovery.DEFAULT_QUIET,
+        count: Optional[int] = None,
+    ) -> List[discovery.ServiceStats]:
+        """STATS from every service instance: per-endpoint counters; see :func:`natsbus.discovery.stats`."""
+        return discovery.stats(self, name, id, timeout=timeout, quiet=quiet, count=count)
+
+    def has_handler(
+        self,
+        message_type: Union[str, type],
+        *,
+        kind: Union[Kind, str, None] = None,
+        timeout: float = discovery.DEFAULT_TIMEOUT,
+        quiet: float = discovery.DEFAULT_QUIET,
+    ) -> bool:
+        """Whether a running service lists ``message_type``; see :func:`natsbus.discovery.has_handler`."""
+        return discovery.has_handler(self, message_type, kind=kind, timeout=timeout, quiet=quiet)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is queued, close the connection and join the loop thread.

@@ -1,7 +1,7 @@
 """The ``natsbus`` command.
 
-Subcommands: ``demo`` (the user-service demo) and ``worker`` (run a
-WorkerPool daemon). Exit codes of ``natsbus worker``:
+``natsbus demo`` runs the user-service demo; ``natsbus worker`` runs a
+WorkerPool daemon. Exit codes of ``natsbus worker``:
 
 == ============================================================
 0  stopped on a signal after answering every admitted request
@@ -12,19 +12,39 @@ WorkerPool daemon). Exit codes of ``natsbus worker``:
 3  could not connect to NATS
 N  128 + the signal number, when a second signal stopped it at once
 == ============================================================
+
+Ops commands, for any NATS micro service (natsbus pools or not)::
+
+    natsbus ls                          every service instance
+    natsbus ping [NAME [ID]]            who answers, and how fast
+    natsbus info NAME [ID]              endpoints: subject and queue group
+    natsbus stats NAME [ID]             per-endpoint requests, errors, timings
+    natsbus execute TYPE JSON           send a command envelope, print the reply
+    natsbus ask TYPE JSON               send a query envelope, print the reply
+
+All take ``--server URL`` (default ``NATS_URL``, else nats://127.0.0.1:4222)
+and ``--timeout SECONDS``. The exit status is 0 on success and 1 when the
+call failed (an error reply, a timeout, no handler, no server, or no
+instance answering ``ping`` / ``info`` / ``stats``; an empty ``ls`` is not
+a failure); 2 for a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
 import inspect
+import json
 import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .bus import Bus
 
 __all__ = ["main"]
 
@@ -47,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--server", help="NATS URL to use instead of NATS_URL / the embedded server")
     _add_worker_parser(sub)
+    _add_ops_commands(sub)
     return parser
 
 
@@ -66,6 +87,7 @@ def _add_worker_parser(sub: Any) -> None:
     worker.add_argument("--max-pending", type=int, help="admitted requests that may wait for a thread")
     worker.add_argument("--queue-group", help="queue group (default: the service id)")
     worker.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to drain on stop (default 30)")
+    worker.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (default INFO)")
     worker.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to reach NATS at start (default 5)")
 
 
@@ -81,6 +103,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_demo(args.server)
     if args.command == "worker":
         return _run_worker(args)
+    if args.command in _OPS_COMMANDS:
+        return _run_ops(args, sys.stdout, sys.stderr)
     parser.print_help(sys.stderr)
     return EXIT_USAGE
 
@@ -176,3 +200,189 @@ def _as_pool(target: Any, bus: Any) -> Any:
     if not isinstance(made, WorkerPool):
         return None
     return made if made.bus is not None else made.bind(bus)
+
+
+# -- ops commands: ls, ping, info, stats, execute, ask ---------------------------
+
+_OPS_COMMANDS = ("ls", "ping", "info", "stats", "execute", "ask")
+
+
+def _add_ops_commands(sub: Any) -> None:
+    from .discovery import DEFAULT_TIMEOUT
+
+    def add(name: str, help: str, timeout: float) -> argparse.ArgumentParser:
+        cmd: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+        cmd.add_argument("--server", help="NATS URL (default: NATS_URL, else nats://127.0.0.1:4222)")
+        cmd.add_argument(
+            "--timeout", type=float, default=timeout, help=f"seconds to wait for replies (default {timeout:g})"
+        )
+        return cmd
+
+    add("ls", "list every NATS micro service instance", DEFAULT_TIMEOUT)
+    for name, help in (
+        ("ping", "ping service instances and show the round-trip times"),
+        ("info", "show the endpoints of a service's instances"),
+        ("stats", "show per-endpoint requests, errors and timings of a service's instances"),
+    ):
+        cmd = add(name, help, DEFAULT_TIMEOUT)
+        cmd.add_argument("name", nargs="?" if name == "ping" else None, help="the service name")
+        cmd.add_argument("id", nargs="?", help="one instance's id")
+    for name, kind, prefix, example, timeout in (
+        ("execute", "command", "commands", "CreateUserCommand", 5.0),
+        ("ask", "query", "queries", "GetUserQuery", 3.0),
+    ):
+        cmd = add(name, f"send a {kind} envelope to {prefix}.TYPE and print the reply", timeout)
+        cmd.add_argument("type", help=f"the {kind} type name, e.g. {example}")
+        cmd.add_argument("payload", help="the payload as JSON ('-' reads standard input)")
+        cmd.add_argument("--service-id", default="natsbus-cli", help="the service_id put in the envelope")
+
+
+def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .bus import Bus
+    from .errors import NatsBusError
+
+    payload: Any = None
+    if args.command in ("execute", "ask"):
+        text = sys.stdin.read() if args.payload == "-" else args.payload
+        try:
+            payload = json.loads(text)
+        except ValueError as exc:
+            err.write(f"natsbus {args.command}: the payload is not valid JSON: {exc}\n")
+            return 2
+    try:
+        with Bus(args.server, name="natsbus-cli") if args.server else Bus(name="natsbus-cli") as bus:
+            if args.command in ("execute", "ask"):
+                return _send(bus, args, payload, out, err)
+            return _show(bus, args, out, err)
+    except NatsBusError as exc:
+        err.write(f"natsbus {args.command}: {exc}\n")
+        return 1
+
+
+def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    timeout = args.timeout
+    if args.command == "ls":
+        services = bus.discover(timeout=timeout)
+        if not services:
+            err.write("no services answered\n")
+            return 0
+        rows = [[s.name, s.version, s.id, str(len(s.endpoints)), s.description] for s in services]
+        out.write(_table(["NAME", "VERSION", "ID", "ENDPOINTS", "DESCRIPTION"], rows))
+        return 0
+    name, id = args.name, args.id
+    if args.command == "ping":
+        pings = bus.ping(name, id, timeout=timeout)
+        rows = [[p.name, p.id, p.version, _duration(round((p.rtt or 0.0) * 1e9))] for p in pings]
+        found = len(pings)
+        if found:
+            out.write(_table(["NAME", "ID", "VERSION", "RTT"], rows))
+    elif args.command == "info":
+        infos = bus.discover(name, id, timeout=timeout)
+        for info in infos:
+            out.write(f"{info.name} {info.version}, instance {info.id}\n")
+            out.write(f"  description: {info.description or '-'}\n")
+            _write_metadata(out, info.metadata)
+            rows = [[e.name, e.subject, e.queue_group or "-"] for e in info.endpoints]
+            out.write(_table(["ENDPOINT", "SUBJECT", "QUEUE GROUP"], rows, indent="  ") + "\n")
+        found = len(infos)
+    else:
+        all_stats = bus.stats(name, id, timeout=timeout)
+        now = dt.datetime.now(dt.timezone.utc)
+        for stats in all_stats:
+            started = stats.started.strftime("%Y-%m-%dT%H:%M:%SZ")
+            up = _uptime((now - stats.started).total_seconds())
+            out.write(f"{stats.name} {stats.version}, instance {stats.id}, started {started} (up {up})\n")
+            _write_metadata(out, stats.metadata)
+            rows = [
+                [
+                    e.name,
+                    str(e.num_requests),
+                    str(e.num_errors),
+                    _duration(e.average_processing_time),
+                    _duration(e.processing_time),
+                    e.last_error or "-",
+                ]
+                for e in stats.endpoints
+            ]
+            headers = ["ENDPOINT", "REQUESTS", "ERRORS", "AVERAGE", "TOTAL", "LAST ERROR"]
+            out.write(_table(headers, rows, indent="  ") + "\n")
+        found = len(all_stats)
+    what = f"instance {id} of {name}" if id else (f"instance of {name}" if name else "service")
+    if not found:
+        err.write(f"no {what} answered within {timeout:g}s\n")
+        return 1
+    out.write(f"{found} instance{'s' if found != 1 else ''} answered\n")
+    return 0
+
+
+def _write_metadata(out: TextIO, metadata: Any) -> None:
+    if metadata:
+        out.write(f"  metadata: {', '.join(f'{k}={v}' for k, v in sorted(metadata.items()))}\n")
+
+
+def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: TextIO) -> int:
+    from .bus import ERROR_CODE_HEADER, ERROR_HEADER
+    from .envelope import create_request_envelope, new_id
+    from .errors import RequestTimeoutError
+    from .messages import Kind
+
+    kind = Kind.COMMAND if args.command == "execute" else Kind.QUERY
+    envelope = create_request_envelope(args.type, new_id(kind), args.service_id, payload, kind=kind)
+    subject = envelope.subject  # validates the type name
+    try:
+        reply = bus.request(subject, envelope.to_bytes(), timeout=args.timeout)
+    except RequestTimeoutError:
+        err.write(f"natsbus {args.command}: {kind.label} request timeout after {round(args.timeout * 1000)}ms\n")
+        return 1
+    try:
+        body: Any = json.loads(reply.data)
+    except ValueError:
+        body = None
+        if reply.data:
+            out.write(reply.data.decode("utf-8", "replace") + "\n")
+    else:
+        out.write(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+    headers = reply.headers or {}
+    if headers.get(ERROR_HEADER) or headers.get(ERROR_CODE_HEADER):
+        code = headers.get(ERROR_CODE_HEADER, "?")
+        err.write(f"natsbus {args.command}: error {code}: {headers.get(ERROR_HEADER, '')}\n")
+        return 1
+    if isinstance(body, dict) and "success" in body and body["success"] is not True:
+        err.write(f"natsbus {args.command}: {body.get('error') or 'the service answered success: false'}\n")
+        return 1
+    return 0
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = []
+    for row in [headers, *rows]:
+        lines.append(indent + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _duration(ns: int) -> str:
+    """Nanoseconds, readable: ``850ns``, ``12.3us``, ``4.56ms``, ``1.20s``, then as :func:`_uptime`."""
+    if ns < 1_000:
+        return f"{ns}ns"
+    if ns < 1_000_000:
+        return f"{ns / 1_000:.1f}us"
+    if ns < 1_000_000_000:
+        return f"{ns / 1_000_000:.2f}ms"
+    if ns < 60_000_000_000:
+        return f"{ns / 1_000_000_000:.2f}s"
+    return _uptime(ns / 1_000_000_000)
+
+
+def _uptime(seconds: float) -> str:
+    """Whole seconds, readable: ``42s``, ``3m4s``, ``5h6m``, ``2d3h``."""
+    minutes, secs = divmod(max(0, int(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"

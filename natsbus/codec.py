@@ -33,7 +33,8 @@ try:  # pragma: no cover - which branch runs depends on the environment
 
     def dumps(obj: Any) -> bytes:
         """Encode ``obj`` as compact UTF-8 JSON bytes."""
-        return orjson.dumps(obj)
+        encoded: bytes = orjson.dumps(obj)  # typed whether or not orjson is installed
+        return encoded
 
     def loads(data: bytes) -> Any:
         """Decode JSON bytes (raises ``ValueError`` on bad input)."""

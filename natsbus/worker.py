@@ -23,14 +23,16 @@ import signal
 import threading
 import time
 import typing
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import attrs
 
 from . import codec
+from ._micro import MicroResponder
 from ._transport import Headers
 from .bus import ERROR_CODE_HEADER, ERROR_HEADER, Bus
 from .context import RequestContext, _enter, _leave, parse_deadline
+from .discovery import ServiceStats
 from .envelope import INVALID_REQUEST_PREFIX, decode_request, peek_id, utc_timestamp
 from .errors import (
     BusClosedError,
@@ -385,6 +387,14 @@ class WorkerPool:
         max_pending: Admitted requests that may wait for a thread.
         queue_group: The queue group; defaults to ``service_id``.
         handlers: Handlers to register at once.
+        version: The SemVer version it reports as a NATS micro service.
+        description: The description it reports (``""`` when unset).
+        metadata: String metadata it reports.
+
+    A running pool is a NATS micro service named ``service_id``: it
+    answers ``$SRV.PING`` / ``$SRV.INFO`` / ``$SRV.STATS`` (see
+    ``natsbus.discovery`` for the client side); ``pool.micro.id`` is this
+    instance's id.
 
     Example::
 
@@ -402,6 +412,9 @@ class WorkerPool:
         max_pending: int = 1000,
         queue_group: Optional[str] = None,
         handlers: Iterable[Any] = (),
+        version: str = "0.0.0",
+        description: str = "",
+        metadata: Optional[Mapping[str, str]] = None,
     ) -> None:
         self.bus = bus
         self.service_id = service_id
@@ -410,6 +423,7 @@ class WorkerPool:
         self.queue_group = queue_group or service_id
         self._validate()
         self.dispatcher = Dispatcher(service_id)
+        self.micro = MicroResponder(service_id, version, description or "", metadata, self.dispatcher, self.queue_group)
         self._state = _State.NEW
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -506,6 +520,10 @@ class WorkerPool:
             raise LifecycleError("this WorkerPool has no Bus; pass one or call bind(bus) first")
         return self.bus
 
+    def stats(self) -> ServiceStats:
+        """Per-handler counts and timings: the numbers ``$SRV.STATS`` reports."""
+        return ServiceStats.from_dict(self.micro.stats_response())
+
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> WorkerPool:
@@ -535,6 +553,7 @@ class WorkerPool:
             subs = []
             for route in self.dispatcher.routes:
                 subs.append(await transport.subscribe(route.subject, self.queue_group, self._admitter(route)))
+            subs.extend(await self.micro.subscribe(transport))  # $SRV.*: discoverable once serving
             await transport.flush()  # the server has every SUB before we return
             return subs
 
@@ -587,8 +606,8 @@ class WorkerPool:
             f"{self.max_pending} waiting; retry later or on another instance",
             subject=route.subject,
         )
-        self.dispatcher.count_error(route, error.message)
         body, headers = error_reply(route.kind, message_id or "", error)
+        self.dispatcher._count(route, time.perf_counter_ns(), error.message)  # an error reply, in the stats too
         logger.debug("refused %s %s: busy", route.subject, message_id)
         self._bus()._transport.publish(reply, body, headers)
 

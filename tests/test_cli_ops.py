@@ -1,0 +1,217 @@
+"""The ops commands (ls, ping, info, stats, execute, ask) against a real nats-server."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from typing import Any, Iterator, List, Tuple
+
+import attrs
+import pytest
+from micro_support import NatsPyService, running_nats_py_service
+
+from natsbus import Bus, Command, NatsServer, WorkerPool
+from natsbus.cli import main
+
+NATS_PY_SERVICE_WARNINGS = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")
+
+
+@attrs.frozen
+class PayCommand(Command[None]):
+    amount: int
+
+
+@pytest.fixture()
+def nats_py_service(nats_url: str) -> Iterator[NatsPyService]:
+    yield from running_nats_py_service(nats_url)
+
+
+def run(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> Tuple[int, str, str]:
+    status = main([*argv, "--server", url])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def rows(out: str) -> List[List[str]]:
+    """The table's lines, each split on runs of spaces."""
+    return [line.split() for line in out.splitlines() if line.strip()]
+
+
+def test_ls_lists_every_instance(capsys: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    status, out, err = run(capsys, nats_url, "ls")
+    assert (status, err) == (0, "")
+    lines = rows(out)
+    assert lines[0] == ["NAME", "VERSION", "ID", "ENDPOINTS", "DESCRIPTION"]
+    assert ["user-service", "0.0.0", user_pool.micro.id, "2"] in lines[1:]
+
+
+def test_ls_with_nothing_running_says_so(capsys: Any) -> None:
+    with NatsServer() as empty:  # its own server: nothing else can be running there
+        status, out, err = run(capsys, empty.url, "ls")
+    assert (status, out, err) == (0, "", "no services answered\n")
+
+
+def test_ping_shows_each_instance_with_its_round_trip_time(capsys: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    status, out, err = run(capsys, nats_url, "ping", "user-service")
+    assert (status, err) == (0, "")
+    header, row, summary = rows(out)
+    assert header == ["NAME", "ID", "VERSION", "RTT"]
+    assert row[:3] == ["user-service", user_pool.micro.id, "0.0.0"]
+    assert row[3].endswith(("ns", "us", "ms", "s"))
+    assert summary == ["1", "instance", "answered"]
+
+
+def test_ping_fails_when_nobody_answers(capsys: Any, nats_url: str) -> None:
+    status, out, err = run(capsys, nats_url, "ping", "nobody-here", "--timeout", "5")
+    assert (status, out, err) == (1, "", "no instance of nobody-here answered within 5s\n")
+
+
+def test_info_shows_the_endpoints(capsys: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    status, out, err = run(capsys, nats_url, "info", "user-service")
+    assert (status, err) == (0, "")
+    assert rows(out) == [
+        ["user-service", "0.0.0,", "instance", user_pool.micro.id],
+        ["description:", "-"],
+        ["ENDPOINT", "SUBJECT", "QUEUE", "GROUP"],
+        ["CreateUserCommand", "commands.CreateUserCommand", "user-service"],
+        ["GetUserQuery", "queries.GetUserQuery", "user-service"],
+        ["1", "instance", "answered"],
+    ]
+
+
+def test_info_shows_description_and_metadata(capsys: Any, bus: Bus, nats_url: str) -> None:
+    pool = WorkerPool(bus, service_id="billing", description="Invoices", metadata={"region": "eu"})
+
+    @pool.register
+    def pay(cmd: PayCommand) -> None:
+        return None
+
+    with pool:
+        status, out, _ = run(capsys, nats_url, "info", "billing", pool.micro.id)
+    assert status == 0
+    assert "  description: Invoices\n  metadata: region=eu\n" in out
+
+
+def test_stats_shows_counters_after_traffic(capsys: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    create = '{"name": "Alice", "email": "alice@example.com"}'
+    assert run(capsys, nats_url, "execute", "CreateUserCommand", create)[0] == 0
+    assert run(capsys, nats_url, "execute", "CreateUserCommand", create)[0] == 1
+    status, out, err = run(capsys, nats_url, "stats", "user-service")
+    assert (status, err) == (0, "")
+    lines = rows(out)
+    assert lines[0][:4] == ["user-service", "0.0.0,", "instance", user_pool.micro.id + ","]
+    assert lines[1] == ["ENDPOINT", "REQUESTS", "ERRORS", "AVERAGE", "TOTAL", "LAST", "ERROR"]
+    create_row, get_row = lines[2], lines[3]
+    assert create_row[:3] == ["CreateUserCommand", "2", "1"]
+    assert " ".join(create_row[5:]) == "User already exists with email: alice@example.com"
+    assert get_row == ["GetUserQuery", "0", "0", "0ns", "0ns", "-"]
+
+
+def test_execute_prints_the_response_envelope(capsys: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    status, out, err = run(capsys, nats_url, "execute", "CreateUserCommand", '{"name": "Bo", "email": "bo@x.org"}')
+    assert (status, err) == (0, "")
+    response = json.loads(out)
+    assert sorted(response) == ["command_id", "error", "payload", "success", "timestamp"]
+    assert response["success"] is True and response["error"] is None
+    assert response["command_id"].startswith("cmd-")
+    assert sorted(response["payload"]) == ["created_at", "user_id"]
+
+    status, out, err = run(
+        capsys, nats_url, "ask", "GetUserQuery", json.dumps({"user_id": response["payload"]["user_id"]})
+    )
+    assert (status, err) == (0, "")
+    found = json.loads(out)
+    assert found["query_id"].startswith("qry-")
+    assert (found["payload"]["name"], found["payload"]["email"]) == ("Bo", "bo@x.org")
+
+
+def test_execute_exits_1_on_an_error_reply(capsys: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    create = '{"name": "Bo", "email": "bo@x.org"}'
+    assert run(capsys, nats_url, "execute", "CreateUserCommand", create)[0] == 0
+    status, out, err = run(capsys, nats_url, "execute", "CreateUserCommand", create)
+    assert status == 1
+    assert json.loads(out)["error"] == "User already exists with email: bo@x.org"
+    assert err == "natsbus execute: error 409: User already exists with email: bo@x.org\n"
+
+    status, out, err = run(capsys, nats_url, "ask", "GetUserQuery", '{"user_id": "user-missing"}')
+    assert status == 1
+    assert json.loads(out)["success"] is False
+    assert err == "natsbus ask: error 404: User not found: user-missing\n"
+
+    status, out, err = run(capsys, nats_url, "execute", "CreateUserCommand", '{"email": "x@y"}')
+    assert status == 1
+    assert err == "natsbus execute: error 400: Invalid request format: expected 'name' field\n"
+
+
+def test_execute_exits_1_when_nobody_handles_the_type(capsys: Any, nats_url: str) -> None:
+    status, out, err = run(capsys, nats_url, "execute", "DeleteUserCommand", "{}")
+    assert (status, out) == (1, "")
+    assert err == "natsbus execute: No handler available for commands.DeleteUserCommand\n"
+
+
+def test_ask_exits_1_on_timeout(capsys: Any, bus: Bus, nats_url: str) -> None:
+    transport = bus._live()
+
+    async def silent() -> Any:  # subscribes, never answers
+        sub = await transport.subscribe("queries.SlowQuery", "", lambda *message: None)
+        await transport.flush()
+        return sub
+
+    sub = bus.run(silent)
+    try:
+        status, out, err = run(capsys, nats_url, "ask", "SlowQuery", "{}", "--timeout", "0.3")
+    finally:
+        bus.run(lambda: transport.unsubscribe([sub]))
+    assert (status, out, err) == (1, "", "natsbus ask: Query request timeout after 300ms\n")
+
+
+def test_execute_refuses_a_payload_that_is_not_json(capsys: Any, nats_url: str) -> None:
+    status, out, err = run(capsys, nats_url, "execute", "CreateUserCommand", "{name: Alice}")
+    assert (status, out) == (2, "")
+    assert err.startswith("natsbus execute: the payload is not valid JSON: ")
+
+
+def test_execute_reads_the_payload_from_stdin(
+    capsys: Any, monkeypatch: pytest.MonkeyPatch, nats_url: str, user_pool: WorkerPool
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"name": "Cy", "email": "cy@x.org"}'))
+    status, out, _ = run(capsys, nats_url, "execute", "CreateUserCommand", "-")
+    assert status == 0
+    assert json.loads(out)["success"] is True
+
+
+@NATS_PY_SERVICE_WARNINGS
+def test_ops_commands_work_against_a_nats_py_micro_service(
+    capsys: Any, nats_url: str, nats_py_service: NatsPyService
+) -> None:
+    status, out, _ = run(capsys, nats_url, "ls")
+    assert status == 0
+    assert ["echo-py", "1.2.3", nats_py_service.id, "1"] in rows(out)
+
+    status, out, _ = run(capsys, nats_url, "info", "echo-py")
+    assert status == 0
+    assert ["EchoCommand", "commands.EchoCommand", "q"] in rows(out)
+
+    status, out, _ = run(capsys, nats_url, "execute", "EchoCommand", '{"text": "hi"}')
+    assert status == 0
+    assert json.loads(out)["payload"] == {"text": "hi"}
+
+    status, out, err = run(capsys, nats_url, "execute", "EchoCommand", '{"fail": true}')
+    assert (status, out, err) == (1, "", "natsbus execute: error 400: told to fail\n")
+
+    status, out, _ = run(capsys, nats_url, "stats", "echo-py")
+    assert status == 0
+    assert rows(out)[2][:2] == ["EchoCommand", "2"]
+
+
+def test_the_natsbus_command_runs_as_a_process(nats_url: str, user_pool: WorkerPool) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "natsbus", "ping", "user-service", user_pool.micro.id, "--server", nats_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert user_pool.micro.id in proc.stdout
