@@ -54,19 +54,18 @@ def wrong(bus: Bus, memory: InMemoryBus) -> None:
 
 
 @pytest.fixture(scope="module")
-def mypy_report(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Dict[str, List[str]]:
+def mypy_report(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, List[str]]:
     """mypy --strict on both snippets in one run: {file stem: its lines}."""
     work = tmp_path_factory.mktemp("ports")
     (work / "good.py").write_text(GOOD)
     (work / "bad.py").write_text(BAD)
-    cache = pytestconfig.cache.mkdir("natsbus-mypy") if pytestconfig.cache else work / "cache"
     stdout, stderr, _status = mypy_api.run(
         [
             "--config-file",
             str(ROOT / "pyproject.toml"),
             "--strict",
             "--cache-dir",
-            str(cache),
+            str(work / "cache"),  # a fresh cache: a shared one reports old paths
             "--no-error-summary",
             "--show-error-codes",
             str(work / "good.py"),
