@@ -109,8 +109,25 @@ def gunicorn(app: str, *, cwd: Path, env: Dict[str, str], log_path: Path, timeou
 
 
 def stop(server: Gunicorn, timeout: float = 20.0) -> int:
-    """SIGTERM (graceful), then SIGKILL after ``timeout``; returns the exit code."""
-    proc = server.proc
+    """Stop gunicorn gracefully (SIGTERM), SIGKILL after ``timeout``; returns the exit code."""
+    return terminate(server.proc, timeout)
+
+
+def wait_for_output(proc: subprocess.Popen[bytes], log_path: Path, text: str, timeout: float = 30.0) -> str:
+    """Wait (bounded) until ``text`` appears in a process's log file; return the log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = log_path.read_text(errors="replace")
+        if text in log:
+            return log
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before printing {text!r}:\n{log}")
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} did not appear within {timeout}s:\n{log_path.read_text(errors='replace')}")
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
     if proc.poll() is None:
         proc.terminate()
         try:

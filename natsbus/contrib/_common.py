@@ -136,12 +136,15 @@ def _config(merged: Mapping[str, Any], label: Callable[[str], str], problems: Li
     ):
         problems.append((BAD_VALUE, f"{label('SERVERS')} must be a URL, a list of URLs or None, got {servers!r}"))
         return None
-    if servers is not None:
-        try:
+    try:
+        if servers is None:
+            NatsConfig.from_env()
+        else:
             NatsConfig(servers=servers)
-        except ConfigError as exc:
-            problems.append((BAD_VALUE, f"{label('SERVERS')}: {exc}"))
-            return None
+    except ConfigError as exc:
+        where = label("SERVERS") if servers is not None else f"NATS_URL (read as {label('SERVERS')} is None)"
+        problems.append((BAD_VALUE, f"{where}: {exc}"))
+        return None
     try:
         if servers is None:
             return NatsConfig.from_env(**options)  # NATS_URL, read in the process that connects
