@@ -79,7 +79,7 @@ class NatsBus:
     def init_app(self, app: Flask) -> None:
         """Set the config defaults and attach a (not yet opened) Bus to ``app``."""
         for key, value in DEFAULTS.items():
-            app.config.setdefault(PREFIX + key, value)
+            app.config.setdefault(PREFIX + key, dict(value) if isinstance(value, dict) else value)
         app.config.setdefault(PREFIX + "SERVICE_ID", app.name)
 
         def load() -> BusSettings:
