@@ -722,7 +722,7 @@ class CommandBus(_MessageBus):
 
     def execute_many(
         self,
-        commands: Iterable[Any],
+        messages: Iterable[Any],
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
@@ -733,11 +733,11 @@ class CommandBus(_MessageBus):
         """Execute many commands from one thread, pipelined.
 
         At most ``concurrency`` requests are in flight at once; results come
-        back in input order. ``commands`` may be any iterable (a generator
+        back in input order. ``messages`` may be any iterable (a generator
         is consumed lazily, so huge inputs need not fit in memory).
 
         Args:
-            commands: The commands.
+            messages: The commands.
             concurrency: Requests in flight at most.
             timeout: Seconds per command.
             return_exceptions: Put each failure (a natsbus exception) in
@@ -753,7 +753,7 @@ class CommandBus(_MessageBus):
             NatsBusError: the first failure, unless ``return_exceptions``;
                 the commands still in flight are abandoned.
         """
-        return self._many(commands, concurrency, timeout, return_exceptions, progress, returns)
+        return self._many(messages, concurrency, timeout, return_exceptions, progress, returns)
 
     def with_timeout(self, seconds: Optional[float]) -> CommandBus:
         """A copy of this bus with another default timeout."""
@@ -833,7 +833,7 @@ class QueryBus(_MessageBus):
 
     def ask_many(
         self,
-        queries: Iterable[Any],
+        messages: Iterable[Any],
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
@@ -842,7 +842,7 @@ class QueryBus(_MessageBus):
         returns: Any = None,
     ) -> List[Any]:
         """Ask many queries from one thread, pipelined; see :meth:`CommandBus.execute_many`."""
-        return self._many(queries, concurrency, timeout, return_exceptions, progress, returns)
+        return self._many(messages, concurrency, timeout, return_exceptions, progress, returns)
 
     def with_timeout(self, seconds: Optional[float]) -> QueryBus:
         """A copy of this bus with another default timeout."""

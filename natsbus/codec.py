@@ -31,9 +31,17 @@ T = TypeVar("T")
 try:  # pragma: no cover - which branch runs depends on the environment
     import orjson
 
+    _fallback = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
     def dumps(obj: Any) -> bytes:
         """Encode ``obj`` as compact UTF-8 JSON bytes."""
-        encoded: bytes = orjson.dumps(obj)  # typed whether or not orjson is installed
+        try:
+            encoded: bytes = orjson.dumps(obj)  # typed whether or not orjson is installed
+        except TypeError:
+            # orjson refuses what the standard library accepts (integers over
+            # 64 bits, str subclasses as keys); results must not depend on
+            # whether the optional extra is installed.
+            return _fallback.encode(obj).encode("utf-8")
         return encoded
 
     def loads(data: bytes) -> Any:

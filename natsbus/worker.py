@@ -758,6 +758,10 @@ class WorkerPool:
             if signals:
                 logger.info("signal %d: draining (send it again to stop at once)", signals[0])
             return self.stop(drain_timeout)
+        except SystemExit:
+            if len(signals) >= 2:
+                logger.warning("second signal: stopping at once (signal %d)", signals[-1])
+            raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

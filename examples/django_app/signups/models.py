@@ -1,0 +1,10 @@
+from django.db import models
+
+
+class Signup(models.Model):
+    """A sign-up form, saved locally; the user-service creates the user after it commits."""
+
+    name = models.CharField(max_length=200)
+    email = models.CharField(max_length=200)
+    user_id = models.CharField(max_length=100, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)

@@ -1,0 +1,180 @@
+"""natsbus.contrib.flask: in-process with Flask's test client, and the example app under gunicorn."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+from flask import Flask
+from webserver import CLOSED, OPENED, gunicorn, stop
+
+from natsbus import Bus, ConfigError, NatsServer, WorkerPool
+from natsbus.contrib.flask import NatsBus
+from natsbus.demo import CreateUserHandler, GetUserHandler, UserRepository
+from natsbus.testing import InMemoryBus
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "flask_app"
+
+
+@pytest.fixture(scope="module")
+def example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("natsbus_flask_example", EXAMPLE / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture()
+def make_app(example: ModuleType) -> Iterator[Any]:
+    apps: List[Flask] = []
+
+    def make(config: Dict[str, Any]) -> Flask:
+        app: Flask = example.create_app(config)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        example.cqrs.close(app)
+
+
+def in_memory_user_service() -> InMemoryBus:
+    repository = UserRepository()
+    return InMemoryBus([CreateUserHandler(repository), GetUserHandler(repository)])
+
+
+def test_views_run_on_an_in_memory_bus_with_http_statuses_from_errors(make_app: Any) -> None:
+    memory = in_memory_user_service()
+    client = make_app({"NATSBUS_IN_MEMORY": memory}).test_client()
+    created = client.post("/users", json={"name": "Alice", "email": "alice@example.com"})
+    assert created.status_code == 201
+    user_id = created.get_json()["user_id"]
+    assert client.get(f"/users/{user_id}").get_json() == {
+        "id": user_id,
+        "name": "Alice",
+        "email": "alice@example.com",
+        "created_at": created.get_json()["created_at"],
+    }
+    duplicate = client.post("/users", json={"name": "Alice", "email": "alice@example.com"})
+    assert (duplicate.status_code, duplicate.get_json()) == (
+        409,
+        {"error": "User already exists with email: alice@example.com", "type": "ConflictError"},
+    )
+    missing = client.get("/users/user-nobody")
+    assert (missing.status_code, missing.get_json()["error"]) == (404, "User not found: user-nobody")
+    assert len(memory.sent) == 4
+
+
+def test_views_over_nats_in_process(make_app: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    client = make_app({"NATSBUS_SERVERS": nats_url}).test_client()
+    created = client.post("/users", json={"name": "Bob", "email": "bob@example.com"})
+    assert created.status_code == 201
+    assert client.get(f"/users/{created.get_json()['user_id']}").get_json()["name"] == "Bob"
+
+
+def test_init_app_does_not_connect_and_the_first_request_does(make_app: Any, example: ModuleType) -> None:
+    app = make_app({"NATSBUS_SERVERS": "nats://127.0.0.1:9", "NATSBUS_OPTIONS": {"connect_timeout": 0.2}})
+    assert not app.extensions["natsbus"].opened  # built, not connected
+    response = app.test_client().get("/users/u-1")
+    assert response.status_code == 502
+    assert response.get_json()["type"] == "ConnectError"
+    assert "nats://127.0.0.1:9" in response.get_json()["error"]
+
+
+def test_one_bus_per_app_shared_by_threads(make_app: Any, nats_url: str, example: ModuleType) -> None:
+    app = make_app({"NATSBUS_SERVERS": nats_url})
+    seen: List[Bus] = []
+    lock = threading.Lock()
+
+    def use() -> None:
+        with app.app_context():
+            bus = example.cqrs.bus
+        with lock:
+            seen.append(bus)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(seen) == 8 and all(b is seen[0] for b in seen)
+    assert seen[0].is_connected
+    example.cqrs.close(app)
+    assert seen[0].closed
+    with app.app_context():
+        assert example.cqrs.bus is not seen[0]  # reopened on next use
+
+
+def test_config_typos_and_bad_values_are_reported(make_app: Any, example: ModuleType) -> None:
+    app = make_app({"NATSBUS_TIMOUT": 2, "NATSBUS_QUERY_TIMEOUT": "3", "NATSBUS_SERVERS": "localhost:4222"})
+    assert example.cqrs.problems(app) == [
+        "NATSBUS_TIMOUT is not a natsbus setting; "
+        "known: IN_MEMORY, OPTIONS, QUERY_TIMEOUT, SERVERS, SERVICE_ID, TIMEOUT",
+        "NATSBUS_QUERY_TIMEOUT must be a number of seconds > 0, or None for no limit; got '3'",
+        "NATSBUS_SERVERS: server URL 'localhost:4222' has no scheme; expected e.g. nats://host:4222",
+    ]
+    with app.app_context(), pytest.raises(ConfigError, match="NATSBUS_TIMOUT is not a natsbus setting"):
+        example.cqrs.commands  # noqa: B018
+
+
+def test_an_app_without_init_app_says_so() -> None:
+    with Flask("bare").app_context(), pytest.raises(RuntimeError, match=r"call NatsBus\.init_app"):
+        NatsBus().commands  # noqa: B018
+
+
+# -- the example app under gunicorn ------------------------------------------------
+
+
+def _create(server: Any, i: int) -> Tuple[int, Any]:
+    return server.call("POST", "/users", {"name": f"user{i}", "email": f"user{i}@example.com"})
+
+
+@pytest.mark.slow
+def test_example_app_under_gunicorn(nats_server: NatsServer, user_pool: WorkerPool, tmp_path: Path) -> None:
+    env = {"NATS_URL": nats_server.url}
+    with gunicorn("app:app", cwd=EXAMPLE, env=env, log_path=tmp_path / "gunicorn.log") as server:
+        status, created = server.call("POST", "/users", {"name": "Alice", "email": "alice@example.com"})
+        assert status == 201, server.log()
+        status, user = server.call("GET", f"/users/{created['user_id']}")
+        assert (status, user["name"], user["email"]) == (200, "Alice", "alice@example.com")
+        assert server.call("POST", "/users", {"name": "Alice", "email": "alice@example.com"}) == (
+            409,
+            {"error": "User already exists with email: alice@example.com", "type": "ConflictError"},
+        )
+        assert server.call("GET", "/users/user-nobody")[0] == 404
+        assert server.call("POST", "/users", {"email": 5})[0] == 400
+
+        # 32 requests from 16 threads: all served, by the workers (never the master).
+        results: List[Tuple[int, Any]] = []
+        lock = threading.Lock()
+
+        def client(i: int) -> None:
+            for j in (2 * i, 2 * i + 1):
+                answer = _create(server, j)
+                with lock:
+                    results.append(answer)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(status for status, _ in results) == [201] * 32
+        served_by = Counter(body["pid"] for _, body in results)
+        assert server.proc.pid not in served_by
+        opened = server.pids(OPENED)
+        assert server.proc.pid not in opened, "the master opened a Bus"
+        assert set(served_by) <= set(opened)
+        assert len(opened) == len(set(opened)), "a worker opened more than one Bus"
+    assert stop(server) == 0
+    # Each worker that opened a Bus closed it on the way out.
+    assert sorted(server.pids(CLOSED)) == sorted(opened), server.log()
+    requests = user_pool.dispatcher.route_for("commands.CreateUserCommand")
+    assert requests is not None and requests.stats.num_requests == 2 + 32 + 1
