@@ -1,4 +1,4 @@
-"""The ``natsbus`` command: ``natsbus demo`` (and more to come)."""
+"""The ``natsbus`` command: ``natsbus demo``, ``natsbus bench`` (and more to come)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def _parser() -> argparse.ArgumentParser:
         help="run the user-service demo (starts an embedded nats-server unless NATS_URL is set)",
     )
     demo.add_argument("--server", help="NATS URL to use instead of NATS_URL / the embedded server")
+    from ._bench import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure natsbus against raw nats-py (starts an embedded nats-server unless NATS_URL is set)",
+    )
+    add_bench_arguments(bench)
     return parser
 
 
@@ -34,5 +41,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .demo import run_demo
 
         return run_demo(args.server)
+    if args.command == "bench":
+        from ._bench import run_bench
+
+        return run_bench(args)
     parser.print_help(sys.stderr)
     return 2
