@@ -20,7 +20,9 @@ measurement runs in ``rounds`` rounds whose order alternates (raw, natsbus,
 natsbus, raw, ...), so drift hits both alike; its figures pool the rounds.
 Throughput counts the requests completed inside a window that opens after a
 warm-up, while every caller is still busy; latencies are those of requests
-sent and answered inside it.
+sent and answered inside it. CPU time per request (all threads of a process,
+from ``time.process_time()``) is reported beside the rates: on a shared
+machine it is steadier than they are, and it shows which side costs more.
 
 Every loop is bounded in time and in count; every child is ended in a
 ``finally`` (SIGKILL when it does not quit). Nothing here is public API.
@@ -163,6 +165,7 @@ def _responder_main(url: str) -> int:
     with Bus(url, name="bench-natsbus-responder") as bus:
         _ready()
         pool: Optional[WorkerPool] = None
+        cpu = 0.0
         try:
             for line in sys.stdin:
                 op = json.loads(line)
@@ -171,12 +174,15 @@ def _responder_main(url: str) -> int:
                 if op["op"] == "serve":
                     if pool is None:
                         pool = build_pool(bus, int(op.get("types", 0))).start()  # returns once subscribed
+                        cpu = time.process_time()
                     _send({"ok": True})
                 elif op["op"] == "pause":
+                    work = {"handled": 0, "cpu_seconds": time.process_time() - cpu}
                     if pool is not None:
+                        work["handled"] = sum(route.stats.num_requests for route in pool.dispatcher.routes)
                         pool.stop(drain_timeout=REQUEST_TIMEOUT)
                         pool = None
-                    _send({"ok": True, "memory": memory()})
+                    _send({"ok": True, "memory": memory(), **work})
                 elif op["op"] == "memory":
                     _send({"ok": True, "memory": memory()})
                 else:
@@ -267,7 +273,10 @@ def _run_window(call: Callable[[], Any], op: Dict[str, Any]) -> Dict[str, Any]:
     window[0] = clock() + float(op["warmup"])
     window[1] = window[0] + float(op["duration"])
     start.wait(timeout=30.0)  # every caller is ready: the clock is running
+    time.sleep(max(0.0, window[0] - clock()))
+    cpu = time.process_time()
     time.sleep(max(0.0, window[1] - clock()))
+    cpu = time.process_time() - cpu
     mem = memory()  # at the window's end, under full load
     for thread in threads:
         thread.join(REQUEST_TIMEOUT + 5.0)
@@ -282,6 +291,7 @@ def _run_window(call: Callable[[], Any], op: Dict[str, Any]) -> Dict[str, Any]:
         "elapsed": max(o[4] for o in done) - window[0],  # shorter when every caller hit the cap
         "capped": any(o[0] + o[1] >= cap for o in done),
         "latencies_us": [x for o in done for x in o[2]],
+        "cpu_seconds": cpu,
         "memory": mem,
     }
 
@@ -301,6 +311,7 @@ def _run_batches(execute_many: Callable[..., List[Any]], message: Any, op: Dict[
     if float(op["warmup"]) > 0:
         one()
     deadline = clock() + float(op["duration"])
+    cpu = time.process_time()
     count = errors = 0
     elapsed = 0.0
     first_error = ""
@@ -322,6 +333,7 @@ def _run_batches(execute_many: Callable[..., List[Any]], message: Any, op: Dict[
         "elapsed": elapsed,
         "capped": ended < deadline,
         "latencies_us": [],
+        "cpu_seconds": time.process_time() - cpu,
         "memory": memory(),
     }
 
@@ -565,6 +577,8 @@ class _Runner:
                     paused = responder.call({"op": "pause"}, timeout=60.0)
                 result["round"] = round_no
                 result["responder_memory"] = paused["memory"]
+                result["responder_cpu_seconds"] = paused["cpu_seconds"]
+                result["responder_handled"] = paused["handled"]
                 self.runs.setdefault((cell.key, impl), []).append(result)
 
     def read_memory(self, first: int) -> None:
@@ -595,6 +609,7 @@ def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     count = sum(r["count"] for r in runs)
     elapsed = sum(r["elapsed"] for r in runs)
     latencies = sorted(x for r in runs for x in r["latencies_us"])
+    handled = sum(r["responder_handled"] for r in runs)
     return {
         "requests": count,
         "errors": sum(r["errors"] for r in runs),
@@ -603,6 +618,11 @@ def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         "throughput": round(count / elapsed, 1) if elapsed > 0 else 0.0,
         "p50_us": percentile(latencies, 50),
         "p99_us": percentile(latencies, 99),
+        # CPU time per request, all threads of the process: steadier than rates on a shared machine
+        "client_cpu_us": round(1e6 * sum(r["cpu_seconds"] for r in runs) / count, 1) if count else None,
+        "responder_cpu_us": round(1e6 * sum(r["responder_cpu_seconds"] for r in runs) / handled, 1)
+        if handled
+        else None,
         "capped": any(r["capped"] for r in runs),
         "runs": [
             {
@@ -823,25 +843,40 @@ def render(report: Dict[str, Any]) -> str:
     rows = []
     for cell in report["cells"]:
         for impl, s in cell["results"].items():
+            row = [cell["scenario"], size_label(cell["payload"]), str(cell["concurrency"]), impl]
             if "missing" in s:
-                row = [cell["scenario"], size_label(cell["payload"]), str(cell["concurrency"]), impl]
-                rows.append([*row, f"n/a ({s['missing']} missing)", "", "", "", ""])
+                rows.append([*row, "n/a", "", "", "", "", "", "", f"{s['missing']} missing"])
                 continue
+            runs = " / ".join(f"{r['throughput']:,.0f}" for r in s["runs"])
+            note = ", ".join(x for x in (f"rounds: {runs}", "capped" if s["capped"] else "") if x)
             rows.append(
                 [
-                    cell["scenario"],
-                    size_label(cell["payload"]),
-                    str(cell["concurrency"]),
-                    impl,
+                    *row,
                     f"{s['throughput']:,.0f}",
                     _fmt_us(s["p50_us"]),
                     _fmt_us(s["p99_us"]),
+                    _fmt_us(s["client_cpu_us"]),
+                    _fmt_us(s["responder_cpu_us"]),
                     f"{s['requests']:,}",
                     str(s["errors"]),
+                    note,
                 ]
             )
-    headers = ["scenario", "payload", "callers", "implementation", "req/s", "p50", "p99", "requests", "errors"]
-    lines += _table(headers, rows, right=(2, 4, 5, 6, 7, 8))
+    headers = [
+        "scenario",
+        "payload",
+        "callers",
+        "implementation",
+        "req/s",
+        "p50",
+        "p99",
+        "client CPU/req",
+        "responder CPU/req",
+        "requests",
+        "errors",
+        "note",
+    ]
+    lines += _table(headers, rows, right=(2, 4, 5, 6, 7, 8, 9, 10))
     mem = report["memory"]
     lines += [""]
     lines += _table(

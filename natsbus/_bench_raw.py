@@ -110,7 +110,11 @@ def payload_for(size: int) -> Dict[str, Any]:
 
 
 async def _responder(nc: Client, commands: asyncio.StreamReader) -> None:
+    handled = 0
+
     async def on_request(msg: Msg) -> None:
+        nonlocal handled
+        handled += 1
         command_id = ""
         try:
             request = loads(msg.data)
@@ -142,6 +146,7 @@ async def _responder(nc: Client, commands: asyncio.StreamReader) -> None:
         await msg.respond(body)
 
     sub: Optional[Subscription] = None
+    cpu = 0.0
     while True:
         op = await _next_op(commands)
         if op is None or op["op"] == "quit":
@@ -153,13 +158,15 @@ async def _responder(nc: Client, commands: asyncio.StreamReader) -> None:
             if sub is None:
                 sub = await nc.subscribe(SUBJECT, queue=QUEUE_GROUP, cb=on_request)
                 await nc.flush()  # the server has the SUB before we say so
+                handled, cpu = 0, time.process_time()
             send({"ok": True})
         elif op["op"] == "pause":
+            work = {"handled": handled, "cpu_seconds": time.process_time() - cpu}
             if sub is not None:
                 await sub.drain()  # type: ignore[no-untyped-call]
                 sub = None
             await nc.flush()
-            send({"ok": True, "memory": memory()})
+            send({"ok": True, "memory": memory(), **work})
         elif op["op"] == "memory":
             send({"ok": True, "memory": memory()})
         else:
@@ -235,13 +242,15 @@ async def _run_window(caller: _Caller, op: Dict[str, Any]) -> Dict[str, Any]:
                 if count + errors >= cap:
                     return count, errors, latencies, first_error, ended
 
-    async def sample_memory() -> Dict[str, int]:
+    async def sample() -> Tuple[float, Dict[str, int]]:
+        await asyncio.sleep(max(0.0, t0 - clock()))
+        cpu = time.process_time()
         await asyncio.sleep(max(0.0, t1 - clock()))  # the window's end, under full load
-        return memory()
+        return time.process_time() - cpu, memory()
 
-    probe = loop.create_task(sample_memory())
+    probe = loop.create_task(sample())
     results = await asyncio.gather(*(worker() for _ in range(concurrency)))
-    mem = await probe
+    cpu, mem = await probe
     latencies = [x for r in results for x in r[2]]
     return {
         "ok": True,
@@ -251,6 +260,7 @@ async def _run_window(caller: _Caller, op: Dict[str, Any]) -> Dict[str, Any]:
         "elapsed": max(r[4] for r in results) - t0,  # shorter when every task hit the cap
         "capped": any(r[0] + r[1] >= cap for r in results),
         "latencies_us": latencies,
+        "cpu_seconds": cpu,
         "memory": mem,
     }
 
@@ -281,6 +291,7 @@ async def _run_batches(caller: _Caller, op: Dict[str, Any]) -> Dict[str, Any]:
     if float(op["warmup"]) > 0:
         await batch()
     deadline = clock() + float(op["duration"])
+    cpu = time.process_time()
     count = errors = 0
     elapsed = 0.0
     first_error = ""
@@ -302,6 +313,7 @@ async def _run_batches(caller: _Caller, op: Dict[str, Any]) -> Dict[str, Any]:
         "elapsed": elapsed,
         "capped": ended < deadline,
         "latencies_us": [],
+        "cpu_seconds": time.process_time() - cpu,
         "memory": memory(),
     }
 

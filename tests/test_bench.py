@@ -79,6 +79,7 @@ def test_bench_measures_raw_and_natsbus_in_every_cell(quick_run: Tuple[str, Dict
         assert sorted(cell["results"]) == sorted(cell["impls"])
         for impl, result in cell["results"].items():
             assert result["requests"] > 0, (cell["key"], impl)
+            assert result["client_cpu_us"] > 0 and result["responder_cpu_us"] > 0, (cell["key"], impl)
             assert result["errors"] == 0, (cell["key"], impl, result["first_error"])
             assert [r["round"] for r in result["runs"]] == [0, 1]  # two alternating rounds
     assert report["meta"]["raw_imports_natsbus"] is False
