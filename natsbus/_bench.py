@@ -31,6 +31,7 @@ Every loop is bounded in time and in count; every child is ended in a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -39,6 +40,7 @@ import json
 import os
 import platform
 import queue
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +48,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import attrs
 
@@ -921,7 +923,6 @@ def draw_chart(report: Dict[str, Any], path: str) -> None:
         ax.set_xticks(xs)
         ax.set_xticklabels(labels, fontsize=8)
         ax.set_ylabel(unit)
-        ax.legend(fontsize=8)
 
     throughput, latency = [], []
     for cell in report["cells"]:
@@ -941,7 +942,9 @@ def draw_chart(report: Dict[str, Any], path: str) -> None:
     right.set_title("Sequential p50 latency (lower is better)")
     meta = report["meta"]
     fig.suptitle(f"natsbus {meta['natsbus']} vs raw nats-py {meta['nats_py']} (ratio = natsbus / raw)")
-    fig.tight_layout()
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -980,6 +983,8 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
         if not url:
             server = _start_server(work.name)
             url = server.url
+        else:
+            Bus(url, connect_timeout=5.0).close()  # fail fast, naming the URL, before any child starts
         out.write(f"natsbus bench against {_server_text(url, server is not None)}; about {_estimate(options):.0f} s\n")
         out.flush()
         runner = _Runner(options, url, out)
@@ -1127,6 +1132,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a very short run, for smoke tests (numbers are noise)")
 
 
+@contextlib.contextmanager
+def _terminate_as_error() -> Iterator[None]:
+    """On the main thread, SIGTERM raises BenchError, so the children and the server are still ended."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise BenchError("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_bench(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
     """Run ``natsbus bench`` from parsed arguments; print the report; return the exit status."""
     out = out or sys.stdout
@@ -1146,7 +1168,8 @@ def run_bench(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
         quick=args.quick,
     )
     try:
-        report = bench(options, out)
+        with _terminate_as_error():
+            report = bench(options, out)
     except (BenchError, NatsBusError) as exc:
         sys.stderr.write(f"natsbus bench failed: {exc}\n")
         return 1

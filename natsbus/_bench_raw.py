@@ -352,7 +352,8 @@ async def _main(role: str, url: str) -> None:
     loop = asyncio.get_running_loop()
     commands = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
-    nc = await nats.connect(url, name=f"bench-raw-{role}", connect_timeout=5, max_reconnect_attempts=0)
+    connect = nats.connect(url, name=f"bench-raw-{role}", connect_timeout=5, max_reconnect_attempts=0)
+    nc = await asyncio.wait_for(connect, 10.0)  # nats-py keeps retrying a refused first connect
     try:
         # natsbus_loaded proves the baseline's memory holds no natsbus code.
         send({"ready": True, "pid": os.getpid(), "json": JSON_BACKEND, "natsbus_loaded": "natsbus" in sys.modules})
