@@ -583,12 +583,13 @@ class _Runner:
                 result["responder_handled"] = paused["handled"]
                 self.runs.setdefault((cell.key, impl), []).append(result)
 
-    def read_memory(self, first: int) -> None:
-        """Peaks so far, and each client's RSS under load at ``first`` callers."""
+    def read_memory(self) -> None:
+        """Peaks so far, and each client's RSS under load in the first throughput measurement."""
+        key = f"throughput/{self.options.concurrency[0]}/{self.options.payload_sizes[0]}"
         for impl, prefix in ((RAW, "raw"), (NATSBUS, "natsbus")):
             client = self.children[f"{prefix} client"].call({"op": "memory"}, timeout=30.0)["memory"]
             responder = self.children[f"{prefix} responder"].call({"op": "memory"}, timeout=30.0)["memory"]
-            under_load = max(r["memory"]["rss_kib"] for r in self.runs.get((f"throughput/{first}/0", impl), []))
+            under_load = max(r["memory"]["rss_kib"] for r in self.runs[(key, impl)])
             self.memory[impl] = {
                 "client_under_load_kib": under_load,
                 "client_peak_kib": client["peak_kib"],
@@ -747,7 +748,11 @@ def targets(
 
     raw_mem, nb_mem = memory.get(RAW, {}), memory.get(NATSBUS, {})
     for key, name, limit in (
-        ("client_under_load_kib", f"client RSS under load, {first} callers", 1.25),
+        (
+            "client_under_load_kib",
+            f"client RSS under load, {first} callers, {size_label(options.payload_sizes[0])}",
+            1.25,
+        ),
         ("responder_peak_kib", "worker RSS, peak", 1.5),
     ):
         ratio = _ratio(_val(nb_mem, key), _val(raw_mem, key))
@@ -993,7 +998,7 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
         main, growth = plan(options, execute_many)
         for cell in main:
             runner.measure(cell)
-        runner.read_memory(options.concurrency[0])
+        runner.read_memory()
         for cell in growth:
             runner.measure(cell)
         runs, memory_read = runner.runs, runner.memory

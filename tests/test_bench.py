@@ -56,7 +56,7 @@ def test_bench_json_has_every_target_with_a_verdict(quick_run: Tuple[str, Dict[s
         "execute_many, 64 in flight, small payload",
         "throughput, 64 callers, 10 KiB payload",
         "sequential p50, 10 KiB payload",
-        "client RSS under load, 64 callers",
+        "client RSS under load, 64 callers, small",
         "worker RSS, peak",
         "natsbus 256 vs 64 callers, small payload",
         "1 MiB payload works (sequential p50)",
