@@ -1,7 +1,7 @@
 """The ``natsbus`` command.
 
-``natsbus demo`` runs the user-service demo; ``natsbus worker`` runs a
-WorkerPool daemon. Exit codes of ``natsbus worker``:
+``natsbus demo`` runs the user-service demo; ``natsbus bench`` measures natsbus
+against raw nats-py; ``natsbus worker`` runs a WorkerPool daemon. Exit codes of ``natsbus worker``:
 
 == ============================================================
 0  stopped on a signal after answering every admitted request
@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--server", help="NATS URL to use instead of NATS_URL / the embedded server")
     _add_worker_parser(sub)
     _add_ops_commands(sub)
+    from ._bench import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure natsbus against raw nats-py (starts an embedded nats-server unless NATS_URL is set)",
+    )
+    add_bench_arguments(bench)
     return parser
 
 
@@ -105,6 +112,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _run_worker(args)
     if args.command in _OPS_COMMANDS:
         return _run_ops(args, sys.stdout, sys.stderr)
+    if args.command == "bench":
+        from ._bench import run_bench
+
+        return run_bench(args)
     parser.print_help(sys.stderr)
     return EXIT_USAGE
 

@@ -1,0 +1,110 @@
+"""``natsbus bench`` runs end to end. A smoke test only: no timed assertions.
+
+Speed is what the bench itself reports; here it runs with ``--quick`` (numbers
+are noise) and only its shape is checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, Tuple
+
+import pytest
+
+from natsbus._bench import percentile, size_label
+from natsbus.cli import main
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[str, Dict[str, Any], Path]]:
+    """One ``natsbus bench --quick`` on its own embedded server: (stdout, JSON report, chart path)."""
+    work = tmp_path_factory.mktemp("bench")
+    report, chart = work / "bench.json", work / "bench.png"
+    argv = [sys.executable, "-m", "natsbus", "bench", "--quick", "--json", str(report)]
+    if HAS_MATPLOTLIB:
+        argv += ["--chart", str(chart)]
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=50, env=env)
+    assert proc.returncode == 0, proc.stderr
+    yield proc.stdout, json.loads(report.read_text()), chart
+
+
+def test_bench_quick_prints_the_targets_table_with_ratios_first(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
+    stdout, _, _ = quick_run
+    lines = stdout.splitlines()
+    header = lines.index("Targets: natsbus / raw nats-py, same run")
+    assert lines[header + 1].split()[:4] == ["ratio", "target", "result", "measurement"]
+    assert "throughput, 64 callers, small payload" in stdout
+    assert "sequential p50, 10 KiB payload" in stdout
+    assert "Measurements" in stdout
+
+
+def test_bench_json_has_every_target_with_a_verdict(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
+    _, report, _ = quick_run
+    assert sorted(report) == ["cells", "memory", "meta", "targets"]
+    names = [t["name"] for t in report["targets"]]
+    for expected in (
+        "throughput, 64 callers, small payload",
+        "sequential p50, small payload",
+        "execute_many, 64 in flight, small payload",
+        "throughput, 64 callers, 10 KiB payload",
+        "sequential p50, 10 KiB payload",
+        "client RSS under load, 64 callers, small",
+        "worker RSS, peak",
+        "natsbus 256 vs 64 callers, small payload",
+        "1 MiB payload works (sequential p50)",
+        "200 more registered types vs none, 64 callers",
+    ):
+        assert expected in names
+    for target in report["targets"]:
+        assert sorted(target) == ["name", "natsbus", "note", "ratio", "raw", "result", "target"]
+        assert target["result"] in ("PASS", "MISS", "n/a", "-")
+
+
+def test_bench_measures_raw_and_natsbus_in_every_cell(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
+    _, report, _ = quick_run
+    keys = {cell["key"] for cell in report["cells"]}
+    assert {"sequential/1/0", "throughput/64/0", "throughput/256/0", "throughput/64/10240"} <= keys
+    for cell in report["cells"]:
+        if cell["scenario"] == "batch" and not report["meta"]["execute_many"]:
+            assert cell["results"] == {"natsbus": {"missing": "execute_many"}}
+            continue
+        assert sorted(cell["results"]) == sorted(cell["impls"])
+        for impl, result in cell["results"].items():
+            assert result["requests"] > 0, (cell["key"], impl)
+            assert result["client_cpu_us"] > 0 and result["responder_cpu_us"] > 0, (cell["key"], impl)
+            assert result["errors"] == 0, (cell["key"], impl, result["first_error"])
+            assert [r["round"] for r in result["runs"]] == [0, 1]  # two alternating rounds
+    assert report["meta"]["raw_imports_natsbus"] is False
+    for impl in ("raw", "natsbus"):
+        assert set(report["memory"][impl]) == {"client_under_load_kib", "client_peak_kib", "responder_peak_kib"}
+        assert all(kib > 0 for kib in report["memory"][impl].values())
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="the chart extra (matplotlib) is not installed")
+def test_bench_draws_a_png_chart(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
+    _, _, chart = quick_run
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_a_bad_concurrency_list(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--concurrency", "64,x"])
+    assert exit_info.value.code == 2
+    assert "expected comma-separated integers" in capsys.readouterr().err
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile([], 50)) == (50.0, 99.0, None)
+
+
+def test_size_labels_name_the_payloads() -> None:
+    assert [size_label(s) for s in (0, 10240, 1024 * 1024, 1000)] == ["small", "10 KiB", "1 MiB", "1000 B"]
