@@ -20,19 +20,25 @@ from referencing import Registry, Resource
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: A copy of the official NATS micro v1 schemas (shared/spec/micro-v1), so the
+#: suite runs from a plain clone; test_schema_copy_matches_the_spec checks it
+#: against the spec folder wherever that sits beside the repository.
+SCHEMA_DIR = REPO / "tests" / "schemas" / "micro-v1"
+
+
+def spec_schema_dirs() -> List[Path]:
+    """``shared/spec/micro-v1`` folders in the repository's ancestors (CI has ../shared)."""
+    return [
+        base / "shared" / "spec" / "micro-v1"
+        for base in REPO.parents
+        if (base / "shared" / "spec" / "micro-v1" / "definitions.json").is_file()
+    ]
+
+
 def _schema_dir() -> Path:
-    # In CI the spec folder sits beside the clone (../shared); a git worktree
-    # may sit deeper, so the nearest ancestor that has it wins.
-    tried = []
-    for base in REPO.parents:
-        candidate = base / "shared" / "spec" / "micro-v1"
-        tried.append(str(candidate))
-        if (candidate / "definitions.json").is_file():
-            return candidate
-    raise AssertionError(
-        "the official NATS micro JSON schemas are missing: expected shared/spec/micro-v1/*.json beside "
-        f"the repository (../shared, as in CI); looked in {', '.join(tried)}"
-    )
+    if not (SCHEMA_DIR / "definitions.json").is_file():
+        raise AssertionError(f"the NATS micro JSON schemas are missing from {SCHEMA_DIR}")
+    return SCHEMA_DIR
 
 
 def load_validators() -> Dict[str, Draft7Validator]:

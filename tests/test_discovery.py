@@ -390,3 +390,11 @@ def test_format_rfc3339_writes_microseconds_in_utc_and_reads_back() -> None:
     assert format_rfc3339(ns) == "2024-01-02T03:04:05.123456Z"
     assert parse_rfc3339(format_rfc3339(ns)) == dt.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
     assert format_rfc3339(0) == "1970-01-01T00:00:00.000000Z"
+
+
+def test_schema_copy_matches_the_spec() -> None:
+    from micro_support import SCHEMA_DIR, spec_schema_dirs
+
+    for folder in spec_schema_dirs():
+        for path in sorted(folder.glob("*.json")):
+            assert (SCHEMA_DIR / path.name).read_bytes() == path.read_bytes(), f"{path.name} differs from {folder}"
