@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 from . import codec
-from ._transport import Handler, Headers, Transport, new_nuid
+from ._transport import Handler, RawHeaders, Transport, new_nuid
 from .errors import BusClosedError, ConfigError
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ class MicroResponder:
         return subs
 
     def _responder(self, transport: Transport, verb: str, build: Callable[[], bytes]) -> Handler:
-        def respond(subject: str, reply: str, data: bytes, headers: Headers) -> None:
+        def respond(subject: str, reply: str, data: bytes, headers: RawHeaders) -> None:
             # Loop thread: a few counters into a small JSON object, then queue it.
             if not reply:
                 return

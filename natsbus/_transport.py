@@ -1,32 +1,42 @@
 """The only module that imports nats; it maps every nats error to ours.
 
-Hot path, client side: a caller thread registers a reply future under a
-fresh token, queues ``(subject, payload, reply inbox, headers)`` on the
-:class:`~natsbus._portal.Doorbell` and waits on the future. One pump
-coroutine publishes whole batches; one wildcard inbox subscription
-completes the futures directly. No task, coroutine or asyncio future is
-made per call, and timeouts are measured by the waiting thread, so there
-is no timer per call on the loop either.
+Hot path, client side: a caller thread encodes its request as a complete
+NATS protocol frame, registers a waiter under a fresh token and appends
+the frame to the outbox; the first caller to find the outbox idle wakes
+the loop once, and the loop writes every queued frame in one go. Replies
+to the one wildcard inbox are handed straight from nats-py's parser to the
+waiting thread (a lock released per reply). No task, coroutine, asyncio
+future or timer is made per call; timeouts are measured by the waiting
+thread.
 
-Worker side: subscription callbacks run on the loop and only hand the
-message on (they must never block); replies come back through the same
-doorbell.
+Worker side: messages of worker subscriptions are likewise handed from the
+parser straight to the admission function (which must never block), and
+replies come back through the same outbox.
+
+The direct hand-offs use a few nats-py internals (``Client._process_msg``,
+its write buffer and transport). :data:`FAST_PATH` says whether this
+nats-py has them; without them (or with ``NATSBUS_FAST_PATH=0``) the
+transport uses only nats-py's public API, with the same behaviour.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
+import inspect
 import itertools
 import logging
+import os
 import re
-from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Tuple, Type
+from _thread import allocate_lock
+from typing import Any, Awaitable, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, Type, Union
 
 import nats
 import nats.errors as nerr
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.aio.transport import TcpTransport
 from nats.nuid import NUID
 
 from ._portal import Doorbell, Portal
@@ -47,11 +57,27 @@ from .errors import (
 logger = logging.getLogger("natsbus.transport")
 
 Headers = Optional[Dict[str, str]]
-#: ``(subject, reply, data, headers)`` handed to a subscription callback.
-Handler = Callable[[str, str, bytes, Headers], None]
+#: Headers as a subscription handler gets them: raw header bytes on the
+#: fast path, a dict on the public-API path, or None. See :func:`as_headers`.
+RawHeaders = Union[bytes, Dict[str, str], None]
+#: ``(subject, reply, data, headers)`` handed to a subscription handler.
+Handler = Callable[[str, str, bytes, RawHeaders], None]
 
 _NO_RESPONDERS = "503"
 _PERMISSION_RE = re.compile(r"Permissions Violation for (Publish|Subscription) to \"?([^\"']+)\"?", re.I)
+_BAD_SUBJECT_CHARS = (" ", "\t", "\r", "\n")
+
+
+def _fast_path_supported() -> bool:
+    try:
+        params = list(inspect.signature(Client._process_msg).parameters)
+    except (AttributeError, TypeError, ValueError):  # pragma: no cover - another nats-py
+        return False
+    return params == ["self", "sid", "subject", "reply", "data", "headers"]
+
+
+#: Whether the direct hand-offs are used (see the module docstring).
+FAST_PATH = _fast_path_supported() and os.environ.get("NATSBUS_FAST_PATH", "1") != "0"
 
 
 class Reply(NamedTuple):
@@ -80,23 +106,179 @@ def new_nuid() -> str:
     return NUID().next().decode()
 
 
-class PendingReply(concurrent.futures.Future):  # type: ignore[type-arg]
-    """The future of one request's reply (a ``concurrent.futures.Future``).
+def parse_headers(raw: bytes) -> Dict[str, str]:
+    """Parse a NATS header block (``NATS/1.0[ status[ text]]``, then ``Name: value`` lines).
+
+    An inline status becomes ``Status`` (and ``Description``), as nats-py does.
+    """
+    lines = raw.split(b"\r\n")
+    headers: Dict[str, str] = {}
+    first = lines[0].decode("utf-8", "replace")
+    if first.startswith("NATS/1.0 "):
+        status, _, description = first[9:].strip().partition(" ")
+        if status.isdigit():
+            headers["Status"] = status
+        if description:
+            headers["Description"] = description
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        key = name.strip().decode("ascii", "replace")
+        if key and not any(ch.isspace() for ch in key):
+            headers[key] = value.strip().decode("utf-8", "replace")
+    return headers
+
+
+def as_headers(headers: RawHeaders) -> Headers:
+    """Headers from a subscription handler as a dict (``None`` when there are none)."""
+    if headers is None or isinstance(headers, dict):
+        return headers or None
+    return parse_headers(headers) or None
+
+
+_HEADER_CACHE: Dict[Tuple[Tuple[str, str], ...], bytes] = {}
+
+
+def encode_headers(headers: Dict[str, str]) -> bytes:
+    """The NATS header block for ``headers``.
+
+    Raises:
+        ConfigError: a name or value that would break the protocol.
+    """
+    key = tuple(headers.items())
+    block = _HEADER_CACHE.get(key)
+    if block is None:
+        parts = [b"NATS/1.0\r\n"]
+        for name, value in key:
+            if not name or any(ch in name for ch in ": \t\r\n") or "\r" in value or "\n" in value:
+                raise ConfigError(f"invalid NATS header {name!r}: {value!r}")
+            parts.append(f"{name}: {value}\r\n".encode())
+        parts.append(b"\r\n")
+        block = b"".join(parts)
+        if len(_HEADER_CACHE) < 256:
+            _HEADER_CACHE[key] = block
+    return block
+
+
+def check_subject(subject: str) -> None:
+    """Raise :class:`ConfigError` for a subject that is empty or has white space."""
+    if not subject or any(ch in subject for ch in _BAD_SUBJECT_CHARS):
+        raise ConfigError(f"invalid NATS subject {subject!r}")
+
+
+def _frame(subject: bytes, reply: bytes, payload: bytes, headers: Headers) -> bytes:
+    if headers:
+        block = encode_headers(headers)
+        size = len(block)
+        return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (subject, reply, size, size + len(payload), block, payload)
+    return b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, len(payload), payload)
+
+
+class WaitTimeout(Exception):
+    """:meth:`PendingReply.result` gave up waiting (the request is abandoned)."""
+
+
+class PendingReply:
+    """One request's reply, waited for by a thread.
+
+    Completed once, by whoever takes its token out of the transport's map:
+    the loop with the reply, or a closing Bus with an error. Waiting is one
+    lock acquire; completing is one release.
 
     Attributes:
         subject: Where the request was sent.
         token: Its key in the reply map.
     """
 
-    def __init__(self, subject: str, token: str, transport: Transport) -> None:
-        super().__init__()
+    __slots__ = ("_done", "_error", "_lock", "_notify", "_reply", "_waiters", "subject", "token")
+
+    def __init__(
+        self,
+        subject: str,
+        token: bytes,
+        waiters: Dict[bytes, PendingReply],
+        notify: Optional[Callable[[PendingReply], None]] = None,
+    ) -> None:
         self.subject = subject
         self.token = token
-        self._transport = transport
+        self._waiters = waiters
+        self._notify = notify
+        self._lock = allocate_lock()
+        self._lock.acquire()
+        self._done = False
+        self._reply: Optional[Reply] = None
+        self._error: Optional[BaseException] = None
 
-    def abandon(self) -> None:
-        """Stop waiting: forget the token, so a late reply is dropped."""
-        self._transport._waiters.pop(self.token, None)
+    def _settle(self, reply: Optional[Reply], error: Optional[BaseException]) -> None:
+        self._reply = reply
+        self._error = error
+        self._done = True
+        self._lock.release()
+        if self._notify is not None:
+            self._notify(self)
+
+    def done(self) -> bool:
+        """Whether the reply (or an error) is in."""
+        return self._done
+
+    def result(self, timeout: Optional[float] = None) -> Reply:
+        """Wait for the reply; ``None`` waits forever.
+
+        Raises:
+            WaitTimeout: nothing came in time; the request is abandoned.
+            NatsBusError: the request failed (no handler, Bus closed, ...).
+        """
+        if not self._done:
+            if not self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+                if self._waiters.pop(self.token, None) is not None:
+                    raise WaitTimeout()
+                # The loop took the token a moment ago: the reply is being handed over.
+                self._lock.acquire()
+            self._lock.release()
+        if self._error is not None:
+            raise self._error
+        assert self._reply is not None
+        return self._reply
+
+    def exception(self) -> Optional[BaseException]:
+        """The error, once done (``None`` on success or while waiting)."""
+        return self._error
+
+    def abandon(self) -> bool:
+        """Stop waiting: forget the token, so a late reply is dropped.
+
+        Returns:
+            False when the reply was already being handed over (it will
+            complete), True when the request is now abandoned.
+        """
+        return self._waiters.pop(self.token, None) is not None
+
+
+class _Client(Client):
+    """nats-py's client, handing chosen subscriptions' messages straight to a function.
+
+    ``direct[sid]`` is called on the loop thread as ``fn(subject, reply,
+    data, raw_headers)`` from the parser itself: no ``Msg``, no queue, no
+    task per message. Everything else goes the usual way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.direct: Dict[int, Callable[[bytes, bytes, bytes, Optional[bytes]], None]] = {}
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Optional[bytes]) -> None:
+        handler = self.direct.get(sid)
+        if handler is None:
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            return
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        try:
+            handler(subject, reply, data, headers)
+        except Exception:  # an exception here would stop nats-py's read loop
+            logger.exception("handling a message on %r failed", subject)
 
 
 # Every nats error class, mapped to the natsbus class raised in its place.
@@ -154,20 +336,36 @@ class Transport:
     """One nats-py connection, driven on the portal's loop.
 
     Construct it anywhere; call :meth:`connect` through the portal.
+
+    Args:
+        config: Connection settings.
+        portal: The loop thread.
+        fast_path: Use the direct hand-offs (default :data:`FAST_PATH`).
     """
 
-    def __init__(self, config: NatsConfig, portal: Portal) -> None:
+    def __init__(self, config: NatsConfig, portal: Portal, *, fast_path: Optional[bool] = None) -> None:
         self.config = config
         self.portal = portal
-        self._nc = Client()
-        self._waiters: Dict[str, PendingReply] = {}
+        self.fast_path = FAST_PATH if fast_path is None else (fast_path and _fast_path_supported())
+        self._nc = _Client() if self.fast_path else Client()
+        # The direct hand-off table (empty and unused on the public-API path).
+        self._direct: Dict[int, Callable[[bytes, bytes, bytes, Optional[bytes]], None]] = (
+            self._nc.direct if isinstance(self._nc, _Client) else {}
+        )
+        self._waiters: Dict[bytes, PendingReply] = {}
         self._counter = itertools.count(1)
         self._prefix = ""
-        # (subject, payload, reply, headers, future): the future is the
-        # request's PendingReply, None for a plain publish, or an asyncio
-        # future marking a flush (with an empty subject).
+        self._prefix_bytes = b""
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        # Fast path: (frame, waiter or None) items, or asyncio futures
+        # marking a flush. Public-API path: (subject, payload, reply,
+        # headers, waiter) items through the pump.
+        self._out: Deque[Any] = collections.deque()
+        self._out_rung = False
         self._outbox: Optional[Doorbell[Tuple[str, bytes, str, Headers, Any]]] = None
         self._pump_task: Optional[asyncio.Task[None]] = None
+        self._subs_direct: Dict[int, Subscription] = {}
+        self._started = False
         self._closed = False
         self._last_error: Optional[BaseException] = None
         self.max_payload = 1024 * 1024
@@ -209,6 +407,7 @@ class Transport:
             await asyncio.wait_for(self._nc.connect(**options), cfg.connect_timeout)
         except BaseException as exc:
             cause = self._last_error if isinstance(exc, asyncio.TimeoutError) else exc
+            self._closed = True  # quiet: no "disconnected" warning while aborting
             await self._abort()
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -219,11 +418,17 @@ class Transport:
                 f"could not connect to NATS at {urls} within {cfg.connect_timeout:g}s{reason}",
                 servers=cfg.servers,
             ) from cause
+        self._loop = asyncio.get_running_loop()
         self.max_payload = self._nc.max_payload or self.max_payload
         self._prefix = f"{cfg.inbox_prefix}.{NUID().next().decode()}."
-        await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
-        self._outbox = Doorbell(asyncio.get_running_loop())
-        self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+        self._prefix_bytes = self._prefix.encode()
+        sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        if self.fast_path:
+            self._direct[sub._id] = self._on_reply_raw
+        else:
+            self._outbox = Doorbell(self._loop)
+            self._pump_task = self._loop.create_task(self._pump())
+        self._started = True
 
     async def _abort(self) -> None:
         try:
@@ -251,18 +456,22 @@ class Transport:
         self._fail_waiters(BusClosedError("the Bus was closed while waiting for a reply"))
 
     def _fail_waiters(self, exc: BaseException) -> None:
-        waiters = list(self._waiters.values())
-        self._waiters.clear()
-        for fut in waiters:
-            _set_exception(fut, exc)
+        for token in list(self._waiters):
+            waiter = self._waiters.pop(token, None)
+            if waiter is not None:
+                waiter._settle(None, exc)
 
     async def flush(self) -> None:
-        """Wait until everything queued so far has been written to the server."""
-        if self._outbox is not None and not self._closed:
-            # A marker through the FIFO: once the pump reaches it, everything
+        """Wait until everything queued so far has reached the server."""
+        if self._started and not self._closed:
+            # A marker through the outbox: once the loop reaches it, everything
             # queued before it has been handed to nats-py.
             marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._outbox.put(("", b"", "", None, marker))
+            if self.fast_path:
+                self._enqueue(marker)
+            else:
+                assert self._outbox is not None
+                self._outbox.put(("", b"", "", None, marker))
             await marker
         if self._nc.is_connected:
             await self._barrier()
@@ -277,12 +486,19 @@ class Transport:
         in order, so when it comes back the server has processed, and sent
         us, everything that was queued before it.
         """
-        token = f"barrier-{next(self._counter)}"
-        fut = PendingReply(self._prefix + token, token, self)
-        self._waiters[token] = fut
+        token = f"barrier-{next(self._counter)}".encode()
+        waiter = PendingReply(self._prefix, token, self._waiters)
+        self._waiters[token] = waiter
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def arrived(_: PendingReply) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        waiter._notify = arrived
         try:
-            await self._nc.publish(self._prefix + token, b"")
-            await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+            await self._nc.publish(self._prefix + token.decode(), b"")
+            await asyncio.wait_for(done, timeout)
         finally:
             self._waiters.pop(token, None)
 
@@ -299,11 +515,10 @@ class Transport:
             logger.debug("nats error: %r", exc)
 
     def _fail_permission(self, action: str, subject: str) -> None:
-        for token, fut in list(self._waiters.items()):
-            if fut.subject == subject:
-                self._waiters.pop(token, None)
-                _set_exception(
-                    fut,
+        for token, waiter in list(self._waiters.items()):
+            if waiter.subject == subject and self._waiters.pop(token, None) is not None:
+                waiter._settle(
+                    None,
                     PermissionDeniedError(
                         f"permission denied: this connection may not {action.lower()} to {subject}",
                         subject=subject,
@@ -318,26 +533,100 @@ class Transport:
         self.max_payload = self._nc.max_payload or self.max_payload
         logger.warning("reconnected to NATS at %s", self.connected_url)
 
-    async def _on_reply(self, msg: Msg) -> None:
-        fut = self._waiters.pop(msg.subject[len(self._prefix) :], None)
-        if fut is None:
+    def _on_reply_raw(self, subject: bytes, reply: bytes, data: bytes, headers: Optional[bytes]) -> None:
+        waiter = self._waiters.pop(subject[len(self._prefix_bytes) :], None)
+        if waiter is None:
             return  # its caller gave up; a late reply is dropped
+        if headers is None:
+            waiter._settle(Reply(data, None), None)
+        elif not data and headers.startswith(b"NATS/1.0 503"):
+            waiter._settle(None, NoHandlerError(f"No handler available for {waiter.subject}", subject=waiter.subject))
+        else:
+            waiter._settle(Reply(data, parse_headers(headers)), None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        waiter = self._waiters.pop(msg.subject[len(self._prefix) :].encode(), None)
+        if waiter is None:
+            return
         headers = msg.headers
         if headers and headers.get("Status") == _NO_RESPONDERS and not msg.data:
-            _set_exception(fut, NoHandlerError(f"No handler available for {fut.subject}", subject=fut.subject))
+            waiter._settle(None, NoHandlerError(f"No handler available for {waiter.subject}", subject=waiter.subject))
         else:
-            _set_result(fut, Reply(msg.data, headers))
+            waiter._settle(Reply(msg.data, headers), None)
+
+    # -- the outbox ----------------------------------------------------------
+
+    def _enqueue(self, item: Any) -> None:
+        """Append to the outbox and make sure the loop will look (any thread)."""
+        self._out.append(item)
+        if not self._out_rung:
+            self._out_rung = True
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._write_out)
+
+    def _write_out(self) -> None:
+        """Loop thread: hand every queued frame to the connection, in order."""
+        self._out_rung = False  # before draining: a later append rings again
+        out = self._out
+        frames: List[bytes] = []
+        while out:
+            item = out.popleft()
+            if isinstance(item, tuple):
+                frame, waiter = item
+                if self._nc.is_connected or self._buffer_while_reconnecting(frame, waiter):
+                    frames.append(frame)
+            else:  # a flush marker: what came before it goes out first
+                self._write(frames)
+                frames = []
+                if not item.done():
+                    item.set_result(None)
+        self._write(frames)
+
+    def _buffer_while_reconnecting(self, frame: bytes, waiter: Optional[PendingReply]) -> bool:
+        nc = self._nc
+        if not nc.is_closed and nc._pending_data_size + len(frame) <= nc._max_pending_size:
+            return True  # nats-py sends its buffer once reconnected
+        error = NotConnectedError(
+            "not connected to NATS and the reconnect buffer is full"
+            if not nc.is_closed
+            else "the connection to NATS is closed"
+        )
+        if waiter is not None:
+            if self._waiters.pop(waiter.token, None) is not None:
+                waiter._settle(None, error)
+        else:
+            logger.error("dropped a message: %s", error)
+        return False
+
+    def _write(self, frames: List[bytes]) -> None:
+        if not frames:
+            return
+        nc = self._nc
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        nc.stats["out_msgs"] += len(frames)
+        nc.stats["out_bytes"] += len(data)
+        transport = nc._transport
+        if nc.is_connected and not nc._pending and type(transport) is TcpTransport:
+            # Nothing of nats-py's own is waiting to be written, so writing
+            # now keeps the order; asyncio sends at once or buffers.
+            transport.write(data)  # type: ignore[no-untyped-call]
+            return
+        nc._pending.append(data)
+        nc._pending_data_size += len(data)
+        if nc.is_connected and nc._flush_queue is not None and nc._flush_queue.empty():
+            nc._flush_queue.put_nowait(asyncio.get_running_loop().create_future())  # kick nats-py's flusher
 
     async def _pump(self) -> None:
+        """The public-API path: publish each queued item with ``Client.publish``."""
         assert self._outbox is not None
         publish = self._nc.publish
         while True:
             items = await self._outbox.wait()
             while items:
-                subject, payload, reply, headers, fut = items.popleft()
+                subject, payload, reply, headers, waiter = items.popleft()
                 if not subject:  # a flush marker
-                    if not fut.done():
-                        fut.set_result(None)
+                    if not waiter.done():
+                        waiter.set_result(None)
                     continue
                 try:
                     await publish(subject, payload, reply=reply, headers=headers)
@@ -345,9 +634,9 @@ class Transport:
                     raise
                 except Exception as exc:
                     error = map_error(exc, subject)
-                    if fut is not None:
-                        fut.abandon()
-                        _set_exception(fut, error)
+                    if waiter is not None:
+                        if self._waiters.pop(waiter.token, None) is not None:
+                            waiter._settle(None, error)
                     else:
                         logger.error("could not publish to %s: %s", subject, error)
 
@@ -364,31 +653,53 @@ class Transport:
         """Whether the connection is up right now."""
         return bool(self._nc.is_connected)
 
-    def request(self, subject: str, payload: bytes, headers: Headers = None) -> PendingReply:
-        """Queue a request; return the future of its reply (any thread).
+    def request(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Headers = None,
+        notify: Optional[Callable[[PendingReply], None]] = None,
+    ) -> PendingReply:
+        """Queue a request; return its :class:`PendingReply` (any thread).
+
+        Args:
+            notify: Called with the PendingReply once it completes, on the
+                loop thread (or a closing thread): it must only hand off.
 
         Raises:
             BusClosedError: the transport is closed.
             PayloadTooLargeError: over the server's max payload.
             NotConnectedError: disconnected, with ``fail_fast_when_disconnected``.
+            ConfigError: a malformed subject or header.
         """
         self._check_send(subject, payload)
-        token = str(next(self._counter))
-        fut = PendingReply(subject, token, self)
-        self._waiters[token] = fut
-        assert self._outbox is not None
-        self._outbox.put((subject, payload, self._prefix + token, headers, fut))
-        return fut
+        token = b"%d" % next(self._counter)
+        waiter = PendingReply(subject, token, self._waiters, notify)
+        if self.fast_path:
+            frame = _frame(subject.encode(), self._prefix_bytes + token, payload, headers)
+            self._waiters[token] = waiter
+            self._enqueue((frame, waiter))
+        else:
+            self._waiters[token] = waiter
+            assert self._outbox is not None
+            self._outbox.put((subject, payload, self._prefix + token.decode(), headers, waiter))
+        return waiter
 
     def publish(self, subject: str, payload: bytes, headers: Headers = None) -> None:
         """Queue a publish, e.g. a reply (any thread; never blocks)."""
-        if self._closed or self._outbox is None:
+        if self._closed or not self._started:
             raise BusClosedError("the Bus is closed")
-        self._outbox.put((subject, payload, "", headers, None))
+        if self.fast_path:
+            check_subject(subject)
+            self._enqueue((_frame(subject.encode(), b"", payload, headers), None))
+        else:
+            assert self._outbox is not None
+            self._outbox.put((subject, payload, "", headers, None))
 
     def _check_send(self, subject: str, payload: bytes) -> None:
-        if self._closed or self._outbox is None:
+        if self._closed or not self._started:
             raise BusClosedError("the Bus is closed")
+        check_subject(subject)
         if len(payload) > self.max_payload:
             raise PayloadTooLargeError(
                 f"request to {subject} is {len(payload)} bytes, over the server's "
@@ -403,28 +714,43 @@ class Transport:
     # -- subscriptions (loop thread, through the portal) ----------------------
 
     async def subscribe(self, subject: str, queue: str, handler: Handler) -> Subscription:
-        """Subscribe; ``handler`` runs on the loop for each message and must not block."""
+        """Subscribe; ``handler`` runs on the loop for each message and must not block.
+
+        The handler gets ``(subject, reply, data, headers)``; ``headers`` is
+        raw bytes on the fast path or a dict (see :func:`as_headers`).
+        """
 
         async def callback(msg: Msg) -> None:
             handler(msg.subject, msg.reply, msg.data, msg.headers)
 
         try:
-            return await self._nc.subscribe(subject, queue=queue, cb=callback)
+            sub = await self._nc.subscribe(subject, queue=queue, cb=callback)
         except nerr.Error as exc:
             raise map_error(exc, subject) from exc
+        if self.fast_path:
+
+            def direct(subj: bytes, reply: bytes, data: bytes, headers: Optional[bytes]) -> None:
+                handler(subj.decode(), reply.decode(), data, headers)
+
+            self._direct[sub._id] = direct
+        return sub
 
     async def drain_subscriptions(self, subs: List[Subscription]) -> None:
         """Stop interest in ``subs`` after delivering what the server already sent.
 
         Each UNSUB goes out through the write buffer and a :meth:`_barrier`
-        confirms the server processed them before nats-py's own drain runs
-        (its drain's PING can overtake its UNSUB; messages the server routes
-        in between would be dropped once the subscription is removed).
+        confirms the server processed them: by then every message it routed
+        to us has been handed over (direct hand-offs happen in order as they
+        are read) or queued on its subscription, which nats-py's own drain
+        then empties. Its drain alone is not enough: its PING can overtake
+        its UNSUB, and messages routed in between would be dropped.
         """
         for sub in subs:
             await self._nc._send_unsubscribe(sub._id)
         if self._nc.is_connected:
             await self._barrier()
+        for sub in subs:
+            self._direct.pop(sub._id, None)
         results = await asyncio.gather(
             *(sub.drain() for sub in subs),  # type: ignore[no-untyped-call]
             return_exceptions=True,
@@ -436,6 +762,7 @@ class Transport:
     async def unsubscribe(self, subs: List[Subscription]) -> None:
         """Drop ``subs`` at once; undelivered messages are discarded."""
         for sub in subs:
+            self._direct.pop(sub._id, None)
             try:
                 await sub.unsubscribe()
             except nerr.Error as exc:
@@ -469,7 +796,7 @@ class Transport:
         Raises:
             BusClosedError: the transport is closed.
         """
-        if self._closed or self._outbox is None:
+        if self._closed or not self._started:
             raise BusClosedError("the Bus is closed")
         loop = asyncio.get_running_loop()
         inbox = self._nc.new_inbox()
@@ -516,29 +843,20 @@ class Transport:
         return self.portal.call(fn, timeout)
 
 
-def _set_result(fut: concurrent.futures.Future[Any], value: Any) -> None:
-    try:
-        fut.set_result(value)
-    except concurrent.futures.InvalidStateError:  # already failed or cancelled
-        pass
-
-
-def _set_exception(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
-    try:
-        fut.set_exception(exc)
-    except concurrent.futures.InvalidStateError:
-        pass
-
-
 __all__ = [
     "ERROR_MAP",
+    "FAST_PATH",
     "GatheredReply",
     "Handler",
     "Headers",
     "PendingReply",
+    "RawHeaders",
     "Reply",
     "Transport",
+    "WaitTimeout",
+    "as_headers",
     "map_error",
     "nats",
     "new_nuid",
+    "parse_headers",
 ]

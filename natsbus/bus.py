@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import enum
 import heapq
 import itertools
@@ -16,14 +15,13 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sized
 from concurrent.futures import Future
-from functools import partial
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Type, TypeVar, Union, overload
 
 import attrs
 
 from . import codec, discovery
 from ._portal import Portal
-from ._transport import Headers, PendingReply, Reply, Transport
+from ._transport import Headers, PendingReply, Reply, Transport, WaitTimeout
 from .config import NatsConfig
 from .context import DEADLINE_HEADER
 from .envelope import INVALID_REQUEST_PREFIX, ResponseEnvelope, decode_response, new_id, utc_timestamp
@@ -81,7 +79,14 @@ class _State(enum.Enum):
 _LIVE_BUSES: weakref.WeakSet[Bus] = weakref.WeakSet()
 
 
+# Bumped in every forked child, so a Bus can tell it crossed a fork by
+# comparing one integer on the hot path instead of calling os.getpid().
+_fork_generation = 0
+
+
 def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
     for bus in list(_LIVE_BUSES):
         bus._lock = threading.Lock()
 
@@ -121,6 +126,7 @@ class Bus:
         self._lock = threading.Lock()
         self._state = _State.OPEN
         self._pid = os.getpid()
+        self._generation = _fork_generation
         self._portal, self._transport = self._open()
         self._completer_thread: Optional[_Completer] = None
         _LIVE_BUSES.add(self)
@@ -138,14 +144,15 @@ class Bus:
 
     def _live(self) -> Transport:
         """The transport to use now; reopens once in a forked child."""
-        if self._pid != os.getpid():
+        if self._generation != _fork_generation:
             with self._lock:
-                if self._pid != os.getpid():
+                if self._generation != _fork_generation:
                     # The parent's loop thread does not exist here; its
                     # objects are dropped unclosed, as the parent owns them.
                     self._portal, self._transport = self._open()
                     self._completer_thread = None
                     self._pid = os.getpid()
+                    self._generation = _fork_generation
         if self._state is _State.CLOSED:
             raise BusClosedError("the Bus is closed")
         return self._transport
@@ -224,19 +231,22 @@ class Bus:
         transport = self._live()
         self._portal.call(transport.flush, timeout)
 
-    def _send(self, subject: str, payload: bytes, headers: Headers) -> PendingReply:
+    def _send(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Headers,
+        notify: Optional[Callable[[PendingReply], None]] = None,
+    ) -> PendingReply:
         transport = self._live()
         self._portal.check_caller("a blocking natsbus request")
-        return transport.request(subject, payload, headers)
+        return transport.request(subject, payload, headers, notify)
 
     @staticmethod
-    def _wait(pending: PendingReply, timeout: Optional[float], text: Any) -> Reply:
+    def _wait(pending: PendingReply, timeout: Optional[float], text: Callable[[int], str]) -> Reply:
         try:
-            return pending.result(timeout)  # type: ignore[no-any-return]
-        except concurrent.futures.TimeoutError:
-            if pending.done() and pending.exception() is not None:
-                raise
-            pending.abandon()
+            return pending.result(timeout)
+        except WaitTimeout:
             ms = round((timeout or 0) * 1000)
             raise RequestTimeoutError(text(ms), subject=pending.subject, timeout=timeout) from None
 
@@ -374,17 +384,20 @@ class _Completer:
         self._thread = threading.Thread(target=self._run, name="natsbus-completer", daemon=True)
         self._thread.start()
 
+    def notify(self, pending: PendingReply) -> None:
+        """The PendingReply's notify hook (loop thread): just hand it over."""
+        self._queue.put(("done", pending))
+
     def watch(
         self,
         pending: PendingReply,
         deadline: Optional[float],
         finish: Callable[[Reply], Any],
-        future: concurrent.futures.Future[Any],
+        future: Future[Any],
         timeout_error: Callable[[], BaseException],
     ) -> None:
-        entry = (pending, deadline, finish, future, timeout_error)
-        self._queue.put(("new", entry))  # before "done": the queue keeps the order
-        pending.add_done_callback(lambda _: self._queue.put(("done", entry)))
+        """Complete ``future`` with ``finish(reply)`` (sent with ``notify=self.notify``)."""
+        self._queue.put(("new", (pending, deadline, finish, future, timeout_error)))
 
     def stop(self, timeout: float) -> None:
         self._queue.put(("stop", None))
@@ -392,34 +405,43 @@ class _Completer:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        heap: List[Tuple[float, int, Any]] = []
+        heap: List[Tuple[float, int, PendingReply]] = []
+        entries: Dict[PendingReply, Tuple[Any, ...]] = {}
         seq = itertools.count()
         while True:
             wait = None if not heap else max(0.0, heap[0][0] - time.monotonic())
             try:
-                kind, entry = self._queue.get(timeout=wait)
+                kind, item = self._queue.get(timeout=wait)
             except queue.Empty:
-                kind, entry = "tick", None
+                kind, item = "tick", None
             if kind == "stop":
-                for _, _, (_pending, _, _, future, _) in heap:
+                for _, _, future, _ in entries.values():
                     if not future.done():
                         future.set_exception(BusClosedError("the Bus was closed while waiting for a reply"))
                 return
-            if kind == "new" and entry[1] is not None:
-                heapq.heappush(heap, (entry[1], next(seq), entry))
-            elif kind == "done":
-                pending, _, finish, future, _ = entry
-                if not future.done():
-                    try:
-                        future.set_result(finish(pending.result()))
-                    except BaseException as exc:
-                        future.set_exception(exc)
+            if kind == "new":
+                pending = item[0]
+                entries[pending] = item[1:]
+                if pending.done():  # the reply beat its registration here
+                    self._finish(pending, entries.pop(pending))
+                elif item[1] is not None:
+                    heapq.heappush(heap, (item[1], next(seq), pending))
+            elif kind == "done" and item in entries:
+                self._finish(item, entries.pop(item))
             now = time.monotonic()
             while heap and heap[0][0] <= now:
-                pending, _, _, future, timeout_error = heapq.heappop(heap)[2]
-                if not future.done():
-                    pending.abandon()
-                    future.set_exception(timeout_error())
+                pending = heapq.heappop(heap)[2]
+                if pending in entries and pending.abandon():  # else its "done" notice is on the way
+                    entry = entries.pop(pending)
+                    entry[2].set_exception(entry[3]())
+
+    @staticmethod
+    def _finish(pending: PendingReply, entry: Tuple[Any, ...]) -> None:
+        _, finish, future, _ = entry
+        try:
+            future.set_result(finish(pending.result()))
+        except BaseException as exc:
+            future.set_exception(exc)
 
 
 class _MessageBus:
@@ -513,6 +535,15 @@ class _MessageBus:
         return self.bus._wait(pending, limit, self._timeout_text)
 
     def _result(self, reply: Reply, route: _Route, message_id: str, returns: Any) -> Any:
+        target = returns if returns is not None else route.result
+        # The common case, checked inline: a well-formed success for this id.
+        try:
+            obj = codec.loads(reply.data)
+        except (ValueError, TypeError):
+            obj = None
+        if type(obj) is dict and obj.get("success") is True and obj.get(self._id_key) == message_id:
+            return _structure_result(obj.get("payload"), target, route)
+        # Anything else gets the full validation and a precise error.
         try:
             envelope = decode_response(reply.data, self._kind)
         except EnvelopeError as exc:
@@ -521,15 +552,7 @@ class _MessageBus:
             raise EnvelopeError(f"response from {route.subject} answers {envelope.id!r}, not {message_id!r}")
         if not envelope.success:
             raise _service_error(envelope, reply.headers, route.subject)
-        target = returns if returns is not None else route.result
-        if target is None or envelope.payload is None:
-            return envelope.payload
-        try:
-            return codec.structure(envelope.payload, target)
-        except ValueError as exc:
-            raise EnvelopeError(
-                f"response payload from {route.subject} does not fit {getattr(target, '__name__', target)}: {exc}"
-            ) from None
+        return _structure_result(envelope.payload, target, route)
 
     def submit(self, message: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None) -> Future[Any]:
         """Send ``message`` now; return a future of its result.
@@ -542,11 +565,12 @@ class _MessageBus:
         """
         request = self._build(message)
         limit = self._limit(timeout)
-        pending = self.bus._send(request.route.subject, request.body, None)
+        completer = self.bus._completer()
+        pending = self.bus._send(request.route.subject, request.body, self._headers(limit), completer.notify)
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         ms = round((limit or 0) * 1000)
-        self.bus._completer().watch(
+        completer.watch(
             pending,
             None if limit is None else time.monotonic() + limit,
             lambda reply: self._result(reply, request.route, request.message_id, returns),
@@ -570,11 +594,11 @@ class _MessageBus:
         total = len(messages) if isinstance(messages, Sized) else None
         source = iter(messages)
         results: List[Any] = []
-        # index -> (pending, deadline, request); insertion order is send
+        # pending -> (index, deadline, request); insertion order is send
         # order, and every request has the same timeout, so the first entry
         # always has the earliest deadline.
-        outstanding: OrderedDict[int, Tuple[PendingReply, float, _Request]] = OrderedDict()
-        done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        outstanding: OrderedDict[PendingReply, Tuple[int, float, _Request]] = OrderedDict()
+        done: queue.SimpleQueue[PendingReply] = queue.SimpleQueue()
         finished = 0
         exhausted = False
         ms = round((limit or 0) * 1000)
@@ -601,13 +625,12 @@ class _MessageBus:
                     results.append(None)
                     try:
                         request = self._build(message)
-                        pending = self.bus._send(request.route.subject, request.body, headers)
+                        pending = self.bus._send(request.route.subject, request.body, headers, done.put)
                     except (NatsBusError, TypeError, ValueError) as exc:
                         settle(index, exc, True)
                         continue
                     deadline = math.inf if limit is None else time.monotonic() + limit
-                    outstanding[index] = (pending, deadline, request)
-                    pending.add_done_callback(partial(_put_index, done, index))
+                    outstanding[pending] = (index, deadline, request)
                 if not outstanding:
                     if exhausted:
                         return results
@@ -623,11 +646,11 @@ class _MessageBus:
                         ready.append(done.get_nowait())
                     except queue.Empty:
                         break
-                for index in ready:
-                    entry = outstanding.pop(index, None)
+                for pending in ready:
+                    entry = outstanding.pop(pending, None)
                     if entry is None:
                         continue  # expired already
-                    pending, _, request = entry
+                    index, _, request = entry
                     try:
                         value = self._result(pending.result(), request.route, request.message_id, returns)
                     except NatsBusError as exc:
@@ -636,20 +659,26 @@ class _MessageBus:
                         settle(index, value, False)
                 now = time.monotonic()
                 while outstanding:
-                    index, (pending, deadline, request) = next(iter(outstanding.items()))
-                    if deadline > now:
-                        break
-                    del outstanding[index]
-                    pending.abandon()
+                    pending, (index, deadline, request) = next(iter(outstanding.items()))
+                    if deadline > now or not pending.abandon():
+                        break  # not due, or its reply is being handed over: its notice is on the way
+                    del outstanding[pending]
                     error = RequestTimeoutError(self._timeout_text(ms), subject=request.route.subject, timeout=limit)
                     settle(index, error, True)
         finally:
-            for pending, _, _ in outstanding.values():
+            for pending in outstanding:
                 pending.abandon()
 
 
-def _put_index(done: queue.SimpleQueue[int], index: int, _: object) -> None:
-    done.put(index)
+def _structure_result(payload: Any, target: Any, route: _Route) -> Any:
+    if target is None or payload is None:
+        return payload
+    try:
+        return codec.structure(payload, target)
+    except ValueError as exc:
+        raise EnvelopeError(
+            f"response payload from {route.subject} does not fit {getattr(target, '__name__', target)}: {exc}"
+        ) from None
 
 
 def _service_error(envelope: ResponseEnvelope, headers: Headers, subject: str) -> ServiceError:

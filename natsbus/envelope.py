@@ -15,7 +15,7 @@ helpers; the decoders validate and say precisely what is wrong.
 from __future__ import annotations
 
 import time
-import uuid
+from random import getrandbits
 from typing import Any, Dict, Optional, Tuple
 
 import attrs
@@ -59,9 +59,19 @@ def utc_timestamp(now: Optional[float] = None) -> str:
     return _last_stamp
 
 
+_VERSION_4 = (0x4 << 76) | (0x2 << 62)  # RFC 4122: version 4, variant 10
+_CLEAR = ~((0xF << 76) | (0x3 << 62))
+
+
 def new_id(kind: Kind) -> str:
-    """A fresh ``cmd-<uuid4>`` or ``qry-<uuid4>`` id."""
-    return f"{kind.id_prefix}-{uuid.uuid4()}"
+    """A fresh ``cmd-<uuid4>`` or ``qry-<uuid4>`` id.
+
+    The 122 random bits come from :func:`random.getrandbits` (re-seeded in
+    forked children) rather than ``os.urandom``: ids must be unique, not
+    secret, and this is three times faster on the hot path.
+    """
+    h = "%032x" % ((getrandbits(128) & _CLEAR) | _VERSION_4)
+    return f"{kind.id_prefix}-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def kind_of_id(message_id: str) -> Kind:

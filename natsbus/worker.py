@@ -29,7 +29,7 @@ import attrs
 
 from . import codec
 from ._micro import MicroResponder
-from ._transport import Headers
+from ._transport import Headers, RawHeaders, as_headers
 from .bus import ERROR_CODE_HEADER, ERROR_HEADER, Bus
 from .context import RequestContext, _enter, _leave, parse_deadline
 from .discovery import ServiceStats
@@ -573,13 +573,13 @@ class WorkerPool:
         )
         return self
 
-    def _admitter(self, route: HandlerRoute) -> Callable[[str, str, bytes, Headers], None]:
+    def _admitter(self, route: HandlerRoute) -> Callable[[str, str, bytes, RawHeaders], None]:
         capacity = self.max_workers + self.max_pending
         put = self._queue.put
         lock = self._lock
         monotonic = time.monotonic
 
-        def admit(subject: str, reply: str, data: bytes, headers: Headers) -> None:
+        def admit(subject: str, reply: str, data: bytes, headers: RawHeaders) -> None:
             # Loop thread: decide and hand off; never parse bodies or run user code here.
             if not reply:
                 self.dropped_without_reply += 1
@@ -594,7 +594,7 @@ class WorkerPool:
             if busy:
                 self._refuse_busy(route, reply, data)
             else:
-                put((route, reply, data, headers, parse_deadline(headers, monotonic())))
+                put((route, reply, data, headers, monotonic()))
 
         return admit
 
@@ -642,12 +642,14 @@ class WorkerPool:
             item = get()
             if item is _STOP:
                 return
-            route, reply, data, headers, deadline = item
+            route, reply, data, raw_headers, received = item
             try:
                 claim: Optional[threading.Lock] = None
                 if route.time_limit is not None and self._watchdog is not None:
                     claim = threading.Lock()
                     self._watchdog.watch(time.monotonic() + route.time_limit, claim, route, reply, data)
+                headers = as_headers(raw_headers)  # parsed here, off the loop
+                deadline = parse_deadline(headers, received)
                 body, reply_headers = dispatch(route, data, transport.max_payload, headers=headers, deadline=deadline)
                 if claim is None or claim.acquire(blocking=False):
                     transport.publish(reply, body, reply_headers)
