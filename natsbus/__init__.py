@@ -2,8 +2,8 @@
 
 The public API lives here; everything else is an implementation detail
 unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
-``natsbus.codec``, ``natsbus.discovery``, ``natsbus.metrics`` are public
-modules too).
+``natsbus.codec``, ``natsbus.discovery``, ``natsbus.metrics``,
+``natsbus.middleware`` are public modules too).
 """
 
 from .bus import DEFAULT, Bus, CommandBus, QueryBus
@@ -42,6 +42,7 @@ from .errors import (
     RequestError,
     RequestTimeoutError,
     ServiceError,
+    TraceContextError,
     TransportError,
 )
 from .messages import Command, Kind, Query, command_subject, query_subject, type_name
@@ -96,6 +97,7 @@ __all__ = [
     "ServiceInfo",
     "ServicePing",
     "ServiceStats",
+    "TraceContextError",
     "TransportError",
     "WorkerPool",
     "__version__",

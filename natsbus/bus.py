@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Sized
+from collections.abc import Sequence, Sized  # [middleware] Sequence
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Type, TypeVar, Union, overload
 
@@ -46,6 +46,7 @@ from .messages import (
     subject_for,
     type_name,
 )
+from .middleware import ClientCall, Middleware, run_client  # [middleware]
 from .policies import QueryCache, RetryPolicy
 
 __all__ = ["Bus", "CommandBus", "QueryBus"]
@@ -369,6 +370,7 @@ class _Request:
     message_id: str
     payload: Any
     body: bytes
+    headers: Headers = None  # [middleware] headers client middleware added
 
 
 class _Completer:
@@ -453,6 +455,7 @@ class _MessageBus:
         timeout: Optional[float],
         service_id: str,
         retry: Optional[RetryPolicy] = None,
+        middleware: Sequence[Middleware[ClientCall]] = (),
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise ConfigError(f"timeout must be > 0 seconds or None, got {timeout!r}")
@@ -460,6 +463,7 @@ class _MessageBus:
         self.timeout = timeout
         self.service_id = service_id
         self.retry = retry
+        self.middleware: Tuple[Middleware[ClientCall], ...] = tuple(middleware)  # [middleware]
         self._routes: Dict[type, _Route] = {}
         self._type_key = f"{self._kind.value}_type"
         self._id_key = f"{self._kind.value}_id"
@@ -531,8 +535,30 @@ class _MessageBus:
         return headers
 
     def _exchange(self, request: _Request, limit: Optional[float]) -> Reply:
-        pending = self.bus._send(request.route.subject, request.body, self._headers(limit))
+        headers = self._headers(limit)
+        if request.headers:  # [middleware] a new dict: the cached deadline headers are shared
+            headers = {**request.headers, **headers} if headers else dict(request.headers)
+        pending = self.bus._send(request.route.subject, request.body, headers)
         return self.bus._wait(pending, limit, self._timeout_text)
+
+    # [middleware] -- begin
+    def _call_in_chain(
+        self, message: Any, request: _Request, timeout: TimeoutArg, returns: Any, retry: Any
+    ) -> Tuple[Any, Reply]:
+        """:meth:`_call` inside the client middleware chain (only called when there is one)."""
+        route = request.route
+        call = ClientCall(
+            message, route.name, self._kind, route.subject, request.message_id, self.service_id, self._limit(timeout)
+        )
+
+        def send() -> Tuple[Any, Reply]:
+            # Read once the before-hooks have run: they may have added headers.
+            sent = attrs.evolve(request, headers=dict(call.headers)) if call.headers else request
+            return self._call(sent, timeout, returns, retry)
+
+        return run_client(self.middleware, call, send, lambda pair: pair[0])  # after-hooks get the result
+
+    # [middleware] -- end
 
     def _result(self, reply: Reply, route: _Route, message_id: str, returns: Any) -> Any:
         target = returns if returns is not None else route.result
@@ -701,6 +727,9 @@ class CommandBus(_MessageBus):
         timeout: Default seconds per call (``None``: no limit).
         service_id: The ``service_id`` put in each request envelope.
         retry: A :class:`RetryPolicy` for every call (off by default).
+        middleware: Client middleware run around each :meth:`execute`, on
+            the calling thread (see :mod:`natsbus.middleware`); not run by
+            :meth:`submit` and :meth:`execute_many` yet.
     """
 
     _kind = Kind.COMMAND
@@ -712,8 +741,9 @@ class CommandBus(_MessageBus):
         service_id: str = "natsbus",
         *,
         retry: Optional[RetryPolicy] = None,
+        middleware: Sequence[Middleware[ClientCall]] = (),
     ) -> None:
-        super().__init__(bus, timeout, service_id, retry)
+        super().__init__(bus, timeout, service_id, retry, middleware)
 
     @overload
     def execute(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT) -> R: ...
@@ -747,7 +777,10 @@ class CommandBus(_MessageBus):
             EnvelopeError: the reply is not a valid response envelope.
             BusClosedError: the Bus is closed.
         """
-        return self._call(self._build(command), timeout, returns, retry)[0]
+        request = self._build(command)
+        if self.middleware:  # [middleware]
+            return self._call_in_chain(command, request, timeout, returns, retry)[0]
+        return self._call(request, timeout, returns, retry)[0]
 
     def execute_many(
         self,
@@ -786,7 +819,7 @@ class CommandBus(_MessageBus):
 
     def with_timeout(self, seconds: Optional[float]) -> CommandBus:
         """A copy of this bus with another default timeout."""
-        return CommandBus(self.bus, seconds, self.service_id, retry=self.retry)
+        return CommandBus(self.bus, seconds, self.service_id, retry=self.retry, middleware=self.middleware)
 
 
 class QueryBus(_MessageBus):
@@ -798,6 +831,10 @@ class QueryBus(_MessageBus):
         service_id: The ``service_id`` put in each request envelope.
         retry: A :class:`RetryPolicy` for every call (off by default).
         cache: A :class:`QueryCache` for results (off by default).
+        middleware: Client middleware run around each :meth:`ask` that
+            sends a request (not on a cache hit), on the calling thread
+            (see :mod:`natsbus.middleware`); not run by :meth:`submit` and
+            :meth:`ask_many` yet.
     """
 
     _kind = Kind.QUERY
@@ -810,8 +847,9 @@ class QueryBus(_MessageBus):
         *,
         retry: Optional[RetryPolicy] = None,
         cache: Optional[QueryCache] = None,
+        middleware: Sequence[Middleware[ClientCall]] = (),
     ) -> None:
-        super().__init__(bus, timeout, service_id, retry)
+        super().__init__(bus, timeout, service_id, retry, middleware)
         self.cache = cache
 
     @overload
@@ -849,6 +887,8 @@ class QueryBus(_MessageBus):
         request = self._build(query)
         store = self.cache if cache else None
         if store is None:
+            if self.middleware:  # [middleware]
+                return self._call_in_chain(query, request, timeout, returns, retry)[0]
             return self._call(request, timeout, returns, retry)[0]
         key = (request.route.name, codec.dumps(request.payload))
         hit = store.get(key)
@@ -856,7 +896,10 @@ class QueryBus(_MessageBus):
             # Decode the cached reply afresh: no two callers share a result.
             reply, message_id = hit
             return self._result(reply, request.route, message_id, returns)
-        result, reply = self._call(request, timeout, returns, retry)
+        if self.middleware:  # [middleware]
+            result, reply = self._call_in_chain(query, request, timeout, returns, retry)
+        else:
+            result, reply = self._call(request, timeout, returns, retry)
         store.put(key, (reply, request.message_id))
         return result
 
@@ -875,4 +918,6 @@ class QueryBus(_MessageBus):
 
     def with_timeout(self, seconds: Optional[float]) -> QueryBus:
         """A copy of this bus with another default timeout."""
-        return QueryBus(self.bus, seconds, self.service_id, retry=self.retry, cache=self.cache)
+        return QueryBus(
+            self.bus, seconds, self.service_id, retry=self.retry, cache=self.cache, middleware=self.middleware
+        )

@@ -15,6 +15,7 @@ raises. Where an error meets a builtin's contract it is also that builtin
     │   ├── ConnectError (ConnectionError)  could not connect; names the URLs
     │   └── NotConnectedError               disconnected and told to fail fast
     ├── EnvelopeError (ValueError)          bytes that are not a valid envelope
+    ├── TraceContextError (ValueError)      a malformed W3C ``traceparent``
     └── RequestError                        one request failed; has ``.subject``
         ├── RequestTimeoutError (TimeoutError)
         ├── NoHandlerError                  nobody subscribes the subject
@@ -62,6 +63,7 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "ServiceError",
+    "TraceContextError",
     "TransportError",
     "error_class_for_code",
 ]
@@ -121,6 +123,14 @@ class NotConnectedError(TransportError):
 
 class EnvelopeError(NatsBusError, ValueError):
     """Bytes are not a valid request or response envelope; says what is wrong."""
+
+
+class TraceContextError(NatsBusError, ValueError):
+    """A ``traceparent`` value is not a valid W3C trace context; says what is wrong.
+
+    Raised only by :meth:`natsbus.middleware.TraceContext.parse`; the
+    middleware itself ignores an invalid header, as the W3C spec asks.
+    """
 
 
 class RequestError(NatsBusError):

@@ -42,12 +42,27 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from typing import Any, Callable, Iterable, List, Optional, Type, TypeVar, Union, cast, overload
+from typing import (
+    Any,
+    Callable,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+    cast,
+    overload,
+)
 
-from ._transport import Reply
+from ._transport import Headers, Reply
 from .bus import DEFAULT, Bus, TimeoutArg, _MessageBus
 from .errors import BusClosedError, ConfigError, NoHandlerError, PayloadTooLargeError, RequestTimeoutError
 from .messages import Command, Kind, Query
+from .middleware import ClientCall, HandlerRequest, Middleware, run_client
 from .worker import Dispatcher, WorkerPool
 
 __all__ = ["InMemoryBus", "InMemoryCommandBus", "InMemoryQueryBus"]
@@ -76,6 +91,11 @@ class InMemoryBus:
             handler error, as against a server with this limit.
         command_timeout: The default timeout of :attr:`commands`.
         query_timeout: The default timeout of :attr:`queries`.
+        client_middleware: Client middleware around each ``execute()`` /
+            ``ask()``, as ``CommandBus(middleware=...)`` runs it.
+        handler_middleware: Handler middleware around each handler, as
+            ``WorkerPool(middleware=...)`` runs it (with ``dispatcher=``,
+            give it to that dispatcher's pool instead).
 
     Attributes:
         commands: An :class:`InMemoryCommandBus` (``execute()``).
@@ -97,12 +117,17 @@ class InMemoryBus:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         command_timeout: Optional[float] = 5.0,
         query_timeout: Optional[float] = 3.0,
+        client_middleware: Sequence[Middleware[ClientCall]] = (),
+        handler_middleware: Sequence[Middleware[HandlerRequest]] = (),
     ) -> None:
         if max_workers < 1:
             raise ConfigError(f"max_workers must be >= 1, got {max_workers}")
         if max_payload < 1:
             raise ConfigError(f"max_payload must be >= 1, got {max_payload}")
-        self.dispatcher = dispatcher if dispatcher is not None else Dispatcher(service_id)
+        if dispatcher is not None and handler_middleware:
+            raise ConfigError("handler_middleware goes with a new dispatcher; pass it to the pool of the one given")
+        self.dispatcher = dispatcher if dispatcher is not None else Dispatcher(service_id, handler_middleware)
+        self.client_middleware: Tuple[Middleware[ClientCall], ...] = tuple(client_middleware)
         self.service_id = service_id
         self.eager = eager
         self.max_workers = max_workers
@@ -154,11 +179,19 @@ class InMemoryBus:
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def request(self, subject: str, payload: bytes, *, timeout: Optional[float] = 5.0) -> Reply:
+    def request(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: Optional[float] = 5.0,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Reply:
         """Send raw request bytes to ``subject``'s handler; return the raw reply.
 
         The in-memory twin of :meth:`natsbus.Bus.request`: no envelope is
-        built or checked here, so it can send malformed requests.
+        built or checked here, so it can send malformed requests. The
+        handler sees ``headers`` in :func:`natsbus.current_request`.
 
         Raises:
             NoHandlerError: no handler for ``subject``.
@@ -166,7 +199,8 @@ class InMemoryBus:
             RequestTimeoutError: threaded mode, and no reply in time.
             BusClosedError: after :meth:`close`.
         """
-        return self._exchange(subject, payload, timeout, lambda ms: f"Request timeout after {ms}ms")
+        sent = dict(headers) if headers else None
+        return self._exchange(subject, payload, timeout, lambda ms: f"Request timeout after {ms}ms", sent)
 
     def close(self) -> None:
         """Refuse further calls and stop the threads of threaded mode. Safe twice."""
@@ -189,7 +223,9 @@ class InMemoryBus:
 
     # -- the exchange: what the transport and a worker thread do on the NATS path
 
-    def _exchange(self, subject: str, body: bytes, timeout: Optional[float], text: Callable[[int], str]) -> Reply:
+    def _exchange(
+        self, subject: str, body: bytes, timeout: Optional[float], text: Callable[[int], str], headers: Headers = None
+    ) -> Reply:
         if self._closed:
             raise BusClosedError("the Bus is closed")
         if len(body) > self.max_payload:
@@ -203,8 +239,8 @@ class InMemoryBus:
         if route is None:
             raise NoHandlerError(f"No handler available for {subject}", subject=subject)
         if self.eager:
-            return Reply(*self.dispatcher.dispatch(route, body, self.max_payload))
-        future = self._pool().submit(self.dispatcher.dispatch, route, body, self.max_payload)
+            return Reply(*self.dispatcher.dispatch(route, body, self.max_payload, headers=headers))
+        future = self._pool().submit(self.dispatcher.dispatch, route, body, self.max_payload, headers=headers)
         try:
             reply_body, headers = future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -239,17 +275,19 @@ class _ClientSide(_MessageBus):
     and map errors with the very code :class:`~natsbus.CommandBus` runs.
     """
 
-    def __init__(self, kind: Kind, timeout: Optional[float], service_id: str) -> None:
+    def __init__(
+        self, kind: Kind, timeout: Optional[float], service_id: str, middleware: Sequence[Middleware[ClientCall]] = ()
+    ) -> None:
         self._kind = kind
         # No Bus: _call, the one method that would use it, is never called here.
-        super().__init__(cast(Bus, None), timeout, service_id)
+        super().__init__(cast(Bus, None), timeout, service_id, middleware=middleware)
 
 
 class _InMemoryMessageBus:
     _kind: Kind
 
     def __init__(self, memory: InMemoryBus, timeout: Optional[float], service_id: str) -> None:
-        self._client = _ClientSide(self._kind, timeout, service_id)  # validates the timeout
+        self._client = _ClientSide(self._kind, timeout, service_id, memory.client_middleware)  # validates the timeout
         self.memory = memory
         self.timeout = timeout
         self.service_id = service_id
@@ -259,10 +297,19 @@ class _InMemoryMessageBus:
         limit = self.timeout if timeout is DEFAULT else timeout
         label = self._kind.label
         self.memory._record(message)
-        reply = self.memory._exchange(
-            request.route.subject, request.body, limit, lambda ms: f"{label} request timeout after {ms}ms"
-        )
-        return self._client._result(reply, request.route, request.message_id, returns)
+
+        def exchange(headers: Headers) -> Any:
+            reply = self.memory._exchange(
+                request.route.subject, request.body, limit, lambda ms: f"{label} request timeout after {ms}ms", headers
+            )
+            return self._client._result(reply, request.route, request.message_id, returns)
+
+        middleware = self._client.middleware
+        if not middleware:
+            return exchange(None)
+        route = request.route
+        call = ClientCall(message, route.name, self._kind, route.subject, request.message_id, self.service_id, limit)
+        return run_client(middleware, call, lambda: exchange(dict(call.headers) or None))
 
 
 class InMemoryCommandBus(_InMemoryMessageBus):

@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import typing
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import attrs
 
@@ -47,6 +47,7 @@ from .errors import (
     ServiceError,
 )
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
+from .middleware import HandlerRequest, Middleware, run_handler  # [middleware]
 
 __all__ = ["Dispatcher", "HandlerRoute", "WorkerPool"]
 
@@ -151,10 +152,13 @@ class Dispatcher:
 
     Args:
         service_id: The service's name (for logs).
+        middleware: Handler middleware run around each handler, on the
+            worker thread (see :mod:`natsbus.middleware`).
     """
 
-    def __init__(self, service_id: str) -> None:
+    def __init__(self, service_id: str, middleware: Sequence[Middleware[HandlerRequest]] = ()) -> None:
         self.service_id = service_id
+        self.middleware: Tuple[Middleware[HandlerRequest], ...] = tuple(middleware)  # [middleware]
         self._routes: Dict[str, HandlerRoute] = {}
         self._stats_lock = threading.Lock()
         #: Requests not started because their caller had already given up.
@@ -245,9 +249,15 @@ class Dispatcher:
                 f"Deadline exceeded: the caller gave up before {route.subject} started", subject=route.subject
             )
             return self._error(route, kind, message_id, late, started)
-        token = _enter(RequestContext(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline))
+        context = RequestContext(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline)
+        token = _enter(context)
         try:
-            result = route.call(message)
+            if self.middleware:  # [middleware] the handler inside the handler middleware chain
+                result = run_handler(
+                    self.middleware, HandlerRequest(context, message, route.name, route.label), route.call
+                )
+            else:
+                result = route.call(message)
         except ServiceError as exc:
             logger.info("%s %s failed: %s", route.label, message_id, exc)
             return self._error(route, kind, message_id, exc, started)
@@ -390,6 +400,8 @@ class WorkerPool:
         version: The SemVer version it reports as a NATS micro service.
         description: The description it reports (``""`` when unset).
         metadata: String metadata it reports.
+        middleware: Handler middleware run around each handler, on the
+            worker thread (see :mod:`natsbus.middleware`).
 
     A running pool is a NATS micro service named ``service_id``: it
     answers ``$SRV.PING`` / ``$SRV.INFO`` / ``$SRV.STATS`` (see
@@ -415,6 +427,7 @@ class WorkerPool:
         version: str = "0.0.0",
         description: str = "",
         metadata: Optional[Mapping[str, str]] = None,
+        middleware: Sequence[Middleware[HandlerRequest]] = (),
     ) -> None:
         self.bus = bus
         self.service_id = service_id
@@ -422,7 +435,7 @@ class WorkerPool:
         self.max_pending = max_pending
         self.queue_group = queue_group or service_id
         self._validate()
-        self.dispatcher = Dispatcher(service_id)
+        self.dispatcher = Dispatcher(service_id, middleware)  # [middleware]
         self.micro = MicroResponder(service_id, version, description or "", metadata, self.dispatcher, self.queue_group)
         self._state = _State.NEW
         self._lock = threading.Lock()

@@ -8,6 +8,7 @@ import inspect
 import pytest
 
 MODULES = [
+    "natsbus.middleware",
     "natsbus.ports",
     "natsbus.testing",
     "natsbus.pytest_plugin",
