@@ -21,3 +21,18 @@ def test_readme_opens_with_the_demo_and_test_commands() -> None:
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     _, tests = _readme_commands()
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_readme_and_changelog_render_without_warnings() -> None:
+    import io
+
+    import docutils.core
+
+    for name in ("README.rst", "CHANGELOG.rst"):
+        warnings = io.StringIO()
+        docutils.core.publish_string(
+            (ROOT / name).read_text(),
+            writer_name="html",
+            settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": warnings},
+        )
+        assert warnings.getvalue() == "", f"{name}: {warnings.getvalue()}"
