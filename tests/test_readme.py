@@ -32,7 +32,7 @@ def test_readme_and_changelog_render_without_warnings() -> None:
         warnings = io.StringIO()
         docutils.core.publish_string(
             (ROOT / name).read_text(),
-            writer_name="html",
+            writer="html",
             settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": warnings},
         )
         assert warnings.getvalue() == "", f"{name}: {warnings.getvalue()}"
