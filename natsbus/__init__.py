@@ -2,8 +2,8 @@
 
 The public API lives here; everything else is an implementation detail
 unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
-``natsbus.codec``, ``natsbus.discovery``, ``natsbus.metrics`` are public
-modules too).
+``natsbus.codec``, ``natsbus.discovery``, ``natsbus.metrics``,
+``natsbus.durable``, ``natsbus.idempotency`` are public modules too).
 """
 
 from .bus import DEFAULT, Bus, CommandBus, QueryBus
@@ -11,6 +11,7 @@ from .codec import converter
 from .config import NatsConfig
 from .context import RequestContext, current_request
 from .discovery import EndpointInfo, EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
+from .durable import DeadLetter, DurableConfig
 from .envelope import (
     RequestEnvelope,
     ResponseEnvelope,
@@ -28,7 +29,9 @@ from .errors import (
     DeadlineExceededError,
     EnvelopeError,
     HandlerError,
+    IncompatibleSettingsError,
     InvalidRequestError,
+    JetStreamError,
     LifecycleError,
     LoopThreadError,
     MessageTypeError,
@@ -41,9 +44,11 @@ from .errors import (
     RegistrationError,
     RequestError,
     RequestTimeoutError,
+    ResultNotReadyError,
     ServiceError,
     TransportError,
 )
+from .idempotency import IdempotencyStore, KeyValueIdempotencyStore, MemoryIdempotencyStore
 from .messages import Command, Kind, Query, command_subject, query_subject, type_name
 from .metrics import PrometheusCollector
 from .policies import QueryCache, RetryPolicy
@@ -62,16 +67,23 @@ __all__ = [
     "ConflictError",
     "ConnectError",
     "DEFAULT",
+    "DeadLetter",
     "DeadlineExceededError",
     "Dispatcher",
+    "DurableConfig",
     "EndpointInfo",
     "EndpointStatsSnapshot",
     "EnvelopeError",
     "HandlerError",
+    "IdempotencyStore",
+    "IncompatibleSettingsError",
     "InvalidRequestError",
+    "JetStreamError",
+    "KeyValueIdempotencyStore",
     "Kind",
     "LifecycleError",
     "LoopThreadError",
+    "MemoryIdempotencyStore",
     "MessageTypeError",
     "NatsBusError",
     "NatsConfig",
@@ -91,6 +103,7 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "ResponseEnvelope",
+    "ResultNotReadyError",
     "RetryPolicy",
     "ServiceError",
     "ServiceInfo",
