@@ -966,7 +966,8 @@ def replay(bus: Bus, which: Union[int, str], config: Optional[DurableConfig] = N
         The dead letter that was replayed.
 
     Raises:
-        JetStreamError: no such dead letter (``code`` 404), or JetStream failed.
+        JetStreamError: no such dead letter (``code`` 404), no commands
+            stream, or JetStream failed. Creates nothing, checks no settings.
     """
     cfg = config or _DEFAULT
     js = jetstream_for(bus)
@@ -981,7 +982,7 @@ def replay(bus: Bus, which: Union[int, str], config: Optional[DurableConfig] = N
         raise JetStreamError(f"no dead letter {which} in stream {cfg.dead_letter_stream}", code=404)
     found = letter
     subject = cfg.command_subject(found.command_type)
-    client = _client(bus, cfg)
+    client = js  # the stream exists (the letter came from it); publish checks it is the one that stores it
 
     async def again() -> None:
         if found.command_id and await client.bucket_settings(cfg.results_bucket) is not None:
