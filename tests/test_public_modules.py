@@ -8,6 +8,8 @@ import inspect
 import pytest
 
 MODULES = [
+    "natsbus.durable",
+    "natsbus.idempotency",
     "natsbus.ports",
     "natsbus.testing",
     "natsbus.pytest_plugin",
