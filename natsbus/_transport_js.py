@@ -105,7 +105,7 @@ def map_js_error(exc: BaseException, what: str = "") -> NatsBusError:
         return exc
     prefix = f"{what}: " if what else ""
     if isinstance(exc, jserr.NoStreamResponseError):
-        return JetStreamError(f"{prefix}no JetStream stream answered; is JetStream enabled on the server?")
+        return JetStreamError(f"{prefix}no JetStream stream answered; is JetStream enabled on the server?", code=503)
     if isinstance(exc, jserr.ServiceUnavailableError):
         return JetStreamError(f"{prefix}JetStream is not available on this server (503)", code=503)
     if isinstance(exc, jserr.Error):
@@ -124,7 +124,7 @@ def map_js_error(exc: BaseException, what: str = "") -> NatsBusError:
         text = exc.description or type(exc).__name__
         return target(prefix + text)
     if isinstance(exc, (asyncio.TimeoutError, nerr.TimeoutError)):
-        return JetStreamError(f"{prefix}JetStream did not answer in time")
+        return JetStreamError(f"{prefix}JetStream did not answer in time", code=408)
     mapped = map_error(exc)
     if prefix and isinstance(mapped, TransportError) and type(mapped) is TransportError:
         return TransportError(prefix + str(mapped))

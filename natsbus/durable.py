@@ -398,11 +398,12 @@ def send(
             break
         except (JetStreamError, NotConnectedError, TimeoutError) as exc:
             # Not stored, or stored and the ack lost: the same Nats-Msg-Id makes a retry safe.
-            if attempt == 2:
+            if attempt == 2 or (isinstance(exc, JetStreamError) and exc.code not in (408, 503)):
                 if isinstance(exc, NatsBusError):
                     raise
                 raise JetStreamError(f"publish to {subject}: no ack from JetStream within {timeout:g}s") from exc
             logger.info("send %s %s: %s; trying again", subject, cid, exc)
+            time.sleep(0.1 * (attempt + 1))  # a JetStream leader election or reconnect takes a moment
     if ack.duplicate:
         logger.info("send %s %s: already stored; JetStream dropped this copy", subject, cid)
     return cid
@@ -647,6 +648,10 @@ class DurableConsumer:
 
     # -- a worker thread ------------------------------------------------------------
 
+    def _count(self, counter: str) -> None:
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
     def _run(self, fn: Any) -> Any:
         assert self._bus is not None
         return self._bus.run(fn, _API_TIMEOUT + 1.0)
@@ -698,7 +703,7 @@ class DurableConsumer:
                 msg.num_delivered,
             )
             self._run(msg.ack)
-            self.skipped += 1
+            self._count("skipped")
             return
         if route is None:
             error, code = f"No handler available for {msg.subject} in {self.pool.service_id}", "404"
@@ -711,7 +716,7 @@ class DurableConsumer:
                 record_bytes = done_record(command_id, msg.subject, reply)
                 self._run(lambda: js.kv_put(cfg.results_bucket, key, record_bytes))
                 self._run(msg.ack)
-                self.executed += 1
+                self._count("executed")
                 return
             error = headers.get(ERROR_HEADER, "") or "handler failed"
         if msg.num_delivered >= cfg.max_deliveries:
@@ -728,7 +733,7 @@ class DurableConsumer:
             delay,
         )
         self._run(lambda: msg.nak(delay))
-        self.retried += 1
+        self._count("retried")
 
     def _dead_letter(
         self,
@@ -764,7 +769,7 @@ class DurableConsumer:
             record_bytes = done_record(command_id, msg.subject, reply)
             self._run(lambda: js.kv_put(cfg.results_bucket, record_key(command_id), record_bytes))
         self._run(msg.ack)
-        self.dead_lettered += 1
+        self._count("dead_lettered")
         logger.error(
             "%s %s dead-lettered to %s after %d deliveries: %s",
             msg.subject,
