@@ -3,7 +3,7 @@
 The public API lives here; everything else is an implementation detail
 unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
 ``natsbus.codec``, ``natsbus.discovery``, ``natsbus.metrics``,
-``natsbus.middleware`` are public modules too).
+``natsbus.middleware``, ``natsbus.durable``, ``natsbus.idempotency`` are public modules too).
 """
 
 from .bus import DEFAULT, Bus, CommandBus, QueryBus
@@ -11,6 +11,7 @@ from .codec import converter
 from .config import NatsConfig
 from .context import RequestContext, current_request
 from .discovery import EndpointInfo, EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
+from .durable import DeadLetter, DurableConfig
 from .envelope import (
     RequestEnvelope,
     ResponseEnvelope,
@@ -28,7 +29,9 @@ from .errors import (
     DeadlineExceededError,
     EnvelopeError,
     HandlerError,
+    IncompatibleSettingsError,
     InvalidRequestError,
+    JetStreamError,
     LifecycleError,
     LoopThreadError,
     MessageTypeError,
@@ -41,10 +44,12 @@ from .errors import (
     RegistrationError,
     RequestError,
     RequestTimeoutError,
+    ResultNotReadyError,
     ServiceError,
     TraceContextError,
     TransportError,
 )
+from .idempotency import IdempotencyStore, KeyValueIdempotencyStore, MemoryIdempotencyStore
 from .messages import Command, Kind, Query, command_subject, query_subject, type_name
 from .metrics import PrometheusCollector
 from .policies import QueryCache, RetryPolicy
@@ -63,16 +68,23 @@ __all__ = [
     "ConflictError",
     "ConnectError",
     "DEFAULT",
+    "DeadLetter",
     "DeadlineExceededError",
     "Dispatcher",
+    "DurableConfig",
     "EndpointInfo",
     "EndpointStatsSnapshot",
     "EnvelopeError",
     "HandlerError",
+    "IdempotencyStore",
+    "IncompatibleSettingsError",
     "InvalidRequestError",
+    "JetStreamError",
+    "KeyValueIdempotencyStore",
     "Kind",
     "LifecycleError",
     "LoopThreadError",
+    "MemoryIdempotencyStore",
     "MessageTypeError",
     "NatsBusError",
     "NatsConfig",
@@ -92,6 +104,7 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "ResponseEnvelope",
+    "ResultNotReadyError",
     "RetryPolicy",
     "ServiceError",
     "ServiceInfo",

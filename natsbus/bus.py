@@ -821,6 +821,59 @@ class CommandBus(_MessageBus):
         """A copy of this bus with another default timeout."""
         return CommandBus(self.bus, seconds, self.service_id, retry=self.retry, middleware=self.middleware)
 
+    # -- issue 7: durable commands; natsbus.durable does the work ----------------
+
+    def send(self, command: Any, *, command_id: Optional[str] = None, durable: Any = None) -> str:
+        """Store ``command`` in JetStream for a durable worker; return its ``command_id``.
+
+        Fire and forget: returns once JetStream has stored it, whether or
+        not a worker runs now. It goes to ``durable.commands.{Type}``,
+        never to ``commands.{Type}``; a pool started with ``durable=True``
+        runs it. ``Nats-Msg-Id`` is the ``command_id``, so sending the same
+        ``command_id`` again within the duplicate window stores it once.
+        See :mod:`natsbus.durable`.
+
+        Args:
+            command: An attrs command instance.
+            command_id: Use this id (e.g. one derived from your own data,
+                to make re-sends safe); default a fresh ``cmd-<uuid4>``.
+            durable: A :class:`~natsbus.DurableConfig`; default the defaults.
+
+        Returns:
+            The ``command_id``, for :meth:`result`.
+
+        Raises:
+            JetStreamError: JetStream is off, or did not store it.
+            IncompatibleSettingsError: the stream exists with other settings.
+            MessageTypeError: not an attrs class, or a query.
+            PayloadTooLargeError: over the server's max payload.
+        """
+        from .durable import send
+
+        return send(self, command, command_id=command_id, config=durable)
+
+    def result(self, command_id: str, *, wait: float = 0.0, returns: Any = None, durable: Any = None) -> Any:
+        """The result of a command sent with :meth:`send`, waiting up to ``wait`` seconds for it.
+
+        Args:
+            command_id: What :meth:`send` returned.
+            wait: Seconds to wait for the result to be stored (0: look once).
+            returns: Build the result as this type (default: plain JSON data).
+            durable: A :class:`~natsbus.DurableConfig`; default the defaults.
+
+        Returns:
+            The handler's result.
+
+        Raises:
+            ResultNotReadyError: no result stored within ``wait`` (still
+                waiting, running or being retried; or expired, or unknown).
+            ServiceError: the handler's error reply, a subclass per code;
+                also after the command was dead-lettered (its last error).
+        """
+        from .durable import result
+
+        return result(self, command_id, wait=wait, returns=returns, config=durable)
+
 
 class QueryBus(_MessageBus):
     """Sends queries (reads) and waits for their results.

@@ -22,6 +22,12 @@ Ops commands, for any NATS micro service (natsbus pools or not)::
     natsbus execute TYPE JSON           send a command envelope, print the reply
     natsbus ask TYPE JSON               send a query envelope, print the reply
 
+Durable commands (JetStream; see natsbus.durable)::
+
+    natsbus durable pending             commands stored and not yet acknowledged
+    natsbus durable dead                dead-lettered commands and their last error
+    natsbus durable replay SEQ|ID       send a dead-lettered command again
+
 All take ``--server URL`` (default ``NATS_URL``, else nats://127.0.0.1:4222)
 and ``--timeout SECONDS``. The exit status is 0 on success and 1 when the
 call failed (an error reply, a timeout, no handler, no server, or no
@@ -68,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--server", help="NATS URL to use instead of NATS_URL / the embedded server")
     _add_worker_parser(sub)
     _add_ops_commands(sub)
+    _add_durable_commands(sub)
     from ._bench import add_arguments as add_bench_arguments
 
     bench = sub.add_parser(
@@ -112,6 +119,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _run_worker(args)
     if args.command in _OPS_COMMANDS:
         return _run_ops(args, sys.stdout, sys.stderr)
+    if args.command == "durable":
+        return _run_durable(args, sys.stdout, sys.stderr)
     if args.command == "bench":
         from ._bench import run_bench
 
@@ -362,6 +371,101 @@ def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: Te
         err.write(f"natsbus {args.command}: {body.get('error') or 'the service answered success: false'}\n")
         return 1
     return 0
+
+
+# -- durable commands: pending, dead, replay (issue 7) ----------------------------
+
+
+def _add_durable_commands(sub: Any) -> None:
+    durable = sub.add_parser(
+        "durable",
+        help="durable commands on JetStream: pending, dead letters, replay",
+        description="Inspect durable commands (CommandBus.send) and replay dead-lettered ones. "
+        "The names default to DurableConfig's; give the same ones the workers use.",
+    )
+    actions = durable.add_subparsers(dest="durable_command", metavar="ACTION")
+    pending = actions.add_parser("pending", help="commands stored and not yet acknowledged, per consumer")
+    pending.add_argument("--limit", type=int, default=20, help="commands listed at most (default 20)")
+    dead = actions.add_parser("dead", help="dead-lettered commands and their last error")
+    dead.add_argument("--limit", type=int, default=100, help="dead letters listed at most (default 100)")
+    replay = actions.add_parser("replay", help="send a dead-lettered command again (its stored result is cleared)")
+    replay.add_argument("which", metavar="SEQ|COMMAND_ID", help="the dead letter's sequence number or command id")
+    for action in (pending, dead, replay):
+        action.add_argument("--server", help="NATS URL (default: NATS_URL, else nats://127.0.0.1:4222)")
+        action.add_argument("--stream", help="the commands stream (default NATSBUS_COMMANDS)")
+        action.add_argument("--subject-prefix", help="the commands' subject prefix (default durable.commands)")
+        action.add_argument("--dead-letter-stream", help="the dead-letter stream (default NATSBUS_DEAD_LETTERS)")
+        action.add_argument("--dead-letter-prefix", help="the dead letters' subject prefix (default durable.dead)")
+        action.add_argument("--results-bucket", help="the results bucket (default natsbus_results)")
+        action.add_argument("--retention", help="the commands stream's retention (default workqueue)")
+
+
+def _run_durable(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .bus import Bus
+    from .durable import DurableConfig, dead_letters, pending, replay
+    from .errors import ConfigError, NatsBusError
+
+    action = getattr(args, "durable_command", None)
+    if action is None:
+        err.write("natsbus durable: say pending, dead or replay\n")
+        return EXIT_USAGE
+    names = ("stream", "subject_prefix", "dead_letter_stream", "dead_letter_prefix", "results_bucket", "retention")
+    try:
+        config = DurableConfig(**{name: getattr(args, name) for name in names if getattr(args, name)})
+    except ConfigError as exc:
+        err.write(f"natsbus durable {action}: {exc}\n")
+        return EXIT_USAGE
+    try:
+        with Bus(args.server, name="natsbus-cli") if args.server else Bus(name="natsbus-cli") as bus:
+            if action == "pending":
+                report = pending(bus, config, limit=args.limit)
+                if not report.exists:
+                    err.write(f"no stream {config.stream}: nothing was sent durably yet\n")
+                    return 0
+                out.write(f"stream {report.stream}: {report.messages} command(s) stored\n")
+                if report.consumers:
+                    rows = [
+                        [c.name, str(c.num_pending), str(c.num_ack_pending), str(c.num_redelivered), str(c.num_waiting)]
+                        for c in report.consumers
+                    ]
+                    headers = ["CONSUMER", "PENDING", "ACK PENDING", "REDELIVERED", "WAITING"]
+                    out.write(_table(headers, rows) + "\n")
+                else:
+                    out.write("no consumer yet: no durable worker has started on this stream\n\n")
+                if report.commands:
+                    rows = [[str(c.seq), c.command_type, c.command_id, c.stored_at] for c in report.commands]
+                    out.write(_table(["SEQ", "TYPE", "COMMAND ID", "STORED"], rows))
+                    if len(report.commands) < report.messages:
+                        out.write(f"(the first {len(report.commands)} of {report.messages}; see --limit)\n")
+                return 0
+            if action == "dead":
+                letters = dead_letters(bus, config, limit=args.limit)
+                if not letters:
+                    err.write(f"no dead letters in {config.dead_letter_stream}\n")
+                    return 0
+                rows = [
+                    [
+                        str(d.seq),
+                        d.command_type,
+                        d.command_id,
+                        str(d.deliveries),
+                        d.failed_at,
+                        f"{d.error_code} {d.error}",
+                    ]
+                    for d in letters
+                ]
+                out.write(_table(["SEQ", "TYPE", "COMMAND ID", "DELIVERIES", "FAILED AT", "ERROR"], rows))
+                out.write(f"{len(letters)} dead letter{'s' if len(letters) != 1 else ''}\n")
+                return 0
+            letter = replay(bus, args.which, config)
+            out.write(
+                f"replayed dead letter {letter.seq}: {letter.command_type} {letter.command_id} "
+                f"sent again to {config.command_subject(letter.command_type)}\n"
+            )
+            return 0
+    except NatsBusError as exc:
+        err.write(f"natsbus durable {action}: {exc}\n")
+        return 1
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:

@@ -6,6 +6,7 @@ raises. Where an error meets a builtin's contract it is also that builtin
 
     NatsBusError
     ├── ConfigError (ValueError)            bad configuration or arguments
+    │   └── IncompatibleSettingsError       an existing stream, consumer or bucket differs
     ├── RegistrationError (ValueError)      a handler cannot be registered
     ├── MessageTypeError (TypeError)        not a message class natsbus can send
     ├── LifecycleError (RuntimeError)
@@ -13,9 +14,11 @@ raises. Where an error meets a builtin's contract it is also that builtin
     │   └── LoopThreadError                 a blocking call from the loop thread
     ├── TransportError                      the connection to NATS
     │   ├── ConnectError (ConnectionError)  could not connect; names the URLs
-    │   └── NotConnectedError               disconnected and told to fail fast
+    │   ├── NotConnectedError               disconnected and told to fail fast
+    │   └── JetStreamError                  a JetStream call failed (no JetStream, ...)
     ├── EnvelopeError (ValueError)          bytes that are not a valid envelope
     ├── TraceContextError (ValueError)      a malformed W3C ``traceparent``
+    ├── ResultNotReadyError (TimeoutError)  no stored result for a sent command yet
     └── RequestError                        one request failed; has ``.subject``
         ├── RequestTimeoutError (TimeoutError)
         ├── NoHandlerError                  nobody subscribes the subject
@@ -26,7 +29,8 @@ raises. Where an error meets a builtin's contract it is also that builtin
             ├── NotFoundError               404
             ├── ConflictError               409
             ├── HandlerError                500 (any other handler failure)
-            ├── BusyError                   503 the pool was full; retry elsewhere
+            ├── BusyError                   503 the pool was full, or the command is
+            │                               still running elsewhere; retry later
             └── DeadlineExceededError       504 (also a TimeoutError)
 
 Handlers raise :class:`ServiceError` subclasses (or any exception) to answer
@@ -49,7 +53,9 @@ __all__ = [
     "DeadlineExceededError",
     "EnvelopeError",
     "HandlerError",
+    "IncompatibleSettingsError",
     "InvalidRequestError",
+    "JetStreamError",
     "LifecycleError",
     "LoopThreadError",
     "MessageTypeError",
@@ -62,6 +68,7 @@ __all__ = [
     "RegistrationError",
     "RequestError",
     "RequestTimeoutError",
+    "ResultNotReadyError",
     "ServiceError",
     "TraceContextError",
     "TransportError",
@@ -75,6 +82,30 @@ class NatsBusError(Exception):
 
 class ConfigError(NatsBusError, ValueError):
     """A configuration value or argument is invalid."""
+
+
+class IncompatibleSettingsError(ConfigError):
+    """A stream, consumer or bucket exists with settings natsbus cannot use.
+
+    natsbus creates JetStream resources with explicit settings and reuses
+    them when they match; it never changes one that exists.
+
+    Attributes:
+        resource: What differs, e.g. ``stream NATSBUS_COMMANDS``.
+        setting: The setting that differs, e.g. ``retention``.
+        existing: Its value on the server.
+        wanted: The value natsbus is configured with.
+    """
+
+    def __init__(self, resource: str, setting: str, existing: Any, wanted: Any) -> None:
+        super().__init__(
+            f"{resource} exists with {setting}={existing!r}, but natsbus is configured with "
+            f"{setting}={wanted!r}; change the configuration to match, or delete or edit the {resource.split()[0]}"
+        )
+        self.resource = resource
+        self.setting = setting
+        self.existing = existing
+        self.wanted = wanted
 
 
 class RegistrationError(NatsBusError, ValueError):
@@ -121,6 +152,20 @@ class NotConnectedError(TransportError):
     """The Bus is disconnected and was configured to fail fast meanwhile."""
 
 
+class JetStreamError(TransportError):
+    """A JetStream call failed: JetStream is off, a stream is missing, an API error.
+
+    Attributes:
+        code: The API error's HTTP-like status (e.g. 404, 503), or 0.
+        err_code: The server's JetStream error code (e.g. 10058), or 0.
+    """
+
+    def __init__(self, message: str, *, code: int = 0, err_code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.err_code = err_code
+
+
 class EnvelopeError(NatsBusError, ValueError):
     """Bytes are not a valid request or response envelope; says what is wrong."""
 
@@ -131,6 +176,23 @@ class TraceContextError(NatsBusError, ValueError):
     Raised only by :meth:`natsbus.middleware.TraceContext.parse`; the
     middleware itself ignores an invalid header, as the W3C spec asks.
     """
+
+
+class ResultNotReadyError(NatsBusError, TimeoutError):
+    """No result is stored for a command sent with ``CommandBus.send()`` (yet).
+
+    It may still be waiting for a worker, running, or retried after a
+    failure; or its result expired, or the id was never sent.
+
+    Attributes:
+        command_id: The command's id.
+        wait: The seconds waited.
+    """
+
+    def __init__(self, message: str, *, command_id: str = "", wait: float = 0.0) -> None:
+        super().__init__(message)
+        self.command_id = command_id
+        self.wait = wait
 
 
 class RequestError(NatsBusError):
@@ -243,6 +305,8 @@ class BusyError(ServiceError):
     """The worker pool was full and refused the request at once.
 
     Another instance in the queue group may have room: retry with backoff.
+    Also the answer to a repeated ``command_id`` whose first request is
+    still running past the wait (see :mod:`natsbus.idempotency`).
     """
 
     code = 503

@@ -23,7 +23,20 @@ import signal
 import threading
 import time
 import typing
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 import attrs
 
@@ -48,6 +61,10 @@ from .errors import (
 )
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
 from .middleware import HandlerRequest, Middleware, run_handler  # [middleware]
+
+if TYPE_CHECKING:  # issue 7 (exactly-once): natsbus.durable / natsbus.idempotency
+    from .durable import DurableConfig, DurableConsumer
+    from .idempotency import IdempotencyStore
 
 __all__ = ["Dispatcher", "HandlerRoute", "WorkerPool"]
 
@@ -402,6 +419,11 @@ class WorkerPool:
         metadata: String metadata it reports.
         middleware: Handler middleware run around each handler, on the
             worker thread (see :mod:`natsbus.middleware`).
+        idempotency: An :class:`~natsbus.idempotency.IdempotencyStore`: a
+            repeated ``command_id`` gets the reply already sent, without
+            running the handler again (see :mod:`natsbus.idempotency`).
+        durable: ``True`` or a :class:`~natsbus.DurableConfig`: also run
+            the commands sent with ``CommandBus.send()`` (see :mod:`natsbus.durable`).
 
     A running pool is a NATS micro service named ``service_id``: it
     answers ``$SRV.PING`` / ``$SRV.INFO`` / ``$SRV.STATS`` (see
@@ -428,6 +450,8 @@ class WorkerPool:
         description: str = "",
         metadata: Optional[Mapping[str, str]] = None,
         middleware: Sequence[Middleware[HandlerRequest]] = (),
+        idempotency: Optional[IdempotencyStore] = None,
+        durable: Union[bool, DurableConfig, None] = None,
     ) -> None:
         self.bus = bus
         self.service_id = service_id
@@ -455,6 +479,12 @@ class WorkerPool:
         self.overruns = 0
         for handler in handlers:
             self.register(handler)
+        # -- issue 7 (exactly-once): the store and the durable consumer --------
+        from .durable import DurableConsumer, as_config
+
+        self.idempotency = idempotency
+        config = as_config(durable)
+        self.durable: Optional[DurableConsumer] = DurableConsumer(self, config) if config is not None else None
 
     def _validate(self) -> None:
         if self.max_workers < 1:
@@ -571,11 +601,17 @@ class WorkerPool:
             return subs
 
         try:
+            if self.idempotency is not None:  # issue 7: the store is usable before anything is served
+                self.idempotency.open(bus)
+            if self.durable is not None:  # issue 7: streams, bucket and consumer exist with our settings
+                self.durable.prepare(bus)
             self._subs = bus.run(subscribe_all)
         except BaseException:
             self._halt_threads(1.0)
             self._state = _State.STOPPED
             raise
+        if self.durable is not None:  # issue 7: pull durable commands onto the worker threads
+            self.durable.start()
         logger.info(
             "worker pool %s serving %s with %d threads, %d pending at most (queue group %s)",
             self.service_id,
@@ -650,6 +686,8 @@ class WorkerPool:
     def _work(self) -> None:
         transport = self._bus()._live()
         dispatch = self.dispatcher.dispatch
+        if self.idempotency is not None:  # issue 7: a repeated command_id gets the reply already sent
+            dispatch = self.idempotency.wrap(dispatch, self._bus())
         get = self._queue.get
         while True:
             item = get()
@@ -657,6 +695,9 @@ class WorkerPool:
                 return
             route, reply, data, raw_headers, received = item
             try:
+                if not isinstance(reply, str):  # issue 7: a durable command; the job runs, stores and acks it
+                    reply()
+                    continue
                 claim: Optional[threading.Lock] = None
                 if route.time_limit is not None and self._watchdog is not None:
                     claim = threading.Lock()
@@ -708,6 +749,8 @@ class WorkerPool:
                 bus.run(lambda: transport.drain_subscriptions(subs), max(0.1, drain_timeout))
             except Exception as exc:
                 logger.warning("draining the subscriptions of %s failed: %s", self.service_id, exc)
+        if self.durable is not None:  # issue 7: stop pulling durable commands; pulled ones still run
+            self.durable.stop(max(0.1, deadline - time.monotonic()))
         with self._lock:
             while self._inflight and time.monotonic() < deadline:
                 self._idle.wait(deadline - time.monotonic())
@@ -733,6 +776,28 @@ class WorkerPool:
         else:
             logger.info("worker pool %s stopped: drained %d request(s), none left", self.service_id, drained)
         return not left
+
+    # -- issue 7: durable commands borrow idle worker threads (natsbus.durable) ----
+
+    def _reserve_workers(self, wanted: int) -> int:
+        """Reserve up to ``wanted`` idle threads (counted in flight); return how many."""
+        with self._lock:
+            if self._state is not _State.RUNNING:
+                return 0
+            count = max(0, min(wanted, self.max_workers - self._inflight))
+            self._inflight += count
+            return count
+
+    def _release_workers(self, count: int) -> None:
+        """Give back reserved threads that got no work."""
+        with self._lock:
+            self._inflight -= count
+            if self._inflight == 0:
+                self._idle.notify_all()
+
+    def _run_reserved(self, route: HandlerRoute, job: Callable[[], None]) -> None:
+        """Run ``job`` on a reserved thread; it answers for itself (no reply subject)."""
+        self._queue.put((route, job, b"", None, None))
 
     def _halt_threads(self, timeout: float) -> None:
         for _ in self._threads:

@@ -136,9 +136,13 @@ def test_worker_survives_garbage_without_reply_subjects_and_stays_bounded(
 
     round_of_garbage()  # warm up: allocator pools, caches
     before = _rss_kib(fuzz_worker.proc.pid)
-    for _ in range(3):
+    peak = before
+    for _ in range(6):
         round_of_garbage()
-    after = _rss_kib(fuzz_worker.proc.pid)
-    assert after - before < 64 * 1024, f"worker RSS grew from {before} KiB to {after} KiB"
+        peak = max(peak, _rss_kib(fuzz_worker.proc.pid))
+    # Each round sends about 90 MB of garbage (100 payloads of 900 kB): a
+    # worker that kept it would grow by over 500 MB here. glibc's per-thread
+    # arenas keep some freed memory around, so the bound allows for that.
+    assert peak - before < 200 * 1024, f"worker RSS grew from {before} KiB to {peak} KiB"
     assert commands.execute(Add(40, 2)) == 42
     assert fuzz_worker.proc.poll() is None

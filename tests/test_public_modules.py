@@ -9,6 +9,8 @@ import pytest
 
 MODULES = [
     "natsbus.middleware",
+    "natsbus.durable",
+    "natsbus.idempotency",
     "natsbus.ports",
     "natsbus.testing",
     "natsbus.pytest_plugin",

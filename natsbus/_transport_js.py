@@ -1,0 +1,662 @@
+"""JetStream access: part of the transport boundary, like ``natsbus._transport``.
+
+This module and ``natsbus._transport`` are the only ones that import nats
+(it is to be folded under the transport). Everything JetStream that
+:mod:`natsbus.durable` and :mod:`natsbus.idempotency` do reaches the server
+through :class:`JetStream` here, which
+
+* runs only on the Bus's loop thread: callers on other threads hand its
+  coroutines over with ``Bus.run`` (``Portal.call``), never touching nats;
+* speaks natsbus types: settings as plain dicts with natsbus's names and
+  units (seconds, ``"workqueue"``), :class:`JsMessage`,
+  :class:`StoredMessage`, :class:`KvEntry`; nats-py's classes stay here;
+* maps every nats and nats JetStream error to a natsbus one
+  (:func:`map_js_error`; ``tests/test_durable.py`` fails when nats-py grows
+  an unmapped JetStream error class), and turns the expected "errors" of
+  optimistic concurrency (a key that exists, a revision that moved, a
+  message that is gone) into return values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import weakref
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Type
+
+import attrs
+import nats.errors as nerr
+import nats.js.errors as jserr
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from ._transport import Headers, Transport, map_error
+from .errors import ConfigError, JetStreamError, NatsBusError, TransportError
+
+if TYPE_CHECKING:
+    from .bus import Bus
+
+__all__ = [
+    "JS_ERROR_MAP",
+    "ConsumerState",
+    "JetStream",
+    "JsMessage",
+    "KvEntry",
+    "PubAck",
+    "Puller",
+    "StoredMessage",
+    "StreamState",
+    "jetstream_for",
+    "map_js_error",
+]
+
+logger = logging.getLogger("natsbus.transport.jetstream")
+
+#: The JetStream header carrying a message's deduplication id.
+MSG_ID_HEADER = api.Header.MSG_ID.value
+
+# Every nats JetStream error class, mapped to the natsbus class raised in
+# its place; the most specific entry on the class's MRO wins.
+JS_ERROR_MAP: Dict[Type[BaseException], Type[NatsBusError]] = {
+    jserr.Error: JetStreamError,
+    jserr.APIError: JetStreamError,
+    jserr.ServiceUnavailableError: JetStreamError,
+    jserr.ServerError: JetStreamError,
+    jserr.NotFoundError: JetStreamError,
+    jserr.BadRequestError: JetStreamError,
+    jserr.ConsumerInvalidResetError: JetStreamError,
+    jserr.NoStreamResponseError: JetStreamError,
+    jserr.TooManyStalledMsgsError: JetStreamError,
+    jserr.FetchTimeoutError: JetStreamError,
+    jserr.ConsumerSequenceMismatchError: JetStreamError,
+    jserr.BucketNotFoundError: JetStreamError,
+    jserr.BadBucketError: JetStreamError,
+    jserr.KeyValueError: JetStreamError,
+    jserr.KeyDeletedError: JetStreamError,
+    jserr.KeyNotFoundError: JetStreamError,
+    jserr.KeyWrongLastSequenceError: JetStreamError,
+    jserr.NoKeysError: JetStreamError,
+    jserr.KeyHistoryTooLargeError: ConfigError,
+    jserr.InvalidKeyError: ConfigError,
+    jserr.InvalidBucketNameError: ConfigError,
+    jserr.InvalidObjectNameError: ConfigError,
+    jserr.BadObjectMetaError: JetStreamError,
+    jserr.LinkIsABucketError: JetStreamError,
+    jserr.DigestMismatchError: JetStreamError,
+    jserr.ObjectNotFoundError: JetStreamError,
+    jserr.ObjectDeletedError: JetStreamError,
+    jserr.ObjectAlreadyExists: JetStreamError,
+    jserr.KeyValueLimitMarkerTTLNotSupportedError: JetStreamError,
+}
+
+
+def map_js_error(exc: BaseException, what: str = "") -> NatsBusError:
+    """The natsbus error for a nats JetStream (or nats, or timeout) error; chain it with ``from``.
+
+    Args:
+        exc: The error raised by nats-py.
+        what: What was being done, for the text (e.g. ``publish to durable.commands.X``).
+    """
+    if isinstance(exc, NatsBusError):
+        return exc
+    prefix = f"{what}: " if what else ""
+    if isinstance(exc, jserr.NoStreamResponseError):
+        return JetStreamError(f"{prefix}no JetStream stream answered; is JetStream enabled on the server?", code=503)
+    if isinstance(exc, jserr.ServiceUnavailableError):
+        return JetStreamError(f"{prefix}JetStream is not available on this server (503)", code=503)
+    if isinstance(exc, jserr.Error):
+        target: Type[NatsBusError] = JetStreamError
+        for klass in type(exc).__mro__:
+            if klass in JS_ERROR_MAP:
+                target = JS_ERROR_MAP[klass]
+                break
+        if isinstance(exc, jserr.APIError):
+            text = exc.description or type(exc).__name__
+            code, err_code = exc.code or 0, exc.err_code or 0
+            detail = f"{text} (code {code}, error {err_code})" if code or err_code else text
+            if issubclass(target, JetStreamError):
+                return target(prefix + detail, code=code, err_code=err_code)
+            return target(prefix + detail)
+        text = exc.description or type(exc).__name__
+        return target(prefix + text)
+    if isinstance(exc, (asyncio.TimeoutError, nerr.TimeoutError)):
+        return JetStreamError(f"{prefix}JetStream did not answer in time", code=408)
+    mapped = map_error(exc)
+    if prefix and isinstance(mapped, TransportError) and type(mapped) is TransportError:
+        return TransportError(prefix + str(mapped))
+    return mapped
+
+
+class KvEntry(NamedTuple):
+    """A key's current value and revision."""
+
+    value: bytes
+    revision: int
+
+
+class PubAck(NamedTuple):
+    """JetStream stored a message: where, and whether it was a duplicate it dropped."""
+
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+@attrs.frozen
+class StoredMessage:
+    """A message read back from a stream.
+
+    Attributes:
+        stream: The stream.
+        seq: Its sequence number there.
+        subject: The subject it was published to.
+        data: Its body.
+        headers: Its headers (``{}`` when none).
+        time: When the stream stored it, RFC 3339 UTC (``""`` when unknown).
+    """
+
+    stream: str
+    seq: int
+    subject: str
+    data: bytes
+    headers: Dict[str, str]
+    time: str
+
+
+@attrs.frozen
+class StreamState:
+    """A stream's subjects and counts."""
+
+    name: str
+    subjects: List[str]
+    messages: int
+    first_seq: int
+    last_seq: int
+    consumer_count: int
+
+
+@attrs.frozen
+class ConsumerState:
+    """A consumer's progress, as ``natsbus durable pending`` shows it.
+
+    Attributes:
+        name: The durable name.
+        stream: Its stream.
+        filter_subjects: The subjects it delivers.
+        num_pending: Messages not delivered yet.
+        num_ack_pending: Delivered and not acknowledged yet (running, or lost with a worker).
+        num_redelivered: Delivered more than once and not acknowledged yet.
+        num_waiting: Pull requests waiting (roughly: idle workers).
+        ack_floor: The stream sequence up to which everything is acknowledged.
+    """
+
+    name: str
+    stream: str
+    filter_subjects: List[str]
+    num_pending: int
+    num_ack_pending: int
+    num_redelivered: int
+    num_waiting: int
+    ack_floor: int
+
+
+class JsMessage:
+    """One delivered JetStream message, acknowledged through the coroutines below.
+
+    Attributes:
+        subject: Where it was published.
+        data: Its body.
+        headers: Its headers, or ``None``.
+        num_delivered: How many times it has been delivered, this time included.
+        stream_seq: Its sequence in the stream.
+    """
+
+    __slots__ = ("_msg", "data", "headers", "num_delivered", "stream_seq", "subject")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self.subject: str = msg.subject
+        self.data: bytes = msg.data
+        self.headers: Headers = msg.headers
+        meta = msg.metadata
+        self.num_delivered: int = meta.num_delivered
+        self.stream_seq: int = meta.sequence.stream
+
+    async def ack(self) -> None:
+        """Done: JetStream will not deliver it again."""
+        await self._reply("ack", self._msg.ack)
+
+    async def nak(self, delay: Optional[float] = None) -> None:
+        """Failed: deliver it again after ``delay`` seconds (at once when ``None``)."""
+        await self._reply("nak", lambda: self._msg.nak(delay=delay))
+
+    async def in_progress(self) -> None:
+        """Still working on it: restart its ack timer."""
+        await self._reply("in_progress", self._msg.in_progress)
+
+    async def term(self) -> None:
+        """Never deliver it again (without counting it as done)."""
+        await self._reply("term", self._msg.term)
+
+    async def _reply(self, what: str, fn: Any) -> None:
+        try:
+            await fn()
+        except nerr.MsgAlreadyAckdError:
+            logger.debug("%s of %s#%d after it was answered; ignored", what, self.subject, self.stream_seq)
+        except nerr.Error as exc:
+            raise map_js_error(exc, f"{what} of a message from {self.subject}") from exc
+
+
+class Puller:
+    """A bound pull subscription on a durable consumer (see :meth:`JetStream.pull`)."""
+
+    def __init__(self, sub: JetStreamContext.PullSubscription, consumer: str) -> None:
+        self._sub = sub
+        self.consumer = consumer
+
+    async def fetch(self, batch: int, timeout: float) -> List[JsMessage]:
+        """Up to ``batch`` messages; ``[]`` when none came within ``timeout`` seconds."""
+        try:
+            msgs = await self._sub.fetch(batch, timeout=timeout)
+        except (asyncio.TimeoutError, nerr.TimeoutError):
+            return []
+        except nerr.Error as exc:
+            raise map_js_error(exc, f"fetch from consumer {self.consumer}") from exc
+        return [JsMessage(msg) for msg in msgs]
+
+    async def close(self) -> None:
+        """Unsubscribe (messages still unacknowledged are redelivered after their ack wait)."""
+        try:
+            await self._sub.unsubscribe()
+        except (nerr.Error, ValueError) as exc:
+            logger.debug("unsubscribing the pull subscription of %s failed: %r", self.consumer, exc)
+
+
+def _seconds(value: Optional[float]) -> float:
+    return float(value or 0.0)
+
+
+def _enum(value: Any) -> str:
+    return str(getattr(value, "value", value) or "")
+
+
+def _time(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value or "")
+
+
+class JetStream:
+    """JetStream through one Bus's connection. Every coroutine runs on the Bus's loop.
+
+    Args:
+        transport: The Bus's transport.
+        timeout: Seconds for each JetStream API call.
+    """
+
+    def __init__(self, transport: Transport, timeout: float = 5.0) -> None:
+        self._transport = transport
+        self._js: JetStreamContext = transport._nc.jetstream(timeout=timeout)
+        self._buckets: Dict[str, KeyValue] = {}
+        self.timeout = timeout
+
+    # -- streams ---------------------------------------------------------------
+
+    async def stream_settings(self, name: str) -> Optional[Dict[str, Any]]:
+        """A stream's settings in natsbus's terms, or ``None`` when it does not exist."""
+        try:
+            info = await self._js.stream_info(name)
+        except jserr.NotFoundError:
+            return None
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"read stream {name}") from exc
+        cfg = info.config
+        return {
+            "subjects": list(cfg.subjects or []),
+            "retention": _enum(cfg.retention) or "limits",
+            "storage": _enum(cfg.storage) or "file",
+            "replicas": int(cfg.num_replicas or 1),
+            "max_age": _seconds(cfg.max_age),
+            "duplicate_window": _seconds(cfg.duplicate_window),
+            "discard": _enum(cfg.discard) or "old",
+            "history": int(cfg.max_msgs_per_subject or 0),
+        }
+
+    async def create_stream(self, name: str, settings: Dict[str, Any], description: str = "") -> None:
+        """Create a stream from natsbus-named ``settings`` (subjects, retention, storage, ...)."""
+        config = api.StreamConfig(
+            name=name,
+            description=description or None,
+            subjects=list(settings["subjects"]),
+            retention=api.RetentionPolicy(settings["retention"]),
+            storage=api.StorageType(settings["storage"]),
+            num_replicas=int(settings["replicas"]),
+            max_age=float(settings["max_age"]) or None,
+            duplicate_window=float(settings.get("duplicate_window") or 0.0),
+            discard=api.DiscardPolicy(settings.get("discard", "old")),
+        )
+        try:
+            await self._js.add_stream(config)
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"create stream {name}") from exc
+
+    async def streams_capturing(self, subject: str) -> List[str]:
+        """The streams whose subjects overlap ``subject`` (wildcards allowed)."""
+        try:
+            resp = await self._js._api_request(
+                f"{self._js._prefix}.STREAM.NAMES",
+                json.dumps({"subject": subject}).encode(),
+                timeout=self.timeout,
+            )
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"list the streams capturing {subject}") from exc
+        return list(resp.get("streams") or [])
+
+    async def stream_state(self, name: str) -> Optional[StreamState]:
+        """A stream's subjects and counts, or ``None`` when it does not exist."""
+        try:
+            info = await self._js.stream_info(name)
+        except jserr.NotFoundError:
+            return None
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"read stream {name}") from exc
+        state = info.state
+        return StreamState(
+            name=name,
+            subjects=list(info.config.subjects or []),
+            messages=state.messages,
+            first_seq=state.first_seq,
+            last_seq=state.last_seq,
+            consumer_count=state.consumer_count,
+        )
+
+    async def delete_stream(self, name: str) -> bool:
+        """Delete a stream; ``False`` when it did not exist."""
+        try:
+            return bool(await self._js.delete_stream(name))
+        except jserr.NotFoundError:
+            return False
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"delete stream {name}") from exc
+
+    # -- consumers ---------------------------------------------------------------
+
+    @staticmethod
+    def _consumer_filters(cfg: api.ConsumerConfig) -> List[str]:
+        filters = list(cfg.filter_subjects or [])
+        if cfg.filter_subject:
+            filters.append(cfg.filter_subject)
+        return filters
+
+    async def consumer_settings(self, stream: str, name: str) -> Optional[Dict[str, Any]]:
+        """A durable consumer's settings in natsbus's terms, or ``None`` when it does not exist."""
+        try:
+            info = await self._js.consumer_info(stream, name)
+        except jserr.NotFoundError:
+            return None
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"read consumer {name} of stream {stream}") from exc
+        cfg = info.config
+        return {
+            "filter_subjects": self._consumer_filters(cfg),
+            "ack_policy": _enum(cfg.ack_policy),
+            "deliver_policy": _enum(cfg.deliver_policy),
+            "ack_wait": _seconds(cfg.ack_wait),
+            "max_deliver": int(cfg.max_deliver or -1),
+            "max_ack_pending": int(cfg.max_ack_pending or 0),
+            "push": bool(cfg.deliver_subject),
+        }
+
+    async def create_consumer(self, stream: str, name: str, settings: Dict[str, Any], description: str = "") -> None:
+        """Create (or, where the server allows it, update) a durable pull consumer."""
+        filters = list(settings["filter_subjects"])
+        config = api.ConsumerConfig(
+            name=name,
+            durable_name=name,
+            description=description or None,
+            deliver_policy=api.DeliverPolicy(settings["deliver_policy"]),
+            ack_policy=api.AckPolicy(settings["ack_policy"]),
+            ack_wait=float(settings["ack_wait"]),
+            max_deliver=int(settings["max_deliver"]),
+            max_ack_pending=int(settings["max_ack_pending"]),
+            filter_subject=filters[0] if len(filters) == 1 else None,
+            filter_subjects=filters if len(filters) > 1 else None,
+        )
+        try:
+            await self._js.add_consumer(stream, config)
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"create consumer {name} on stream {stream}") from exc
+
+    async def consumers(self, stream: str) -> List[ConsumerState]:
+        """Every consumer of ``stream`` with its progress."""
+        try:
+            infos = await self._js.consumers_info(stream)
+        except jserr.NotFoundError:
+            return []
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"list the consumers of stream {stream}") from exc
+        return [
+            ConsumerState(
+                name=info.name,
+                stream=stream,
+                filter_subjects=self._consumer_filters(info.config),
+                num_pending=info.num_pending or 0,
+                num_ack_pending=info.num_ack_pending or 0,
+                num_redelivered=info.num_redelivered or 0,
+                num_waiting=info.num_waiting or 0,
+                ack_floor=info.ack_floor.stream_seq if info.ack_floor else 0,
+            )
+            for info in infos
+        ]
+
+    async def delete_consumer(self, stream: str, name: str) -> bool:
+        """Delete a consumer; ``False`` when it did not exist."""
+        try:
+            return bool(await self._js.delete_consumer(stream, name))
+        except jserr.NotFoundError:
+            return False
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"delete consumer {name} of stream {stream}") from exc
+
+    async def pull(self, stream: str, consumer: str) -> Puller:
+        """Bind a pull subscription to an existing durable consumer."""
+        try:
+            sub = await self._js.pull_subscribe_bind(consumer, stream=stream)
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"bind to consumer {consumer} of stream {stream}") from exc
+        return Puller(sub, consumer)
+
+    # -- key-value buckets ------------------------------------------------------------
+
+    async def bucket_settings(self, bucket: str) -> Optional[Dict[str, Any]]:
+        """A KV bucket's settings (ttl, history, replicas, storage), or ``None``."""
+        settings = await self.stream_settings(f"KV_{bucket}")
+        if settings is None:
+            return None
+        return {
+            "ttl": settings["max_age"],
+            "history": settings["history"],
+            "replicas": settings["replicas"],
+            "storage": settings["storage"],
+        }
+
+    async def create_bucket(self, bucket: str, settings: Dict[str, Any], description: str = "") -> None:
+        """Create a KV bucket (ttl, history, replicas, storage)."""
+        config = api.KeyValueConfig(
+            bucket=bucket,
+            description=description or None,
+            ttl=float(settings["ttl"]) or None,
+            history=int(settings["history"]),
+            replicas=int(settings["replicas"]),
+            storage=api.StorageType(settings["storage"]),
+        )
+        try:
+            self._buckets[bucket] = await self._js.create_key_value(config)
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"create key-value bucket {bucket}") from exc
+
+    async def _bucket(self, bucket: str) -> Optional[KeyValue]:
+        kv = self._buckets.get(bucket)
+        if kv is None:
+            try:
+                kv = await self._js.key_value(bucket)
+            except jserr.BucketNotFoundError:
+                return None
+            except (nerr.Error, asyncio.TimeoutError) as exc:
+                raise map_js_error(exc, f"open key-value bucket {bucket}") from exc
+            self._buckets[bucket] = kv
+        return kv
+
+    async def _kv(self, bucket: str) -> KeyValue:
+        kv = await self._bucket(bucket)
+        if kv is None:
+            raise JetStreamError(f"key-value bucket {bucket} does not exist", code=404)
+        return kv
+
+    async def kv_get(self, bucket: str, key: str) -> Optional[KvEntry]:
+        """The key's value, or ``None`` when the key (or the whole bucket) does not exist."""
+        kv = await self._bucket(bucket)
+        if kv is None:
+            return None
+        try:
+            entry = await kv.get(key)
+        except jserr.KeyNotFoundError:
+            return None
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"read {key} from bucket {bucket}") from exc
+        return KvEntry(entry.value or b"", entry.revision or 0)
+
+    async def kv_create(self, bucket: str, key: str, value: bytes) -> Optional[int]:
+        """Store ``value`` only if ``key`` has none; its revision, or ``None`` when the key exists."""
+        kv = await self._kv(bucket)
+        try:
+            return int(await kv.create(key, value))
+        except jserr.KeyWrongLastSequenceError:
+            return None
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"create {key} in bucket {bucket}") from exc
+
+    async def kv_update(self, bucket: str, key: str, value: bytes, revision: int) -> Optional[int]:
+        """Store ``value`` only if ``key`` is still at ``revision``; the new one, or ``None``."""
+        kv = await self._kv(bucket)
+        try:
+            return int(await kv.update(key, value, last=revision))
+        except jserr.KeyWrongLastSequenceError:
+            return None
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"update {key} in bucket {bucket}") from exc
+
+    async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
+        """Store ``value`` whatever is there; the new revision."""
+        kv = await self._kv(bucket)
+        try:
+            return int(await kv.put(key, value))
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"put {key} in bucket {bucket}") from exc
+
+    async def kv_delete(self, bucket: str, key: str, revision: Optional[int] = None) -> bool:
+        """Delete ``key`` (only if still at ``revision`` when given); ``False`` if it moved on."""
+        kv = await self._kv(bucket)
+        try:
+            if revision is None:
+                return bool(await kv.delete(key))
+            return bool(await kv.delete(key, last=revision))
+        except jserr.KeyWrongLastSequenceError:
+            return False
+        except jserr.BadRequestError as exc:
+            if exc.err_code in (10071, 10164):  # wrong last sequence, as for kv_update
+                return False
+            raise map_js_error(exc, f"delete {key} from bucket {bucket}") from exc
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"delete {key} from bucket {bucket}") from exc
+
+    # -- messages --------------------------------------------------------------------
+
+    async def publish(
+        self,
+        subject: str,
+        data: bytes,
+        headers: Headers = None,
+        *,
+        msg_id: Optional[str] = None,
+        stream: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> PubAck:
+        """Publish and wait until JetStream stored it (its ack).
+
+        Args:
+            subject: Where.
+            data: The body.
+            headers: Extra headers.
+            msg_id: The ``Nats-Msg-Id``: JetStream drops a second message
+                with the same id within the stream's duplicate window.
+            stream: The stream that must store it (``Nats-Expected-Stream``);
+                any other stream capturing the subject refuses it.
+            timeout: Seconds to wait for the ack.
+        """
+        hdrs = dict(headers or {})
+        if msg_id:
+            hdrs[MSG_ID_HEADER] = msg_id
+        try:
+            ack = await self._js.publish(
+                subject, data, timeout=timeout or self.timeout, stream=stream, headers=hdrs or None
+            )
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"publish to {subject}") from exc
+        return PubAck(ack.stream, ack.seq, bool(ack.duplicate))
+
+    async def get_message(self, stream: str, seq: int) -> Optional[StoredMessage]:
+        """The message at ``seq``, or ``None`` when there is none (deleted, or past the end)."""
+        return await self._get(stream, seq, None)
+
+    async def next_message(self, stream: str, seq: int, subject: str) -> Optional[StoredMessage]:
+        """The first message at or after ``seq`` on ``subject`` (wildcards allowed), or ``None``."""
+        return await self._get(stream, seq, subject)
+
+    async def _get(self, stream: str, seq: int, subject: Optional[str]) -> Optional[StoredMessage]:
+        try:
+            if subject is None:
+                raw = await self._js.get_msg(stream, seq=seq)
+            else:
+                raw = await self._js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except jserr.NotFoundError:
+            return None
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"read message {seq} of stream {stream}") from exc
+        return StoredMessage(
+            stream=stream,
+            seq=int(raw.seq or 0),
+            subject=raw.subject or "",
+            data=raw.data or b"",
+            headers=dict(raw.headers or {}),
+            time=_time(raw.time),
+        )
+
+    async def delete_message(self, stream: str, seq: int) -> bool:
+        """Delete one message from a stream; ``False`` when it was not there."""
+        try:
+            return bool(await self._js.delete_msg(stream, seq))
+        except jserr.NotFoundError:
+            return False
+        except jserr.APIError as exc:
+            if exc.code == 404 or exc.err_code == 10057:  # no message found
+                return False
+            raise map_js_error(exc, f"delete message {seq} of stream {stream}") from exc
+        except (nerr.Error, asyncio.TimeoutError) as exc:
+            raise map_js_error(exc, f"delete message {seq} of stream {stream}") from exc
+
+
+_CONTEXTS: weakref.WeakKeyDictionary[Transport, JetStream] = weakref.WeakKeyDictionary()
+
+
+def jetstream_for(bus: Bus) -> JetStream:
+    """The :class:`JetStream` of ``bus``'s current connection (one per connection)."""
+    transport = bus._live()
+    js = _CONTEXTS.get(transport)
+    if js is None:
+        js = _CONTEXTS.setdefault(transport, JetStream(transport))
+    return js

@@ -1,0 +1,471 @@
+"""Idempotent commands: a repeated ``command_id`` gets the reply already sent.
+
+A caller that times out cannot know whether its command ran. Its retry
+(:class:`~natsbus.RetryPolicy` retries reuse the ``command_id``) would run
+the handler a second time. Give the :class:`~natsbus.WorkerPool` a store::
+
+    pool = WorkerPool(bus, "billing", idempotency=MemoryIdempotencyStore(ttl=600))
+    pool = WorkerPool(bus, "billing", idempotency=KeyValueIdempotencyStore())  # shared by all instances
+
+and for each command it
+
+1. claims the ``command_id`` in the store before the handler runs;
+2. remembers the reply it sends (body and the ``Nats-Service-Error*``
+   headers, errors included) for ``ttl`` seconds;
+3. answers a repeated ``command_id`` with exactly that reply, without
+   running the handler;
+4. makes a repeat that arrives while the first is still running wait for
+   the first one's reply (at most ``wait`` seconds, and never past the
+   repeat's own deadline), then answer with it; past that it answers
+   :class:`~natsbus.BusyError` (503, "still running"), which a
+   :class:`~natsbus.RetryPolicy` retries.
+
+Queries are never deduplicated. A request refused before its handler
+started (its caller had already given up, or the pool was full) is not
+remembered, so its retry runs. When the store cannot be reached the pool
+answers :class:`~natsbus.BusyError` rather than risk running a command twice.
+
+:class:`MemoryIdempotencyStore` remembers per process (bounded, with a
+TTL): repeats that reach another instance of the service are not seen.
+:class:`KeyValueIdempotencyStore` is a JetStream key-value bucket shared by
+every instance: the first request to *create* the key (a revision-checked
+write only one can win) runs the handler; the others poll the key.
+
+What this does not do: if a process dies after the handler's side effect
+and before the reply was stored, a retry runs the handler again (the
+in-memory store forgets everything on a restart; the key-value store
+hands the command to a retry once ``lease`` seconds have passed). For
+effects that must happen exactly once, the handler also records the
+``command_id`` in the same transaction as its effect; see the README,
+"Exactly once: execute vs send".
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+
+import attrs
+
+from . import codec
+from ._transport import Headers
+from ._transport_js import jetstream_for
+from .bus import ERROR_CODE_HEADER, ERROR_HEADER
+from .envelope import peek_id
+from .errors import BusyError, ConfigError, JetStreamError, NatsBusError
+from .messages import Kind
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .worker import HandlerRoute
+
+__all__ = [
+    "Claim",
+    "IdempotencyStore",
+    "KeyValueIdempotencyStore",
+    "MemoryIdempotencyStore",
+]
+
+logger = logging.getLogger("natsbus.idempotency")
+
+#: A reply as the worker sends it: the body and the headers.
+ReplyPair = Tuple[bytes, Headers]
+#: ``Dispatcher.dispatch``'s signature.
+Dispatch = Callable[..., ReplyPair]
+
+_NOT_STARTED = "Deadline exceeded: the caller gave up before"  # Dispatcher.dispatch's "not started" text
+
+
+@attrs.frozen
+class Claim:
+    """What :meth:`IdempotencyStore.begin` found for a ``command_id``.
+
+    Attributes:
+        state: ``"owned"``: run the handler, then :meth:`~IdempotencyStore.finish`
+            (or :meth:`~IdempotencyStore.abandon`); ``"done"``: answer with
+            ``reply``; ``"running"``: another request runs it now.
+        token: The owner's proof (a revision, an event), for ``finish``/``abandon``.
+        reply: The remembered reply when ``state`` is ``"done"``.
+    """
+
+    state: str
+    token: Any = None
+    reply: Optional[ReplyPair] = None
+
+
+class IdempotencyStore(abc.ABC):
+    """Where a WorkerPool remembers, per ``command_id``, the reply it sent.
+
+    Subclass it for another backend (a database table, Redis): implement
+    :meth:`begin`, :meth:`finish`, :meth:`abandon` and :meth:`wait_for`;
+    :meth:`wrap` does the rest. Every method is called on worker threads.
+
+    Args:
+        ttl: Seconds a reply is remembered.
+        wait: Seconds a repeat waits at most for a first request still running.
+    """
+
+    def __init__(self, ttl: float, wait: float) -> None:
+        if ttl <= 0:
+            raise ConfigError(f"ttl must be > 0 seconds, got {ttl!r}")
+        if wait < 0:
+            raise ConfigError(f"wait must be >= 0 seconds, got {wait!r}")
+        self.ttl = ttl
+        self.wait = wait
+        self._counter_lock = threading.Lock()
+        #: Repeated commands answered from the store (the handler did not run).
+        self.replayed = 0
+
+    def open(self, bus: Bus) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Prepare to serve on ``bus`` (the pool calls it in ``start()``; fails there, not later)."""
+
+    @abc.abstractmethod
+    def begin(self, bus: Bus, command_id: str) -> Claim:
+        """Claim ``command_id``, or report its reply, or that it is running elsewhere."""
+
+    @abc.abstractmethod
+    def finish(self, bus: Bus, command_id: str, token: Any, reply: ReplyPair) -> None:
+        """Remember ``reply`` for ``command_id`` (claimed with ``token``) and wake its waiters."""
+
+    @abc.abstractmethod
+    def abandon(self, bus: Bus, command_id: str, token: Any) -> None:
+        """Release a claim without remembering anything (the handler did not run)."""
+
+    @abc.abstractmethod
+    def wait_for(self, bus: Bus, command_id: str, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, or until ``command_id``'s state may have changed."""
+
+    def wrap(self, dispatch: Dispatch, bus: Bus) -> Dispatch:
+        """``dispatch`` (``Dispatcher.dispatch``) with commands answered through this store."""
+        store = self
+
+        def guarded(
+            route: HandlerRoute,
+            data: bytes,
+            max_payload: int = 0,
+            *,
+            headers: Headers = None,
+            deadline: Optional[float] = None,
+        ) -> ReplyPair:
+            if route.kind is not Kind.COMMAND:
+                return dispatch(route, data, max_payload, headers=headers, deadline=deadline)
+            command_id, _ = peek_id(data)
+            if not command_id or (deadline is not None and time.monotonic() >= deadline):
+                # Invalid (dispatch answers 400), or not going to start (504): nothing to remember.
+                return dispatch(route, data, max_payload, headers=headers, deadline=deadline)
+            give_up = time.monotonic() + store.wait
+            if deadline is not None:
+                give_up = min(give_up, deadline)
+            while True:
+                try:
+                    claim = store.begin(bus, command_id)
+                except NatsBusError as exc:
+                    logger.warning("%s %s: the idempotency store failed: %s", route.subject, command_id, exc)
+                    return _busy(
+                        command_id,
+                        f"Service busy: cannot check whether command {command_id} already ran ({exc}); retry later",
+                        route.subject,
+                    )
+                if claim.state == "done" and claim.reply is not None:
+                    with store._counter_lock:
+                        store.replayed += 1
+                    logger.info("%s %s: a repeat; answered with the reply already sent", route.subject, command_id)
+                    return claim.reply
+                if claim.state == "owned":
+                    break
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    return _busy(
+                        command_id,
+                        f"Service busy: command {command_id} is still running for an earlier request; "
+                        "retry later for its result",
+                        route.subject,
+                    )
+                store.wait_for(bus, command_id, left)
+            try:
+                reply = dispatch(route, data, max_payload, headers=headers, deadline=deadline)
+            except BaseException:
+                _quietly(store.abandon, bus, command_id, claim.token)
+                raise
+            if _not_started(reply):
+                _quietly(store.abandon, bus, command_id, claim.token)
+            else:
+                try:
+                    store.finish(bus, command_id, claim.token, reply)
+                except NatsBusError as exc:
+                    logger.error(
+                        "%s %s: could not remember the reply (%s); a repeat will run it again",
+                        route.subject,
+                        command_id,
+                        exc,
+                    )
+            return reply
+
+        return guarded
+
+
+def _quietly(fn: Callable[..., None], *args: Any) -> None:
+    try:
+        fn(*args)
+    except NatsBusError as exc:
+        logger.warning("releasing an idempotency claim failed: %s", exc)
+
+
+def _busy(command_id: str, text: str, subject: str) -> ReplyPair:
+    from .worker import error_reply  # the worker imports this module's users lazily
+
+    return error_reply(Kind.COMMAND, command_id, BusyError(text, subject=subject))
+
+
+def _not_started(reply: ReplyPair) -> bool:
+    headers = reply[1]
+    return bool(
+        headers and headers.get(ERROR_CODE_HEADER) == "504" and headers.get(ERROR_HEADER, "").startswith(_NOT_STARTED)
+    )
+
+
+class MemoryIdempotencyStore(IdempotencyStore):
+    """Replies remembered in this process: bounded, with a TTL.
+
+    A repeat that reaches another instance of the service, or this one
+    after a restart, runs again: use :class:`KeyValueIdempotencyStore` to
+    share the memory between instances.
+
+    Args:
+        ttl: Seconds a reply is remembered (default 10 minutes).
+        max_entries: Replies kept at most; the oldest go first.
+        wait: Seconds a repeat waits for a first request still running.
+    """
+
+    def __init__(self, ttl: float = 600.0, max_entries: int = 10_000, *, wait: float = 30.0) -> None:
+        super().__init__(ttl, wait)
+        if max_entries < 1:
+            raise ConfigError(f"max_entries must be >= 1, got {max_entries!r}")
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        # command_id -> (expires, reply), oldest first (each entry is re-inserted when stored).
+        self._done: OrderedDict[str, Tuple[float, ReplyPair]] = OrderedDict()
+        self._running: Dict[str, threading.Event] = {}
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def _expire(self, now: float) -> None:
+        done = self._done
+        while done:
+            key, (expires, _) = next(iter(done.items()))
+            if expires > now:
+                break
+            del done[key]
+
+    def begin(self, bus: Bus, command_id: str) -> Claim:
+        """See :meth:`IdempotencyStore.begin`."""
+        with self._lock:
+            self._expire(time.monotonic())
+            entry = self._done.get(command_id)
+            if entry is not None:
+                return Claim("done", reply=entry[1])
+            if command_id in self._running:
+                return Claim("running")
+            event = self._running[command_id] = threading.Event()
+            return Claim("owned", token=event)
+
+    def finish(self, bus: Bus, command_id: str, token: Any, reply: ReplyPair) -> None:
+        """See :meth:`IdempotencyStore.finish`."""
+        with self._lock:
+            if self._running.get(command_id) is token:
+                del self._running[command_id]
+            self._done.pop(command_id, None)
+            self._done[command_id] = (time.monotonic() + self.ttl, reply)
+            while len(self._done) > self.max_entries:
+                self._done.popitem(last=False)
+        token.set()
+
+    def abandon(self, bus: Bus, command_id: str, token: Any) -> None:
+        """See :meth:`IdempotencyStore.abandon`."""
+        with self._lock:
+            if self._running.get(command_id) is token:
+                del self._running[command_id]
+        token.set()
+
+    def wait_for(self, bus: Bus, command_id: str, timeout: float) -> None:
+        """See :meth:`IdempotencyStore.wait_for`."""
+        with self._lock:
+            event = self._running.get(command_id)
+        if event is not None:
+            event.wait(timeout)
+
+
+# -- records in key-value buckets (this store, and natsbus.durable's results) -----------
+
+_KEY_RE = re.compile(r"^[-_=A-Za-z0-9]+$")
+
+
+def record_key(command_id: str) -> str:
+    """The bucket key of a command id (a digest when the id is not a valid key)."""
+    if len(command_id) <= 200 and _KEY_RE.match(command_id):
+        return command_id
+    return "sha256-" + hashlib.sha256(command_id.encode()).hexdigest()
+
+
+def done_record(command_id: str, subject: str, reply: ReplyPair) -> bytes:
+    """A stored reply, as JSON: the response envelope and its error headers."""
+    body, headers = reply
+    return codec.dumps(
+        {
+            "v": 1,
+            "state": "done",
+            "command_id": command_id,
+            "subject": subject,
+            "headers": dict(headers) if headers else None,
+            "response": codec.loads(body),
+        }
+    )
+
+
+def running_record(command_id: str, owner: str) -> bytes:
+    """An "in progress" marker, as JSON."""
+    return codec.dumps({"v": 1, "state": "running", "command_id": command_id, "owner": owner, "since": time.time()})
+
+
+def read_record(value: bytes, command_id: str) -> Optional[Dict[str, Any]]:
+    """A record for ``command_id`` from a bucket value, or ``None`` when it is not one."""
+    try:
+        record = codec.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("command_id") != command_id:
+        return None
+    return record
+
+
+def record_reply(record: Dict[str, Any]) -> ReplyPair:
+    """The reply in a ``done`` record."""
+    headers = record.get("headers")
+    return codec.dumps(record.get("response")), (dict(headers) if headers else None)
+
+
+class KeyValueIdempotencyStore(IdempotencyStore):
+    """Replies remembered in a JetStream key-value bucket, shared by every instance.
+
+    The bucket is created on the pool's ``start()`` with these settings
+    (or checked, when it exists: another ``ttl``, ``replicas`` or
+    ``storage`` is an :class:`~natsbus.IncompatibleSettingsError`).
+
+    Args:
+        bucket: The bucket name.
+        ttl: Seconds a reply is remembered (the bucket's max age).
+        replicas: Copies in a JetStream cluster.
+        storage: ``"file"`` or ``"memory"``.
+        wait: Seconds a repeat waits for a first request still running.
+        lease: Seconds after which a command claimed by a request that
+            never finished (its process died) may be claimed again. Keep it
+            above the handler's longest run: a repeat past it runs the
+            handler a second time.
+        poll: Seconds between looks at the key while waiting.
+    """
+
+    def __init__(
+        self,
+        bucket: str = "natsbus_idempotency",
+        ttl: float = 600.0,
+        *,
+        replicas: int = 1,
+        storage: str = "file",
+        wait: float = 30.0,
+        lease: float = 120.0,
+        poll: float = 0.05,
+    ) -> None:
+        super().__init__(ttl, wait)
+        from .durable import check_bucket_name, check_replicas, check_storage
+
+        check_bucket_name("bucket", bucket)
+        check_replicas(replicas)
+        check_storage(storage)
+        if lease <= 0:
+            raise ConfigError(f"lease must be > 0 seconds, got {lease!r}")
+        if poll <= 0:
+            raise ConfigError(f"poll must be > 0 seconds, got {poll!r}")
+        self.bucket = bucket
+        self.replicas = replicas
+        self.storage = storage
+        self.lease = lease
+        self.poll = poll
+        self._owner = uuid.uuid4().hex
+        self._timeout = 5.0
+
+    def open(self, bus: Bus) -> None:
+        """Create the bucket, or check the existing one's settings."""
+        from ._resources import BucketSpec
+
+        spec = BucketSpec(
+            self.bucket,
+            self.ttl,
+            self.replicas,
+            self.storage,
+            "natsbus: replies to commands, by command_id (natsbus.idempotency)",
+        )
+        js = jetstream_for(bus)
+        bus.run(lambda: spec.ensure(js), self._timeout * 2)
+
+    def _run(self, bus: Bus, fn: Callable[[], Any]) -> Any:
+        try:
+            return bus.run(fn, self._timeout)
+        except TimeoutError as exc:
+            raise JetStreamError(f"key-value bucket {self.bucket} did not answer within {self._timeout:g}s") from exc
+
+    def begin(self, bus: Bus, command_id: str) -> Claim:
+        """See :meth:`IdempotencyStore.begin`: the revision-checked create decides the owner."""
+        js = jetstream_for(bus)
+        key = record_key(command_id)
+        for _ in range(3):  # a key deleted between our create and get: try again
+            marker = running_record(command_id, self._owner)
+            revision = self._run(bus, partial(js.kv_create, self.bucket, key, marker))
+            if revision is not None:
+                return Claim("owned", token=revision)
+            entry = self._run(bus, lambda: js.kv_get(self.bucket, key))
+            if entry is None:
+                continue
+            record = read_record(entry.value, command_id)
+            if record is None:
+                raise JetStreamError(f"bucket {self.bucket} holds something else under key {key}")
+            if record.get("state") == "done":
+                return Claim("done", reply=record_reply(record))
+            since = record.get("since")
+            if isinstance(since, (int, float)) and time.time() - since > self.lease:
+                taken = self._run(bus, partial(js.kv_update, self.bucket, key, marker, entry.revision))
+                if taken is not None:
+                    logger.warning(
+                        "%s: claimed by a request that did not finish within the %gs lease; running it again",
+                        command_id,
+                        self.lease,
+                    )
+                    return Claim("owned", token=taken)
+            return Claim("running")
+        return Claim("running")
+
+    def finish(self, bus: Bus, command_id: str, token: Any, reply: ReplyPair) -> None:
+        """See :meth:`IdempotencyStore.finish`: a write checked against our claim's revision."""
+        js = jetstream_for(bus)
+        key = record_key(command_id)
+        record = done_record(command_id, "", reply)
+        if self._run(bus, lambda: js.kv_update(self.bucket, key, record, token)) is None:
+            logger.warning("%s: another request took the command over; its reply is the one remembered", command_id)
+
+    def abandon(self, bus: Bus, command_id: str, token: Any) -> None:
+        """See :meth:`IdempotencyStore.abandon`."""
+        js = jetstream_for(bus)
+        key = record_key(command_id)
+        self._run(bus, lambda: js.kv_delete(self.bucket, key, token))
+
+    def wait_for(self, bus: Bus, command_id: str, timeout: float) -> None:
+        """See :meth:`IdempotencyStore.wait_for`: the key is polled every ``poll`` seconds."""
+        time.sleep(min(timeout, self.poll))

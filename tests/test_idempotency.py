@@ -1,0 +1,340 @@
+"""Idempotent commands: a repeated command_id gets the reply already sent, the handler runs once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional
+
+import attrs
+import effects
+import pytest
+
+from natsbus import (
+    Bus,
+    BusyError,
+    Command,
+    CommandBus,
+    ConflictError,
+    IncompatibleSettingsError,
+    KeyValueIdempotencyStore,
+    MemoryIdempotencyStore,
+    Query,
+    QueryBus,
+    RequestTimeoutError,
+    RetryPolicy,
+    WorkerPool,
+    create_request_envelope,
+    current_request,
+)
+from natsbus._transport_js import jetstream_for
+from natsbus.idempotency import record_key, running_record
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@attrs.frozen
+class Tally(Command[int]):
+    n: int
+
+
+@attrs.frozen
+class Refuse(Command[None]):
+    n: int
+
+
+@attrs.frozen
+class Count(Query[int]):
+    n: int
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.01)  # polling a condition with a deadline
+
+
+def command_body(message_type: str, command_id: str, payload: Any) -> bytes:
+    return create_request_envelope(message_type, command_id, "test", payload).to_bytes()
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "effects.sqlite"
+    effects.create(path)
+    return path
+
+
+def tally_handler(db: Path, gate: Optional[threading.Event] = None) -> Callable[[Tally], int]:
+    def tally(cmd: Tally) -> int:
+        ctx = current_request()
+        assert ctx is not None
+        if gate is not None:
+            gate.wait(10)  # the test decides when the first run may finish
+        return effects.record(db, ctx.message_id, cmd.n)
+
+    return tally
+
+
+# -- the in-memory store, without a server ------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_memory_store_forgets_after_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr("natsbus.idempotency.time.monotonic", clock)
+    store = MemoryIdempotencyStore(ttl=60.0)
+    bus: Any = None
+    claim = store.begin(bus, "cmd-1")
+    assert claim.state == "owned"
+    store.finish(bus, "cmd-1", claim.token, (b"reply", {"h": "v"}))
+    clock.now += 59.0
+    assert store.begin(bus, "cmd-1").reply == (b"reply", {"h": "v"})
+    clock.now += 2.0
+    assert store.begin(bus, "cmd-1").state == "owned"  # forgotten: runs again
+    assert len(store) == 0
+
+
+def test_memory_store_keeps_at_most_max_entries_dropping_the_oldest() -> None:
+    store = MemoryIdempotencyStore(ttl=600.0, max_entries=3)
+    bus: Any = None
+    for i in range(5):
+        claim = store.begin(bus, f"cmd-{i}")
+        store.finish(bus, f"cmd-{i}", claim.token, (str(i).encode(), None))
+    assert len(store) == 3
+    assert [store.begin(bus, f"cmd-{i}").state for i in (2, 3, 4)] == ["done"] * 3
+    assert store.begin(bus, "cmd-0").state == "owned"
+
+
+def test_memory_store_repeat_waits_for_the_first_to_finish() -> None:
+    store = MemoryIdempotencyStore()
+    bus: Any = None
+    first = store.begin(bus, "cmd-x")
+    assert store.begin(bus, "cmd-x").state == "running"
+    seen: List[Any] = []
+
+    def repeat() -> None:
+        store.wait_for(bus, "cmd-x", 10.0)
+        seen.append(store.begin(bus, "cmd-x"))
+
+    waiter = threading.Thread(target=repeat)
+    waiter.start()
+    store.finish(bus, "cmd-x", first.token, (b"the reply", None))
+    waiter.join(10)
+    assert [claim.reply for claim in seen] == [(b"the reply", None)]
+
+
+# -- request-reply with a store ------------------------------------------------------------
+
+
+def test_command_retried_after_a_client_timeout_executes_once(bus: Bus, nats_url: str, db: Path) -> None:
+    gate = threading.Event()
+    pool = WorkerPool(
+        bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", max_workers=4, idempotency=MemoryIdempotencyStore()
+    )
+    pool.register(tally_handler(db, gate))
+    retrying = CommandBus(bus, timeout=0.3, retry=RetryPolicy(attempts=40, backoff=0.05, max_backoff=0.1))
+    with pool:
+        results: List[int] = []
+        errors: List[BaseException] = []
+
+        def call() -> None:
+            try:
+                results.append(retrying.execute(Tally(21)))
+            except BaseException as exc:
+                errors.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        # The first attempt runs (held by the gate) and times out; a retry with the
+        # same command_id arrives and waits for it instead of running it again.
+        wait_until(lambda: pool.inflight >= 2, what="a retry arriving while the first run is held")
+        gate.set()
+        caller.join(20)
+        assert (results, errors) == ([42], [])
+        assert effects.count(db) == 1
+        assert effects.count(db, "invocations") == 1
+        assert pool.idempotency is not None and pool.idempotency.replayed >= 1
+
+
+def test_repeat_after_the_reply_gets_the_same_bytes_without_running(bus: Bus, db: Path) -> None:
+    pool = WorkerPool(bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", idempotency=MemoryIdempotencyStore())
+    pool.register(tally_handler(db))
+    body = command_body("Tally", "cmd-fixed-1", {"n": 5})
+    with pool:
+        first = bus.request("commands.Tally", body, timeout=5)
+        second = bus.request("commands.Tally", body, timeout=5)
+    assert second.data == first.data
+    assert effects.count(db) == 1
+
+
+def test_error_replies_are_remembered_with_their_headers(bus: Bus, db: Path) -> None:
+    pool = WorkerPool(bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", idempotency=MemoryIdempotencyStore())
+    runs: List[int] = []
+
+    @pool.register
+    def refuse(cmd: Refuse) -> None:
+        runs.append(cmd.n)
+        raise ConflictError(f"already taken: {cmd.n} (run {len(runs)})")
+
+    body = command_body("Refuse", "cmd-fixed-2", {"n": 7})
+    with pool:
+        first = bus.request("commands.Refuse", body, timeout=5)
+        second = bus.request("commands.Refuse", body, timeout=5)
+    assert (second.data, second.headers) == (first.data, first.headers)
+    assert first.headers is not None and first.headers["Nats-Service-Error-Code"] == "409"
+    assert runs == [7]
+
+
+def test_queries_are_never_deduplicated(bus: Bus) -> None:
+    pool = WorkerPool(bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", idempotency=MemoryIdempotencyStore())
+    runs: List[int] = []
+
+    @pool.register
+    def count(query: Count) -> int:
+        runs.append(query.n)
+        return len(runs)
+
+    body = create_request_envelope("Count", "qry-fixed", "test", {"n": 1}).to_bytes()
+    with pool:
+        bus.request("queries.Count", body, timeout=5)
+        bus.request("queries.Count", body, timeout=5)
+        assert QueryBus(bus).ask(Count(2)) == 3
+    assert runs == [1, 1, 2]
+
+
+def test_a_request_whose_caller_gave_up_before_it_started_is_not_remembered(bus: Bus, db: Path) -> None:
+    gate = threading.Event()
+    pool = WorkerPool(
+        bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", max_workers=1, idempotency=MemoryIdempotencyStore()
+    )
+    pool.register(tally_handler(db, gate))
+    commands = CommandBus(bus)
+    with pool:
+        occupier = commands.submit(Tally(1), timeout=20)
+        wait_until(lambda: pool.inflight == 1, what="the thread busy")
+        late = create_request_envelope("Tally", "cmd-late", "test", {"n": 2}).to_bytes()
+        with pytest.raises(RequestTimeoutError):
+            bus.request("commands.Tally", late, timeout=0.2, headers={"Natsbus-Timeout-Ms": "200"})
+        gate.set()
+        assert occupier.result(10) == 2
+        wait_until(lambda: pool.expired == 1, what="the late request refused unstarted")
+        again = bus.request("commands.Tally", late, timeout=5)  # not remembered: it runs now
+    assert b'"payload":4' in again.data
+    assert effects.per_command(db) == {occupier_id(db, 1): 1, "cmd-late": 1}
+
+
+def occupier_id(db: Path, n: int) -> str:
+    with sqlite3.connect(str(db)) as conn:
+        return str(conn.execute("SELECT command_id FROM effects WHERE n = ?", (n,)).fetchone()[0])
+
+
+# -- two instances sharing a key-value store ---------------------------------------------
+
+
+@pytest.fixture()
+def two_instances(nats_url: str, db: Path) -> Iterator[Any]:
+    """Two pools on their own connections, in different queue groups: each gets every request."""
+    bucket = f"idem_{uuid.uuid4().hex[:8]}"
+    gate = threading.Event()
+    gate.set()
+    with Bus(nats_url) as bus_a, Bus(nats_url) as bus_b:
+        pools = []
+        for name, bus in (("a", bus_a), ("b", bus_b)):
+            store = KeyValueIdempotencyStore(bucket=bucket, ttl=300.0, wait=5.0, poll=0.02)
+            pool = WorkerPool(bus, service_id="tally", queue_group=f"tally-{name}", max_workers=4, idempotency=store)
+            pool.register(tally_handler(db, gate))
+            pools.append(pool.start())
+        try:
+            yield pools, gate, bucket
+        finally:
+            for pool in pools:
+                pool.stop(5)
+            bus_a.run(lambda: jetstream_for(bus_a).delete_stream(f"KV_{bucket}"))
+
+
+def test_two_instances_sharing_the_store_run_a_duplicated_command_once(bus: Bus, db: Path, two_instances: Any) -> None:
+    pools, _, _ = two_instances
+    transport = bus._live()
+    for i in range(20):
+        body = command_body("Tally", f"cmd-both-{i}", {"n": i})
+        replies = bus.run(lambda b=body: transport.gather("commands.Tally", b, timeout=5.0, quiet=5.0, max_count=2))
+        assert len(replies) == 2
+        assert replies[0].data == replies[1].data  # the same reply from both instances
+        assert b'"success":true' in replies[0].data
+    assert effects.per_command(db) == {f"cmd-both-{i}": 1 for i in range(20)}
+    assert sum(pool.idempotency.replayed for pool in pools) == 20
+
+
+def test_a_repeat_on_another_instance_waits_then_answers_busy_then_the_reply(
+    bus: Bus, db: Path, two_instances: Any
+) -> None:
+    pools, gate, _ = two_instances
+    gate.clear()
+    for pool in pools:
+        pool.idempotency.wait = 0.3
+    transport = bus._live()
+    body = command_body("Tally", "cmd-held", {"n": 3})
+    # One instance runs it (held by the gate); the other waits 0.3 s and says it is still running.
+    first = bus.run(lambda: transport.gather("commands.Tally", body, timeout=5.0, quiet=5.0, max_count=1))
+    assert b"still running" in first[0].data
+    assert first[0].headers is not None and first[0].headers["Nats-Service-Error-Code"] == "503"
+    gate.set()
+    replies = bus.run(lambda: transport.gather("commands.Tally", body, timeout=5.0, quiet=5.0, max_count=2))
+    assert [b'"payload":6' in reply.data for reply in replies] == [True, True]
+    assert effects.count(db) == 1
+
+
+def test_a_claim_older_than_the_lease_is_taken_over(nats_url: str, bus: Bus, db: Path) -> None:
+    bucket = f"idem_{uuid.uuid4().hex[:8]}"
+    store = KeyValueIdempotencyStore(bucket=bucket, lease=1.0)
+    pool = WorkerPool(bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", idempotency=store)
+    pool.register(tally_handler(db))
+    js = jetstream_for(bus)
+    with pool:
+        # A claim left by a process that died 10 s ago, mid-handler.
+        record = json.loads(running_record("cmd-orphan", "a-dead-owner"))
+        record["since"] -= 10
+        bus.run(lambda: js.kv_put(bucket, record_key("cmd-orphan"), json.dumps(record).encode()))
+        reply = bus.request("commands.Tally", command_body("Tally", "cmd-orphan", {"n": 4}), timeout=5)
+    assert b'"payload":8' in reply.data
+    assert effects.count(db) == 1
+    bus.run(lambda: js.delete_stream(f"KV_{bucket}"))
+
+
+def test_an_existing_bucket_with_another_ttl_is_refused_at_start(bus: Bus) -> None:
+    bucket = f"idem_{uuid.uuid4().hex[:8]}"
+    first = WorkerPool(bus, service_id="ttl-a", idempotency=KeyValueIdempotencyStore(bucket=bucket, ttl=600.0))
+    first.register(lambda cmd: 0, message_type=Tally)
+    first.start().stop(5)
+    second = WorkerPool(bus, service_id="ttl-b", idempotency=KeyValueIdempotencyStore(bucket=bucket, ttl=60.0))
+    second.register(lambda cmd: 0, message_type=Tally)
+    with pytest.raises(IncompatibleSettingsError) as info:
+        second.start()
+    assert (info.value.setting, info.value.existing, info.value.wanted) == ("ttl", 600.0, 60.0)
+    assert f"key-value bucket {bucket}" in str(info.value)
+    bus.run(lambda: jetstream_for(bus).delete_stream(f"KV_{bucket}"))
+
+
+def test_store_failure_answers_busy_instead_of_running(bus: Bus, db: Path) -> None:
+    bucket = f"idem_{uuid.uuid4().hex[:8]}"
+    pool = WorkerPool(bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", idempotency=KeyValueIdempotencyStore(bucket))
+    pool.register(tally_handler(db))
+    with pool:
+        bus.run(lambda: jetstream_for(bus).delete_stream(f"KV_{bucket}"))  # the store goes away
+        with pytest.raises(BusyError, match="cannot check whether command"):
+            CommandBus(bus).execute(Tally(1))
+    assert effects.count(db) == 0
