@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence, Sized  # [middleware] Sequence
+from collections.abc import Sequence, Sized  # Sequence
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Type, TypeVar, Union, overload
 
@@ -46,7 +46,7 @@ from .messages import (
     subject_for,
     type_name,
 )
-from .middleware import ClientCall, Middleware, run_client  # [middleware]
+from .middleware import ClientCall, Middleware, run_client
 from .policies import QueryCache, RetryPolicy
 
 __all__ = ["Bus", "CommandBus", "QueryBus"]
@@ -370,7 +370,7 @@ class _Request:
     message_id: str
     payload: Any
     body: bytes
-    headers: Headers = None  # [middleware] headers client middleware added
+    headers: Headers = None  # headers client middleware added
 
 
 class _Completer:
@@ -463,7 +463,7 @@ class _MessageBus:
         self.timeout = timeout
         self.service_id = service_id
         self.retry = retry
-        self.middleware: Tuple[Middleware[ClientCall], ...] = tuple(middleware)  # [middleware]
+        self.middleware: Tuple[Middleware[ClientCall], ...] = tuple(middleware)
         self._routes: Dict[type, _Route] = {}
         self._type_key = f"{self._kind.value}_type"
         self._id_key = f"{self._kind.value}_id"
@@ -536,12 +536,12 @@ class _MessageBus:
 
     def _exchange(self, request: _Request, limit: Optional[float]) -> Reply:
         headers = self._headers(limit)
-        if request.headers:  # [middleware] a new dict: the cached deadline headers are shared
+        if request.headers:  # a new dict: the cached deadline headers are shared
             headers = {**request.headers, **headers} if headers else dict(request.headers)
         pending = self.bus._send(request.route.subject, request.body, headers)
         return self.bus._wait(pending, limit, self._timeout_text)
 
-    # [middleware] -- begin
+    # -- begin
     def _call_in_chain(
         self, message: Any, request: _Request, timeout: TimeoutArg, returns: Any, retry: Any
     ) -> Tuple[Any, Reply]:
@@ -558,7 +558,7 @@ class _MessageBus:
 
         return run_client(self.middleware, call, send, lambda pair: pair[0])  # after-hooks get the result
 
-    # [middleware] -- end
+    # -- end
 
     def _result(self, reply: Reply, route: _Route, message_id: str, returns: Any) -> Any:
         target = returns if returns is not None else route.result
@@ -778,7 +778,7 @@ class CommandBus(_MessageBus):
             BusClosedError: the Bus is closed.
         """
         request = self._build(command)
-        if self.middleware:  # [middleware]
+        if self.middleware:
             return self._call_in_chain(command, request, timeout, returns, retry)[0]
         return self._call(request, timeout, returns, retry)[0]
 
@@ -940,7 +940,7 @@ class QueryBus(_MessageBus):
         request = self._build(query)
         store = self.cache if cache else None
         if store is None:
-            if self.middleware:  # [middleware]
+            if self.middleware:
                 return self._call_in_chain(query, request, timeout, returns, retry)[0]
             return self._call(request, timeout, returns, retry)[0]
         key = (request.route.name, codec.dumps(request.payload))
@@ -949,7 +949,7 @@ class QueryBus(_MessageBus):
             # Decode the cached reply afresh: no two callers share a result.
             reply, message_id = hit
             return self._result(reply, request.route, message_id, returns)
-        if self.middleware:  # [middleware]
+        if self.middleware:
             result, reply = self._call_in_chain(query, request, timeout, returns, retry)
         else:
             result, reply = self._call(request, timeout, returns, retry)

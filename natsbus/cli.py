@@ -373,7 +373,7 @@ def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: Te
     return 0
 
 
-# -- durable commands: pending, dead, replay (issue 7) ----------------------------
+# -- durable commands: pending, dead, replay -----------------------------
 
 
 def _add_durable_commands(sub: Any) -> None:

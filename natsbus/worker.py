@@ -60,9 +60,9 @@ from .errors import (
     ServiceError,
 )
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
-from .middleware import HandlerRequest, Middleware, run_handler  # [middleware]
+from .middleware import HandlerRequest, Middleware, run_handler
 
-if TYPE_CHECKING:  # issue 7 (exactly-once): natsbus.durable / natsbus.idempotency
+if TYPE_CHECKING:
     from .durable import DurableConfig, DurableConsumer
     from .idempotency import IdempotencyStore
 
@@ -175,7 +175,7 @@ class Dispatcher:
 
     def __init__(self, service_id: str, middleware: Sequence[Middleware[HandlerRequest]] = ()) -> None:
         self.service_id = service_id
-        self.middleware: Tuple[Middleware[HandlerRequest], ...] = tuple(middleware)  # [middleware]
+        self.middleware: Tuple[Middleware[HandlerRequest], ...] = tuple(middleware)
         self._routes: Dict[str, HandlerRoute] = {}
         self._stats_lock = threading.Lock()
         #: Requests not started because their caller had already given up.
@@ -269,7 +269,7 @@ class Dispatcher:
         context = RequestContext(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline)
         token = _enter(context)
         try:
-            if self.middleware:  # [middleware] the handler inside the handler middleware chain
+            if self.middleware:  # the handler inside the handler middleware chain
                 result = run_handler(
                     self.middleware, HandlerRequest(context, message, route.name, route.label), route.call
                 )
@@ -459,7 +459,7 @@ class WorkerPool:
         self.max_pending = max_pending
         self.queue_group = queue_group or service_id
         self._validate()
-        self.dispatcher = Dispatcher(service_id, middleware)  # [middleware]
+        self.dispatcher = Dispatcher(service_id, middleware)
         self.micro = MicroResponder(service_id, version, description or "", metadata, self.dispatcher, self.queue_group)
         self._state = _State.NEW
         self._lock = threading.Lock()
@@ -479,7 +479,7 @@ class WorkerPool:
         self.overruns = 0
         for handler in handlers:
             self.register(handler)
-        # -- issue 7 (exactly-once): the store and the durable consumer --------
+        # -- exactly once: the store and the durable consumer --------
         from .durable import DurableConsumer, as_config
 
         self.idempotency = idempotency
@@ -601,16 +601,16 @@ class WorkerPool:
             return subs
 
         try:
-            if self.idempotency is not None:  # issue 7: the store is usable before anything is served
+            if self.idempotency is not None:  # the store is usable before anything is served
                 self.idempotency.open(bus)
-            if self.durable is not None:  # issue 7: streams, bucket and consumer exist with our settings
+            if self.durable is not None:  # streams, bucket and consumer exist with our settings
                 self.durable.prepare(bus)
             self._subs = bus.run(subscribe_all)
         except BaseException:
             self._halt_threads(1.0)
             self._state = _State.STOPPED
             raise
-        if self.durable is not None:  # issue 7: pull durable commands onto the worker threads
+        if self.durable is not None:  # pull durable commands onto the worker threads
             self.durable.start()
         logger.info(
             "worker pool %s serving %s with %d threads, %d pending at most (queue group %s)",
@@ -686,7 +686,7 @@ class WorkerPool:
     def _work(self) -> None:
         transport = self._bus()._live()
         dispatch = self.dispatcher.dispatch
-        if self.idempotency is not None:  # issue 7: a repeated command_id gets the reply already sent
+        if self.idempotency is not None:  # a repeated command_id gets the reply already sent
             dispatch = self.idempotency.wrap(dispatch, self._bus())
         get = self._queue.get
         while True:
@@ -695,7 +695,7 @@ class WorkerPool:
                 return
             route, reply, data, raw_headers, received = item
             try:
-                if not isinstance(reply, str):  # issue 7: a durable command; the job runs, stores and acks it
+                if not isinstance(reply, str):  # a durable command; the job runs, stores and acks it
                     reply()
                     continue
                 claim: Optional[threading.Lock] = None
@@ -749,7 +749,7 @@ class WorkerPool:
                 bus.run(lambda: transport.drain_subscriptions(subs), max(0.1, drain_timeout))
             except Exception as exc:
                 logger.warning("draining the subscriptions of %s failed: %s", self.service_id, exc)
-        if self.durable is not None:  # issue 7: stop pulling durable commands; pulled ones still run
+        if self.durable is not None:  # stop pulling durable commands; pulled ones still run
             self.durable.stop(max(0.1, deadline - time.monotonic()))
         with self._lock:
             while self._inflight and time.monotonic() < deadline:
@@ -777,7 +777,7 @@ class WorkerPool:
             logger.info("worker pool %s stopped: drained %d request(s), none left", self.service_id, drained)
         return not left
 
-    # -- issue 7: durable commands borrow idle worker threads (natsbus.durable) ----
+    # -- durable commands borrow idle worker threads (natsbus.durable) ----
 
     def _reserve_workers(self, wanted: int) -> int:
         """Reserve up to ``wanted`` idle threads (counted in flight); return how many."""
