@@ -821,7 +821,7 @@ class CommandBus(_MessageBus):
         """A copy of this bus with another default timeout."""
         return CommandBus(self.bus, seconds, self.service_id, retry=self.retry, middleware=self.middleware)
 
-    # -- issue 7: durable commands; natsbus.durable does the work ----------------
+    # -- durable commands; natsbus.durable does the work ----------------
 
     def send(self, command: Any, *, command_id: Optional[str] = None, durable: Any = None) -> str:
         """Store ``command`` in JetStream for a durable worker; return its ``command_id``.
