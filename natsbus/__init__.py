@@ -47,7 +47,7 @@ from .errors import (
 from .messages import Command, Kind, Query, command_subject, query_subject, type_name
 from .metrics import PrometheusCollector
 from .policies import QueryCache, RetryPolicy
-from .server import NatsServer
+from .server import NatsCluster, NatsServer
 from .worker import Dispatcher, WorkerPool
 
 __version__ = "0.1.0"
@@ -74,6 +74,7 @@ __all__ = [
     "LoopThreadError",
     "MessageTypeError",
     "NatsBusError",
+    "NatsCluster",
     "NatsConfig",
     "NatsServer",
     "NoHandlerError",

@@ -11,6 +11,7 @@ MODULES = [
     "natsbus.ports",
     "natsbus.testing",
     "natsbus.pytest_plugin",
+    "natsbus.server",
     "natsbus.contrib.flask",
     "natsbus.contrib.django",
     "natsbus.contrib.django.checks",
