@@ -250,6 +250,26 @@ class Transport:
         self._closed = True
         self._fail_waiters(BusClosedError("the Bus was closed while waiting for a reply"))
 
+    def release_after_fork(self) -> None:
+        """In a forked child: close this process's copy of the parent's socket.
+
+        Only the child's file descriptor is closed (no protocol, no TLS
+        shutdown), so the parent's connection goes on untouched, and the
+        server sees it end when the parent closes it, not when the last
+        child exits. Nothing runs on the inherited loop, which has no
+        thread here. Idempotent; best effort.
+        """
+        self._closed = True
+        self._waiters = {}  # the parent's callers; they do not exist here
+        writer = getattr(getattr(self._nc, "_transport", None), "_bare_io_writer", None)
+        try:
+            wrapped = writer.get_extra_info("socket") if writer is not None else None
+            sock = getattr(wrapped, "_sock", None)  # asyncio's TransportSocket wraps the socket
+            if sock is not None:
+                sock.close()  # closes the descriptor once; the object then knows it is closed
+        except Exception as exc:  # pragma: no cover - a transport without a plain socket
+            logger.debug("could not release the inherited socket: %r", exc)
+
     def _fail_waiters(self, exc: BaseException) -> None:
         waiters = list(self._waiters.values())
         self._waiters.clear()

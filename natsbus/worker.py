@@ -563,6 +563,7 @@ class WorkerPool:
             self._halt_threads(1.0)
             self._state = _State.STOPPED
             raise
+        bus._attach(self)  # bus.close() stops the pool first
         logger.info(
             "worker pool %s serving %s with %d threads, %d pending at most (queue group %s)",
             self.service_id,
@@ -724,7 +725,12 @@ class WorkerPool:
             self._queue.put(_STOP)
         end = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(max(0.0, end - time.monotonic()))
+            if thread is not threading.current_thread():  # stop() called by a handler
+                thread.join(max(0.0, end - time.monotonic()))
+
+    def _bus_closing(self, timeout: float) -> None:
+        """Its Bus is closing: stop serving (drained within ``timeout``), end the threads."""
+        self.stop(drain_timeout=timeout)
 
     def run(self, drain_timeout: float = 30.0) -> bool:
         """Start (if needed) and serve until :meth:`request_stop`, SIGINT or SIGTERM.
