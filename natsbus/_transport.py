@@ -20,7 +20,7 @@ import concurrent.futures
 import itertools
 import logging
 import re
-from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Tuple, Type
+from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Set, Tuple, Type
 
 import nats
 import nats.errors as nerr
@@ -172,6 +172,8 @@ class Transport:
         self._last_error: Optional[BaseException] = None
         self.max_payload = 1024 * 1024
         self._fail_fast = config.fail_fast_when_disconnected
+        #: Subjects (lowercased, as nats-py reports them) the server refused to let us subscribe.
+        self.denied_subscriptions: Set[str] = set()
 
     # -- lifecycle (loop thread) -------------------------------------------
 
@@ -319,14 +321,20 @@ class Transport:
             logger.debug("nats error: %r", exc)
 
     def _fail_permission(self, action: str, subject: str) -> None:
+        # nats-py lowercases the server's error text, subject included, so
+        # the match ignores case and the error names the waiter's own subject.
+        denied = subject.lower()
+        if action.lower() == "subscription":
+            self.denied_subscriptions.add(denied)
+            return
         for token, fut in list(self._waiters.items()):
-            if fut.subject == subject:
+            if fut.subject.lower() == denied:
                 self._waiters.pop(token, None)
                 _set_exception(
                     fut,
                     PermissionDeniedError(
-                        f"permission denied: this connection may not {action.lower()} to {subject}",
-                        subject=subject,
+                        f"permission denied: this connection may not {action.lower()} to {fut.subject}",
+                        subject=fut.subject,
                     ),
                 )
 

@@ -43,6 +43,7 @@ from .errors import (
     HandlerError,
     InvalidRequestError,
     LifecycleError,
+    PermissionDeniedError,
     RegistrationError,
     ServiceError,
 )
@@ -532,6 +533,8 @@ class WorkerPool:
         Raises:
             RegistrationError: no handler is registered.
             LifecycleError: already started, or no Bus.
+            PermissionDeniedError: the server does not let this connection
+                subscribe to a handler's subject (the text names it).
         """
         self._validate()
         bus = self._bus()
@@ -559,8 +562,20 @@ class WorkerPool:
 
         try:
             self._subs = bus.run(subscribe_all)
+            # The flush's round trip came back after any -ERR the SUBs caused.
+            denied = [s for s in self.subjects if s.lower() in transport.denied_subscriptions]
+            if denied:
+                raise PermissionDeniedError(
+                    f"permission denied: this connection may not subscribe to {', '.join(denied)}",
+                    subject=denied[0],
+                )
         except BaseException:
+            if self._subs:
+                bus.run(lambda: transport.unsubscribe(self._subs), 5.0)
+                self._subs = []
             self._halt_threads(1.0)
+            if self._watchdog is not None:
+                self._watchdog.stop(1.0)
             self._state = _State.STOPPED
             raise
         bus._attach(self)  # bus.close() stops the pool first
