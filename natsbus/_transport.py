@@ -20,6 +20,7 @@ import concurrent.futures
 import itertools
 import logging
 import re
+import ssl
 from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Set, Tuple, Type
 
 import nats
@@ -51,6 +52,8 @@ Headers = Optional[Dict[str, str]]
 Handler = Callable[[str, str, bytes, Headers], None]
 
 _NO_RESPONDERS = "503"
+#: Connect failures that say more than the connection errors that follow them.
+_TELLING_ERRORS = (nerr.AuthorizationError, ssl.SSLError)
 _PERMISSION_RE = re.compile(r"Permissions Violation for (Publish|Subscription) to \"?([^\"']+)\"?", re.I)
 
 
@@ -311,7 +314,10 @@ class Transport:
     # -- callbacks (loop thread) -------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        self._last_error = exc
+        # The cause a failed connect reports: an authorization or TLS failure
+        # is not overwritten by the connection resets that follow it.
+        if isinstance(exc, _TELLING_ERRORS) or not isinstance(self._last_error, _TELLING_ERRORS):
+            self._last_error = exc
         text = str(exc)
         match = _PERMISSION_RE.search(text)
         if match:
