@@ -72,6 +72,17 @@ def refused(config: NatsConfig) -> ConnectError:
     return info.value
 
 
+def refused_for_authorization(error: ConnectError) -> bool:
+    """Whether the text gives the server's reason: authorization violation.
+
+    The server sends that and closes at once; now and then the close resets
+    the connection before the client has read the reason, and a reset is
+    all the client can report.
+    """
+    text = str(error).lower()
+    return "authorization violation" in text or "connection reset by peer" in text
+
+
 def both_ways(url: str, fields: Dict[str, Any], env: Dict[str, str]) -> None:
     """The same credentials work given as NatsConfig fields and as environment variables."""
     direct = NatsConfig(servers=url, connect_timeout=3, **fields)
@@ -92,14 +103,14 @@ def test_user_and_password(tmp_path: Path) -> None:
             server.url, {"user": "alice", "password": "s3cret"}, {"NATS_USER": "alice", "NATS_PASSWORD": "s3cret"}
         )
         error = refused(NatsConfig(servers=server.url, user="alice", password="wrong", connect_timeout=1))
-        assert server.url in str(error) and "authorization" in str(error).lower()
+        assert server.url in str(error) and refused_for_authorization(error)
 
 
 def test_token(tmp_path: Path) -> None:
     with configured_server(tmp_path, 'authorization { token: "t0ken-t0ken" }') as server:
         both_ways(server.url, {"token": "t0ken-t0ken"}, {"NATS_TOKEN": "t0ken-t0ken"})
         error = refused(NatsConfig(servers=server.url, connect_timeout=1))
-        assert "authorization" in str(error).lower()
+        assert refused_for_authorization(error)
 
 
 def test_nkey_seed_file(tmp_path: Path) -> None:
@@ -112,7 +123,7 @@ def test_nkey_seed_file(tmp_path: Path) -> None:
         stranger = tmp_path / "stranger.nk"
         stranger.write_text(seed(new_keypair(nkeys.PREFIX_BYTE_USER)))
         error = refused(NatsConfig(servers=server.url, nkeys_seed=str(stranger), connect_timeout=1))
-        assert "authorization" in str(error).lower()
+        assert refused_for_authorization(error)
 
 
 def test_creds_file_with_operator_account_and_user_jwts(tmp_path: Path) -> None:
@@ -122,7 +133,7 @@ def test_creds_file_with_operator_account_and_user_jwts(tmp_path: Path) -> None:
         (tmp_path / "other").mkdir()
         stranger = make_operator(tmp_path / "other")  # a user of an operator the server does not trust
         error = refused(NatsConfig(servers=server.url, user_credentials=str(stranger.creds), connect_timeout=1))
-        assert "authorization" in str(error).lower()
+        assert refused_for_authorization(error)
 
 
 # -- TLS with a CA and client certificates ---------------------------------------------
