@@ -555,6 +555,7 @@ class WorkerPool:
         async def subscribe_all() -> List[Any]:
             subs = []
             for route in self.dispatcher.routes:
+                transport.denied_subscriptions.discard(route.subject.lower())  # asked afresh
                 subs.append(await transport.subscribe(route.subject, self.queue_group, self._admitter(route)))
             subs.extend(await self.micro.subscribe(transport))  # $SRV.*: discoverable once serving
             await transport.flush()  # the server has every SUB before we return
@@ -570,9 +571,12 @@ class WorkerPool:
                     subject=denied[0],
                 )
         except BaseException:
-            if self._subs:
-                bus.run(lambda: transport.unsubscribe(self._subs), 5.0)
-                self._subs = []
+            subs, self._subs = self._subs, []
+            if subs:
+                try:
+                    bus.run(lambda: transport.unsubscribe(subs), 5.0)
+                except Exception as exc:  # the start failure is what is raised
+                    logger.debug("unsubscribing after a failed start failed: %r", exc)
             self._halt_threads(1.0)
             if self._watchdog is not None:
                 self._watchdog.stop(1.0)
