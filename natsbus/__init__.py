@@ -53,7 +53,7 @@ from .idempotency import IdempotencyStore, KeyValueIdempotencyStore, MemoryIdemp
 from .messages import Command, Kind, Query, command_subject, query_subject, type_name
 from .metrics import PrometheusCollector
 from .policies import QueryCache, RetryPolicy
-from .server import NatsServer
+from .server import NatsCluster, NatsServer
 from .worker import Dispatcher, WorkerPool
 
 __version__ = "0.1.0"
@@ -87,6 +87,7 @@ __all__ = [
     "MemoryIdempotencyStore",
     "MessageTypeError",
     "NatsBusError",
+    "NatsCluster",
     "NatsConfig",
     "NatsServer",
     "NoHandlerError",

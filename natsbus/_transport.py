@@ -28,8 +28,9 @@ import itertools
 import logging
 import os
 import re
+import ssl
 from _thread import allocate_lock
-from typing import Any, Awaitable, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, Type, Union
+from typing import Any, Awaitable, Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple, Type, Union
 
 import nats
 import nats.errors as nerr
@@ -64,6 +65,8 @@ RawHeaders = Union[bytes, Dict[str, str], None]
 Handler = Callable[[str, str, bytes, RawHeaders], None]
 
 _NO_RESPONDERS = "503"
+#: Connect failures that say more than the connection errors that follow them.
+_TELLING_ERRORS = (nerr.AuthorizationError, ssl.SSLError)
 _PERMISSION_RE = re.compile(r"Permissions Violation for (Publish|Subscription) to \"?([^\"']+)\"?", re.I)
 _BAD_SUBJECT_CHARS = (" ", "\t", "\r", "\n")
 
@@ -370,6 +373,8 @@ class Transport:
         self._last_error: Optional[BaseException] = None
         self.max_payload = 1024 * 1024
         self._fail_fast = config.fail_fast_when_disconnected
+        #: Subjects (lowercased, as nats-py reports them) the server refused to let us subscribe.
+        self.denied_subscriptions: Set[str] = set()
 
     # -- lifecycle (loop thread) -------------------------------------------
 
@@ -455,6 +460,26 @@ class Transport:
         self._closed = True
         self._fail_waiters(BusClosedError("the Bus was closed while waiting for a reply"))
 
+    def release_after_fork(self) -> None:
+        """In a forked child: close this process's copy of the parent's socket.
+
+        Only the child's file descriptor is closed (no protocol, no TLS
+        shutdown), so the parent's connection goes on untouched, and the
+        server sees it end when the parent closes it, not when the last
+        child exits. Nothing runs on the inherited loop, which has no
+        thread here. Idempotent; best effort.
+        """
+        self._closed = True
+        self._waiters = {}  # the parent's callers; they do not exist here
+        writer = getattr(getattr(self._nc, "_transport", None), "_bare_io_writer", None)
+        try:
+            wrapped = writer.get_extra_info("socket") if writer is not None else None
+            sock = getattr(wrapped, "_sock", None)  # asyncio's TransportSocket wraps the socket
+            if sock is not None:
+                sock.close()  # closes the descriptor once; the object then knows it is closed
+        except Exception as exc:  # pragma: no cover - a transport without a plain socket
+            logger.debug("could not release the inherited socket: %r", exc)
+
     def _fail_waiters(self, exc: BaseException) -> None:
         for token in list(self._waiters):
             waiter = self._waiters.pop(token, None)
@@ -505,7 +530,10 @@ class Transport:
     # -- callbacks (loop thread) -------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        self._last_error = exc
+        # The cause a failed connect reports: an authorization or TLS failure
+        # is not overwritten by the connection resets that follow it.
+        if isinstance(exc, _TELLING_ERRORS) or not isinstance(self._last_error, _TELLING_ERRORS):
+            self._last_error = exc
         text = str(exc)
         match = _PERMISSION_RE.search(text)
         if match:
@@ -515,13 +543,19 @@ class Transport:
             logger.debug("nats error: %r", exc)
 
     def _fail_permission(self, action: str, subject: str) -> None:
+        # nats-py lowercases the server's error text, subject included, so
+        # the match ignores case and the error names the waiter's own subject.
+        denied = subject.lower()
+        if action.lower() == "subscription":
+            self.denied_subscriptions.add(denied)
+            return
         for token, waiter in list(self._waiters.items()):
-            if waiter.subject == subject and self._waiters.pop(token, None) is not None:
+            if waiter.subject.lower() == denied and self._waiters.pop(token, None) is not None:
                 waiter._settle(
                     None,
                     PermissionDeniedError(
-                        f"permission denied: this connection may not {action.lower()} to {subject}",
-                        subject=subject,
+                        f"permission denied: this connection may not {action.lower()} to {waiter.subject}",
+                        subject=waiter.subject,
                     ),
                 )
 

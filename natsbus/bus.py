@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import enum
 import heapq
 import itertools
@@ -76,8 +77,18 @@ class _State(enum.Enum):
 
 
 # Buses alive in this process, so a fork can reset their locks in the child
-# (a lock held by another thread at fork time would never be released there).
+# (a lock held by another thread at fork time would never be released there)
+# and interpreter exit can close them.
 _LIVE_BUSES: weakref.WeakSet[Bus] = weakref.WeakSet()
+
+# What forked children inherited from their parent's buses (loop, connection,
+# completer), referenced for good: no destructor may ever run on them in the
+# child, as closing the inherited event loop there would unregister the
+# parent's descriptors from the epoll instance both processes share.
+_INHERITED: List[Any] = []
+
+#: Seconds :meth:`Bus.close` may take per step when the interpreter exits.
+EXIT_CLOSE_TIMEOUT = 2.0
 
 
 # Bumped in every forked child, so a Bus can tell it crossed a fork by
@@ -90,10 +101,32 @@ def _after_fork_in_child() -> None:
     _fork_generation += 1
     for bus in list(_LIVE_BUSES):
         bus._lock = threading.Lock()
+        bus._users = weakref.WeakSet()  # the parent's pools have no threads here
+        if bus._state is _State.OPEN:
+            _INHERITED.append((bus._portal, bus._transport, bus._completer_thread))
+            # The child's copy of the parent's socket is closed (the parent
+            # keeps its connection); the child's first call opens its own.
+            bus._transport.release_after_fork()
+        bus._completer_thread = None
+
+
+def _close_live_buses() -> None:
+    """At interpreter exit: close every Bus this process opened and did not close.
+
+    Without it, what :meth:`Bus.publish` queued would be lost with the loop
+    thread (a daemon), and the server would see the connection drop.
+    """
+    for bus in list(_LIVE_BUSES):
+        if bus._pid == os.getpid() and not bus.closed:
+            try:
+                bus.close(EXIT_CLOSE_TIMEOUT)
+            except Exception as exc:  # exit goes on whatever happens
+                logger.debug("closing %r at exit failed: %r", bus, exc)
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_live_buses)
 
 
 class Bus:
@@ -130,6 +163,8 @@ class Bus:
         self._generation = _fork_generation
         self._portal, self._transport = self._open()
         self._completer_thread: Optional[_Completer] = None
+        # Objects close() stops first (running WorkerPools; see _attach).
+        self._users: weakref.WeakSet[Any] = weakref.WeakSet()
         _LIVE_BUSES.add(self)
 
     def _open(self) -> Tuple[Portal, Transport]:
@@ -149,7 +184,7 @@ class Bus:
             with self._lock:
                 if self._generation != _fork_generation:
                     # The parent's loop thread does not exist here; its
-                    # objects are dropped unclosed, as the parent owns them.
+                    # objects stay unclosed (see _INHERITED): the parent owns them.
                     self._portal, self._transport = self._open()
                     self._completer_thread = None
                     self._pid = os.getpid()
@@ -167,13 +202,16 @@ class Bus:
 
     @property
     def is_connected(self) -> bool:
-        """Whether the connection is up right now (false while reconnecting)."""
-        return self._state is _State.OPEN and self._transport.is_connected
+        """Whether this process's connection is up right now (false while reconnecting).
+
+        False in a forked child until its first call opens its own.
+        """
+        return self._state is _State.OPEN and self._pid == os.getpid() and self._transport.is_connected
 
     @property
     def connected_url(self) -> str:
-        """The URL of the server currently connected to, or ``""``."""
-        return self._transport.connected_url
+        """The URL of the server this process is connected to now, or ``""``."""
+        return self._transport.connected_url if self._pid == os.getpid() else ""
 
     @property
     def max_payload(self) -> int:
@@ -316,12 +354,24 @@ class Bus:
         """Whether a running service lists ``message_type``; see :func:`natsbus.discovery.has_handler`."""
         return discovery.has_handler(self, message_type, kind=kind, timeout=timeout, quiet=quiet)
 
+    def _attach(self, user: Any) -> None:
+        """Have :meth:`close` call ``user._bus_closing(timeout)`` first (a running WorkerPool)."""
+        self._users.add(user)
+
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is queued, close the connection and join the loop thread.
 
-        Calls waiting for a reply fail at once with :class:`BusClosedError`.
-        Safe to call twice.
+        WorkerPools still serving on this Bus are stopped first (drained
+        within ``timeout``), so no natsbus thread outlives it. Calls waiting
+        for a reply fail at once with :class:`BusClosedError`. Safe to call
+        twice. Buses not closed are closed when the interpreter exits.
         """
+        if self._state is _State.OPEN and self._pid == os.getpid():
+            for user in list(self._users):
+                try:
+                    user._bus_closing(timeout)
+                except Exception as exc:  # the Bus closes whatever happens
+                    logger.warning("stopping %r before closing the Bus failed: %r", user, exc)
         with self._lock:
             if self._state is _State.CLOSED:
                 return

@@ -21,6 +21,9 @@ Ops commands, for any NATS micro service (natsbus pools or not)::
     natsbus stats NAME [ID]             per-endpoint requests, errors, timings
     natsbus execute TYPE JSON           send a command envelope, print the reply
     natsbus ask TYPE JSON               send a query envelope, print the reply
+    natsbus execute-many TYPE FILE      send each line of a JSON Lines file as a command,
+                                        pipelined; a progress bar when stderr is a terminal
+    natsbus ask-many TYPE FILE          the same with queries
 
 Durable commands (JetStream; see natsbus.durable)::
 
@@ -75,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_worker_parser(sub)
     _add_ops_commands(sub)
     _add_durable_commands(sub)
+    _add_batch_commands(sub)
     from ._bench import add_arguments as add_bench_arguments
 
     bench = sub.add_parser(
@@ -121,6 +125,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _run_ops(args, sys.stdout, sys.stderr)
     if args.command == "durable":
         return _run_durable(args, sys.stdout, sys.stderr)
+    if args.command in _BATCH_COMMANDS:
+        return _run_batch(args, sys.stdout, sys.stderr)
     if args.command == "bench":
         from ._bench import run_bench
 
@@ -277,6 +283,23 @@ def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except NatsBusError as exc:
         err.write(f"natsbus {args.command}: {exc}\n")
         return 1
+
+
+# -- batch commands: execute-many, ask-many (natsbus._cli_batch) -------------------
+
+_BATCH_COMMANDS = ("execute-many", "ask-many")
+
+
+def _add_batch_commands(sub: Any) -> None:
+    from ._cli_batch import add_batch_commands
+
+    add_batch_commands(sub)
+
+
+def _run_batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from ._cli_batch import run_batch
+
+    return run_batch(args, out, err)
 
 
 def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -10,7 +10,7 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_URL", "NatsConfig"]
+__all__ = ["DEFAULT_URL", "NatsConfig", "tls_context"]
 
 #: Where natsbus connects when neither ``servers`` nor ``NATS_URL`` is given.
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -26,6 +26,37 @@ def _to_servers(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
         if "://" not in url:
             raise ConfigError(f"server URL {url!r} has no scheme; expected e.g. nats://host:4222")
     return servers
+
+
+def tls_context(
+    ca_file: Optional[str] = None, cert_file: Optional[str] = None, key_file: Optional[str] = None
+) -> ssl.SSLContext:
+    """An :class:`ssl.SSLContext` for :attr:`NatsConfig.tls` from PEM files.
+
+    Args:
+        ca_file: The CA certificate(s) that signed the server's certificate;
+            ``None`` trusts the system's CAs.
+        cert_file: This client's certificate, for servers that verify
+            clients (``tls { verify: true }``).
+        key_file: Its private key; ``None`` when ``cert_file`` holds it too.
+
+    Raises:
+        ConfigError: a file is missing or not a valid certificate / key;
+            the text names it.
+    """
+    if key_file and not cert_file:
+        raise ConfigError(f"a client key ({key_file}) needs its certificate too")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the CA certificates from {ca_file}: {exc}") from None
+    if cert_file:
+        try:
+            context.load_cert_chain(cert_file, key_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            files = f"{cert_file} and {key_file}" if key_file else cert_file
+            raise ConfigError(f"cannot load the client certificate from {files}: {exc}") from None
+    return context
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -59,7 +90,8 @@ class NatsConfig:
         user, password, token: Plain credentials.
         nkeys_seed: Path of an NKey seed file.
         user_credentials: Path of a ``.creds`` file (JWT + NKey).
-        tls: An :class:`ssl.SSLContext` for TLS connections.
+        tls: An :class:`ssl.SSLContext` for TLS connections (see
+            :func:`tls_context`); also used with ``nats://`` URLs.
         tls_hostname: The host name to verify the server certificate against.
         inbox_prefix: The prefix of reply subjects (for restricted accounts).
     """
@@ -89,8 +121,11 @@ class NatsConfig:
 
         Reads ``NATS_URL`` (one URL or a comma-separated list; default
         :data:`DEFAULT_URL`), ``NATS_USER``, ``NATS_PASSWORD``,
-        ``NATS_TOKEN``, ``NATS_NKEY_SEED`` (a seed file) and
-        ``NATS_CREDS`` (a creds file).
+        ``NATS_TOKEN``, ``NATS_NKEY_SEED`` (a seed file),
+        ``NATS_CREDS`` (a creds file), and for TLS ``NATS_CA`` (CA
+        certificates to trust), ``NATS_CERT`` and ``NATS_KEY`` (a client
+        certificate and its key), which build ``tls`` with
+        :func:`tls_context` unless ``tls`` is given in ``overrides``.
 
         Args:
             environ: The mapping to read; ``os.environ`` by default.
@@ -113,5 +148,11 @@ class NatsConfig:
         ):
             if env.get(var):
                 values[field] = env[var]
+        tls_files = [env.get(var) or None for var in ("NATS_CA", "NATS_CERT", "NATS_KEY")]
+        if any(tls_files) and "tls" not in overrides:
+            try:
+                values["tls"] = tls_context(*tls_files)
+            except ConfigError as exc:
+                raise ConfigError(f"NATS_CA / NATS_CERT / NATS_KEY: {exc}") from None
         values.update(overrides)
         return cls(**values)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import Any, Hashable, Optional, Tuple, Type
 
@@ -84,6 +86,7 @@ class QueryCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        _LIVE_CACHES.add(self)
 
     def get(self, key: Hashable) -> Optional[Any]:
         """The cached value, or ``None`` when absent or expired."""
@@ -114,3 +117,17 @@ class QueryCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# Caches alive in this process, so a fork can reset their locks in the child
+# (a lock held by another thread at fork time would never be released there).
+_LIVE_CACHES: weakref.WeakSet[QueryCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_LIVE_CACHES):
+        cache._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

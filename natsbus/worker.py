@@ -56,6 +56,7 @@ from .errors import (
     HandlerError,
     InvalidRequestError,
     LifecycleError,
+    PermissionDeniedError,
     RegistrationError,
     ServiceError,
 )
@@ -575,6 +576,8 @@ class WorkerPool:
         Raises:
             RegistrationError: no handler is registered.
             LifecycleError: already started, or no Bus.
+            PermissionDeniedError: the server does not let this connection
+                subscribe to a handler's subject (the text names it).
         """
         self._validate()
         bus = self._bus()
@@ -595,6 +598,7 @@ class WorkerPool:
         async def subscribe_all() -> List[Any]:
             subs = []
             for route in self.dispatcher.routes:
+                transport.denied_subscriptions.discard(route.subject.lower())  # asked afresh
                 subs.append(await transport.subscribe(route.subject, self.queue_group, self._admitter(route)))
             subs.extend(await self.micro.subscribe(transport))  # $SRV.*: discoverable once serving
             await transport.flush()  # the server has every SUB before we return
@@ -606,12 +610,28 @@ class WorkerPool:
             if self.durable is not None:  # streams, bucket and consumer exist with our settings
                 self.durable.prepare(bus)
             self._subs = bus.run(subscribe_all)
+            # The flush's round trip came back after any -ERR the SUBs caused.
+            denied = [s for s in self.subjects if s.lower() in transport.denied_subscriptions]
+            if denied:
+                raise PermissionDeniedError(
+                    f"permission denied: this connection may not subscribe to {', '.join(denied)}",
+                    subject=denied[0],
+                )
         except BaseException:
+            subs, self._subs = self._subs, []
+            if subs:
+                try:
+                    bus.run(lambda: transport.unsubscribe(subs), 5.0)
+                except Exception as exc:  # the start failure is what is raised
+                    logger.debug("unsubscribing after a failed start failed: %r", exc)
             self._halt_threads(1.0)
+            if self._watchdog is not None:
+                self._watchdog.stop(1.0)
             self._state = _State.STOPPED
             raise
         if self.durable is not None:  # pull durable commands onto the worker threads
             self.durable.start()
+        bus._attach(self)  # bus.close() stops the pool first
         logger.info(
             "worker pool %s serving %s with %d threads, %d pending at most (queue group %s)",
             self.service_id,
@@ -804,7 +824,12 @@ class WorkerPool:
             self._queue.put(_STOP)
         end = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(max(0.0, end - time.monotonic()))
+            if thread is not threading.current_thread():  # stop() called by a handler
+                thread.join(max(0.0, end - time.monotonic()))
+
+    def _bus_closing(self, timeout: float) -> None:
+        """Its Bus is closing: stop serving (drained within ``timeout``), end the threads."""
+        self.stop(drain_timeout=timeout)
 
     def run(self, drain_timeout: float = 30.0) -> bool:
         """Start (if needed) and serve until :meth:`request_stop`, SIGINT or SIGTERM.

@@ -14,6 +14,7 @@ MODULES = [
     "natsbus.ports",
     "natsbus.testing",
     "natsbus.pytest_plugin",
+    "natsbus.server",
     "natsbus.contrib.flask",
     "natsbus.contrib.django",
     "natsbus.contrib.django.checks",

@@ -36,3 +36,18 @@ def test_server_failure_reports_the_log() -> None:
 def test_bad_port_is_rejected() -> None:
     with pytest.raises(ConfigError):
         NatsServer(port=0)
+
+
+def test_monitoring_port_is_served_and_kept_across_restarts() -> None:
+    with NatsServer(jetstream=False, monitor=True) as server:
+        monitor_port = server.monitor_port
+        assert server.monitor_json("varz")["port"] == server.port
+        server.stop()
+        server.start()
+        assert server.monitor_port == monitor_port
+        assert server.monitor_json("/varz")["port"] == server.port
+
+
+def test_monitor_url_needs_monitoring() -> None:
+    with NatsServer(jetstream=False) as server, pytest.raises(ServerError, match="monitor=True"):
+        server.monitor_url  # noqa: B018

@@ -79,14 +79,16 @@ def _http_ready(server: Gunicorn) -> bool:
 
 
 @contextlib.contextmanager
-def gunicorn(app: str, *, cwd: Path, env: Dict[str, str], log_path: Path, timeout: float = 30.0) -> Iterator[Gunicorn]:
-    """Run ``app`` under gunicorn (2 workers, ``--preload``, 4 threads) on a free loopback port.
+def gunicorn(
+    app: str, *, cwd: Path, env: Dict[str, str], log_path: Path, timeout: float = 30.0, workers: int = 2
+) -> Iterator[Gunicorn]:
+    """Run ``app`` under gunicorn (``workers`` workers, ``--preload``, 4 threads) on a free loopback port.
 
     Waits until it answers HTTP (bounded by ``timeout``); always stops it
     (SIGTERM, then SIGKILL) on the way out.
     """
     config = cwd / "gunicorn.conf.py"
-    cmd = [sys.executable, "-m", "gunicorn", "--preload", "--workers", "2", "--threads", "4"]
+    cmd = [sys.executable, "-m", "gunicorn", "--preload", "--workers", str(workers), "--threads", "4"]
     cmd += ["--worker-class", "gthread", "--bind", "127.0.0.1:0", "--graceful-timeout", "10"]
     if _supports("control_socket_disable"):
         cmd.append("--no-control-socket")  # gunicorn >= 24 would share a socket in $HOME between runs
