@@ -17,7 +17,7 @@ import asyncio
 import concurrent.futures
 import threading
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Generic, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Deque, Generic, Optional, Set, TypeVar
 
 from .errors import BusClosedError, LifecycleError, LoopThreadError
 
@@ -38,6 +38,10 @@ class Portal:
         self._thread: Optional[threading.Thread] = None
         self._ident: Optional[int] = None
         self._stopped = False
+        # Futures of call()s in flight; whatever is left when the loop ends
+        # fails with BusClosedError instead of leaving its caller waiting.
+        self._calls: Set[concurrent.futures.Future[Any]] = set()
+        self._calls_lock = threading.Lock()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -63,6 +67,12 @@ class Portal:
                 _cancel_all(loop)
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
+                with self._calls_lock:
+                    self._stopped = True
+                    left, self._calls = self._calls, set()
+                for future in left:
+                    if not future.done():
+                        future.set_exception(BusClosedError("the natsbus event loop stopped"))
 
         self._loop = loop
         self._thread = threading.Thread(target=run, name=self._name, daemon=True)
@@ -101,12 +111,24 @@ class Portal:
         async def runner() -> T:
             return await fn()
 
-        future = asyncio.run_coroutine_threadsafe(runner(), self._loop)
+        with self._calls_lock:
+            if self._stopped:
+                raise BusClosedError("the natsbus event loop is stopped")
+            try:
+                future = asyncio.run_coroutine_threadsafe(runner(), self._loop)
+            except RuntimeError:  # the loop closed meanwhile
+                raise BusClosedError("the natsbus event loop is stopped") from None
+            self._calls.add(future)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"the operation did not finish within {timeout}s") from None
+        except concurrent.futures.CancelledError:
+            raise BusClosedError("the natsbus event loop stopped during the call") from None
+        finally:
+            with self._calls_lock:
+                self._calls.discard(future)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel what still runs on the loop, stop it and join the thread.
@@ -128,11 +150,6 @@ class Portal:
         if threading.get_ident() != self._ident:
             thread.join(timeout)
 
-    @property
-    def alive(self) -> bool:
-        """Whether the loop thread is running."""
-        return bool(self._thread and self._thread.is_alive()) and not self._stopped
-
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
     tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -147,7 +164,7 @@ class Doorbell(Generic[Item]):
 
     Producers on any thread call :meth:`put`; the first one to find the
     bell quiet schedules one wake-up; everyone else only appends. The
-    consumer coroutine (:meth:`batches`) clears the flag *before* draining,
+    consumer coroutine (:meth:`wait`) clears the flag *before* draining,
     so an item appended while it drains is either drained in this pass or
     rings again: no item is ever stranded.
     """

@@ -30,6 +30,7 @@ import os
 import re
 import ssl
 from _thread import allocate_lock
+from threading import TIMEOUT_MAX
 from typing import Any, Awaitable, Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple, Type, Union
 
 import nats
@@ -164,6 +165,11 @@ def encode_headers(headers: Dict[str, str]) -> bytes:
     return block
 
 
+def header_value(text: str, limit: int = 1024) -> str:
+    """``text`` made fit for a NATS header value: one line, at most ``limit`` characters."""
+    return " ".join(text.split())[:limit]
+
+
 def check_subject(subject: str) -> None:
     """Raise :class:`ConfigError` for a subject that is empty or has white space."""
     if not subject or any(ch in subject for ch in _BAD_SUBJECT_CHARS):
@@ -233,7 +239,7 @@ class PendingReply:
             NatsBusError: the request failed (no handler, Bus closed, ...).
         """
         if not self._done:
-            if not self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            if not self._lock.acquire(True, -1 if timeout is None else min(max(0.0, timeout), TIMEOUT_MAX)):
                 if self._waiters.pop(self.token, None) is not None:
                     raise WaitTimeout()
                 # The loop took the token a moment ago: the reply is being handed over.
@@ -243,10 +249,6 @@ class PendingReply:
             raise self._error
         assert self._reply is not None
         return self._reply
-
-    def exception(self) -> Optional[BaseException]:
-        """The error, once done (``None`` on success or while waiting)."""
-        return self._error
 
     def abandon(self) -> bool:
         """Stop waiting: forget the token, so a late reply is dropped.
@@ -367,7 +369,6 @@ class Transport:
         self._out_rung = False
         self._outbox: Optional[Doorbell[Tuple[str, bytes, str, Headers, Any]]] = None
         self._pump_task: Optional[asyncio.Task[None]] = None
-        self._subs_direct: Dict[int, Subscription] = {}
         self._started = False
         self._closed = False
         self._last_error: Optional[BaseException] = None
@@ -596,7 +597,11 @@ class Transport:
         if not self._out_rung:
             self._out_rung = True
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._write_out)
+            try:
+                self._loop.call_soon_threadsafe(self._write_out)
+            except RuntimeError:  # the loop is closed: the Bus was closed meanwhile
+                self._out_rung = False
+                raise BusClosedError("the Bus is closed") from None
 
     def _write_out(self) -> None:
         """Loop thread: hand every queued frame to the connection, in order."""
@@ -709,12 +714,15 @@ class Transport:
         self._check_send(subject, payload)
         token = b"%d" % next(self._counter)
         waiter = PendingReply(subject, token, self._waiters, notify)
+        frame = _frame(subject.encode(), self._prefix_bytes + token, payload, headers) if self.fast_path else b""
+        self._waiters[token] = waiter
+        if self._closed and self._waiters.pop(token, None) is not None:
+            # Closed between the check above and the registration: the closer
+            # set _closed before failing the waiters, so it may have missed us.
+            raise BusClosedError("the Bus is closed")
         if self.fast_path:
-            frame = _frame(subject.encode(), self._prefix_bytes + token, payload, headers)
-            self._waiters[token] = waiter
             self._enqueue((frame, waiter))
         else:
-            self._waiters[token] = waiter
             assert self._outbox is not None
             self._outbox.put((subject, payload, self._prefix + token.decode(), headers, waiter))
         return waiter

@@ -182,7 +182,7 @@ class Bus:
         """The transport to use now; reopens once in a forked child."""
         if self._generation != _fork_generation:
             with self._lock:
-                if self._generation != _fork_generation:
+                if self._generation != _fork_generation and self._state is _State.OPEN:
                     # The parent's loop thread does not exist here; its
                     # objects stay unclosed (see _INHERITED): the parent owns them.
                     self._portal, self._transport = self._open()
@@ -433,6 +433,8 @@ class _Completer:
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Tuple[str, Any]] = queue.SimpleQueue()
+        self._stop_lock = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="natsbus-completer", daemon=True)
         self._thread.start()
 
@@ -449,10 +451,17 @@ class _Completer:
         timeout_error: Callable[[], BaseException],
     ) -> None:
         """Complete ``future`` with ``finish(reply)`` (sent with ``notify=self.notify``)."""
-        self._queue.put(("new", (pending, deadline, finish, future, timeout_error)))
+        with self._stop_lock:
+            if not self._stopped:
+                self._queue.put(("new", (pending, deadline, finish, future, timeout_error)))
+                return
+        # The Bus closed between sending and watching: nobody completes it now.
+        future.set_exception(BusClosedError("the Bus was closed while waiting for a reply"))
 
     def stop(self, timeout: float) -> None:
-        self._queue.put(("stop", None))
+        with self._stop_lock:
+            self._stopped = True
+            self._queue.put(("stop", None))  # after every "new" that got in
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -467,9 +476,11 @@ class _Completer:
             except queue.Empty:
                 kind, item = "tick", None
             if kind == "stop":
-                for _, _, future, _ in entries.values():
-                    if not future.done():
-                        future.set_exception(BusClosedError("the Bus was closed while waiting for a reply"))
+                for pending, entry in entries.items():
+                    if pending.done():  # its reply (or error) came in before the close
+                        self._finish(pending, entry)
+                    elif not entry[2].done():
+                        entry[2].set_exception(BusClosedError("the Bus was closed while waiting for a reply"))
                 return
             if kind == "new":
                 pending = item[0]
@@ -636,8 +647,12 @@ class _MessageBus:
         The future is a ``concurrent.futures.Future``: wait on it, combine
         it with ``concurrent.futures.wait``/``as_completed``, or add
         callbacks (they run on a natsbus helper thread, never the loop).
-        It fails with the same errors :meth:`execute` raises, the timeout
-        included. No retries: a future is one attempt.
+        It fails with the errors :meth:`execute` raises once the request
+        is sent (the timeout included); errors found before sending (a
+        closed Bus, a payload over the limit, a bad message) are raised by
+        ``submit()`` itself. No retries: a future is one attempt. Callbacks
+        share one thread per Bus: one that blocks delays every other
+        future of the Bus.
         """
         request = self._build(message)
         limit = self._limit(timeout)

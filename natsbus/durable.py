@@ -67,6 +67,7 @@ import attrs
 
 from . import codec
 from ._resources import BucketSpec, ConsumerSpec, StreamSpec
+from ._transport import header_value
 from ._transport_js import ConsumerState, JetStream, JsMessage, Puller, StoredMessage, jetstream_for
 from .bus import ERROR_CODE_HEADER, ERROR_HEADER
 from .envelope import INVALID_REQUEST_PREFIX, decode_response, new_id, peek_id, utc_timestamp
@@ -748,7 +749,7 @@ class DurableConsumer:
         assert js is not None
         headers = {
             COMMAND_ID_HEADER: command_id,
-            ERROR_TEXT_HEADER: _header_text(error),
+            ERROR_TEXT_HEADER: header_value(error),
             ERROR_CODE_TEXT_HEADER: code or "500",
             DELIVERIES_HEADER: str(msg.num_delivered),
             SERVICE_HEADER: self.pool.service_id,
@@ -786,10 +787,6 @@ def _is_answer(code: str) -> bool:
         return int(code) < 500
     except ValueError:
         return False
-
-
-def _header_text(text: str) -> str:
-    return " ".join(text.split())[:1024]  # headers are one line
 
 
 # -- operations: pending, dead letters, replay ----------------------------------------------

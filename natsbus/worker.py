@@ -4,7 +4,7 @@ Data flow for one request::
 
     loop thread     subscription callback: admit or refuse (busy), enqueue
     worker thread   decode envelope -> build message -> handler -> encode
-    loop thread     the transport's pump publishes the reply
+    loop thread     the transport writes the reply (batched with others)
 
 The loop thread never runs user code and never waits on it; a handler
 never touches the nats client (it hands its reply to the transport's
@@ -42,7 +42,7 @@ import attrs
 
 from . import codec
 from ._micro import MicroResponder
-from ._transport import Headers, RawHeaders, as_headers
+from ._transport import Headers, RawHeaders, as_headers, header_value
 from .bus import ERROR_CODE_HEADER, ERROR_HEADER, Bus
 from .context import RequestContext, _enter, _leave, parse_deadline
 from .discovery import ServiceStats
@@ -261,7 +261,8 @@ class Dispatcher:
             logger.info("%s %s rejected: %s", route.subject, message_id or "(no id)", invalid)
             return self._error(route, kind, message_id, invalid, started)
         if deadline is not None and time.monotonic() >= deadline:
-            self.expired += 1
+            with self._stats_lock:
+                self.expired += 1
             logger.info("%s %s not started: its caller already gave up", route.subject, message_id)
             late = DeadlineExceededError(
                 f"Deadline exceeded: the caller gave up before {route.subject} started", subject=route.subject
@@ -343,7 +344,7 @@ def error_reply(kind: Kind, message_id: str, error: ServiceError) -> Tuple[bytes
             "error": text,
         }
     )
-    return body, {ERROR_HEADER: text[:1024], ERROR_CODE_HEADER: str(error.code)}
+    return body, {ERROR_HEADER: header_value(text), ERROR_CODE_HEADER: str(error.code)}
 
 
 class _State(enum.Enum):
@@ -395,7 +396,10 @@ class _Watchdog:
             while heap and heap[0][0] <= now:
                 _, claim, route, reply, data = heapq.heappop(heap)[2]
                 if claim.acquire(blocking=False):
-                    self._pool._answer_overrun(route, reply, data)
+                    try:
+                        self._pool._answer_overrun(route, reply, data)
+                    except Exception:  # the watchdog must outlive any one failure
+                        logger.exception("answering an overrun on %s failed", route.subject)
 
 
 class WorkerPool:
@@ -472,6 +476,12 @@ class WorkerPool:
         self._subs: List[Any] = []
         self._watchdog: Optional[_Watchdog] = None
         self._stop_requested = threading.Event()
+        # Cleared once stop() has drained the subscriptions: anything that
+        # still arrives (a drain that failed) is refused as busy, not queued
+        # behind threads that are ending.
+        self._accepting = True
+        self._stopped = threading.Event()  # set once stop() has finished
+        self._stop_result = True
         #: Requests refused at once because the pool was full.
         self.refused_busy = 0
         #: Messages dropped because they had no reply subject.
@@ -628,6 +638,7 @@ class WorkerPool:
             if self._watchdog is not None:
                 self._watchdog.stop(1.0)
             self._state = _State.STOPPED
+            self._stopped.set()
             raise
         if self.durable is not None:  # pull durable commands onto the worker threads
             self.durable.start()
@@ -655,7 +666,7 @@ class WorkerPool:
                 logger.debug("dropped a message on %s without a reply subject", subject)
                 return
             with lock:
-                if self._inflight >= capacity:
+                if self._inflight >= capacity or not self._accepting:
                     busy = True
                 else:
                     busy = False
@@ -737,7 +748,7 @@ class WorkerPool:
                 with self._lock:
                     self._inflight -= 1
                     self._completed += 1
-                    if self._inflight == 0:
+                    if self._inflight <= 1:  # stop() from a handler waits for 1
                         self._idle.notify_all()
 
     def stop(self, drain_timeout: float = 30.0) -> bool:
@@ -756,10 +767,21 @@ class WorkerPool:
         """
         with self._lock:
             if self._state in (_State.STOPPING, _State.STOPPED):
-                return True
-            was_running = self._state is _State.RUNNING
-            self._state = _State.STOPPING
-            completed_before = self._completed
+                second = True
+            else:
+                second = False
+                was_running = self._state is _State.RUNNING
+                self._state = _State.STOPPING
+                completed_before = self._completed
+        if second:
+            # Another stop() is draining: wait for its result (but not from a
+            # handler, whose own request that drain is waiting for).
+            if threading.current_thread() not in self._threads:
+                self._stopped.wait(drain_timeout)
+            return self._stop_result
+        return self._stop(was_running, completed_before, drain_timeout)
+
+    def _stop(self, was_running: bool, completed_before: int, drain_timeout: float) -> bool:
         deadline = time.monotonic() + drain_timeout
         bus = self.bus
         if was_running and bus is not None and not bus.closed:
@@ -769,12 +791,18 @@ class WorkerPool:
                 bus.run(lambda: transport.drain_subscriptions(subs), max(0.1, drain_timeout))
             except Exception as exc:
                 logger.warning("draining the subscriptions of %s failed: %s", self.service_id, exc)
-        if self.durable is not None:  # stop pulling durable commands; pulled ones still run
-            self.durable.stop(max(0.1, deadline - time.monotonic()))
+                try:  # at least stop interest, so queue-group peers get the requests
+                    bus.run(lambda: transport.unsubscribe(subs), 2.0)
+                except Exception as again:
+                    logger.warning("unsubscribing %s failed: %s", self.service_id, again)
+        self._accepting = False
+        # A handler may call stop() (or Bus.close()): its own request counts
+        # as in flight until it returns, so it is not waited for.
+        own = 1 if threading.current_thread() in self._threads else 0
         with self._lock:
-            while self._inflight and time.monotonic() < deadline:
+            while self._inflight > own and time.monotonic() < deadline:
                 self._idle.wait(deadline - time.monotonic())
-            left = self._inflight
+            left = self._inflight - own
             drained = self._completed - completed_before
         self._halt_threads(max(0.0, deadline - time.monotonic()))
         if self._watchdog is not None:
@@ -785,6 +813,8 @@ class WorkerPool:
             except Exception as exc:
                 logger.warning("flushing the replies of %s failed: %s", self.service_id, exc)
         self._state = _State.STOPPED
+        self._stop_result = not left
+        self._stopped.set()
         if left:
             logger.warning(
                 "worker pool %s stopped: drained %d request(s); %d still running after %.1fs were abandoned",

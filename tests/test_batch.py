@@ -160,3 +160,17 @@ def test_ask_many(bus: Bus, math_pool: WorkerPool) -> None:
 
 def test_execute_many_with_nothing_returns_nothing(bus: Bus) -> None:
     assert CommandBus(bus).execute_many([]) == []
+
+
+def test_a_future_watched_after_the_completer_stopped_fails_at_once() -> None:
+    from natsbus import BusClosedError
+    from natsbus._transport import PendingReply
+    from natsbus.bus import _Completer
+
+    completer = _Completer()
+    completer.stop(5)
+    future: concurrent.futures.Future[int] = concurrent.futures.Future()
+    pending = PendingReply("commands.X", b"1", {})
+    completer.watch(pending, None, lambda reply: 1, future, lambda: TimeoutError())
+    with pytest.raises(BusClosedError):
+        future.result(timeout=1)

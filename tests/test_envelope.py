@@ -121,3 +121,12 @@ def test_decode_request_rejects_deep_nesting_cleanly() -> None:
     deep = b'{"command_type":"X","command_id":"c","payload":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(EnvelopeError):
         decode_request(deep)
+
+
+def test_ids_do_not_repeat_when_user_code_seeds_random() -> None:
+    import random
+
+    random.seed(1234)
+    first = new_id(Kind.COMMAND)
+    random.seed(1234)
+    assert new_id(Kind.COMMAND) != first

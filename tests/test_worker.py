@@ -335,3 +335,42 @@ def test_invalid_request_error_for_wrong_type(bus: Bus, user_pool: WorkerPool) -
     with pytest.raises(InvalidRequestError, match="field 'user_id': expected string, got number"):
         QueryBus(bus).ask(WrongGetUserQuery(user_id=5))
     assert user_pool.subjects == ["commands.CreateUserCommand", "queries.GetUserQuery"]
+
+
+@attrs.frozen
+class MultiLine(Command[None]):
+    pass
+
+
+def test_multi_line_handler_error_reaches_the_caller(bus: Bus) -> None:
+    # NATS header values are one line: the error text must not break the reply.
+    pool = WorkerPool(bus, service_id="multiline")
+
+    @pool.register
+    def fail(cmd: MultiLine) -> None:
+        raise RuntimeError("line one\nline two\r\nline three")
+
+    with pool, pytest.raises(HandlerError) as info:
+        CommandBus(bus, timeout=5).execute(MultiLine())
+    assert str(info.value) == "line one\nline two\r\nline three"  # the envelope keeps the full text
+
+
+@attrs.frozen
+class StopFromHandler(Command[str]):
+    pass
+
+
+def test_stop_called_by_a_handler_does_not_wait_for_itself(bus: Bus) -> None:
+    import time
+
+    pool = WorkerPool(bus, service_id="selfstop")
+
+    @pool.register
+    def stop_me(cmd: StopFromHandler) -> str:
+        return "drained" if pool.stop(drain_timeout=20) else "not drained"
+
+    pool.start()
+    started = time.monotonic()
+    assert CommandBus(bus, timeout=10).execute(StopFromHandler()) == "drained"
+    assert time.monotonic() - started < 5
+    assert not pool.running
