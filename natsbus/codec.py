@@ -5,7 +5,9 @@ strict about JSON primitives: a string field given a number is an error,
 not silently ``str(5)``, so "wrong type" is reported to the caller.
 
 JSON goes through orjson when it is installed (the ``fast`` extra), else
-the standard library.
+the standard library. With orjson, integers beyond 64 bits decode as floats
+and NaN/infinity encode as ``null``; the standard library keeps such
+integers exact and refuses NaN.
 """
 
 from __future__ import annotations
