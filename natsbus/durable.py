@@ -61,7 +61,7 @@ import threading
 import time
 import weakref
 from functools import partial
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple, Union
 
 import attrs
 
@@ -69,13 +69,11 @@ from . import codec
 from ._resources import BucketSpec, ConsumerSpec, StreamSpec
 from ._transport import header_value
 from ._transport_js import ConsumerState, JetStream, JsMessage, Puller, StoredMessage, jetstream_for
-from .bus import ERROR_CODE_HEADER, ERROR_HEADER
-from .envelope import INVALID_REQUEST_PREFIX, decode_response, new_id, peek_id, utc_timestamp
+from .bus import ERROR_CODE_HEADER, ERROR_HEADER, _service_error
+from .envelope import decode_response, new_id, peek_id, utc_timestamp
 from .errors import (
     ConfigError,
     EnvelopeError,
-    HandlerError,
-    InvalidRequestError,
     JetStreamError,
     MessageTypeError,
     NatsBusError,
@@ -83,7 +81,6 @@ from .errors import (
     PayloadTooLargeError,
     RegistrationError,
     ResultNotReadyError,
-    ServiceError,
     error_class_for_code,
 )
 from .idempotency import ReplyPair, done_record, read_record, record_key, record_reply
@@ -453,15 +450,7 @@ def _decode_result(record: Dict[str, Any], command_id: str, returns: Any) -> Any
     if envelope.id != command_id:
         raise EnvelopeError(f"stored response answers {envelope.id!r}, not {command_id!r}")
     if not envelope.success:
-        text = envelope.error or "unknown error"
-        code = headers.get(ERROR_CODE_HEADER) if headers else None
-        if code is not None:
-            cls: Type[ServiceError] = error_class_for_code(code)
-        elif text.startswith(INVALID_REQUEST_PREFIX):
-            cls = InvalidRequestError
-        else:
-            cls = HandlerError
-        raise cls(text, subject=subject, envelope=envelope)
+        raise _service_error(envelope, headers, subject)
     if returns is None or envelope.payload is None:
         return envelope.payload
     try:
