@@ -7,7 +7,7 @@ The only change it makes is to let a durable consumer's subject filter
 grow (a new release of a service handling one more command type), never
 shrink, so instances of an older release running meanwhile keep theirs.
 
-No nats here: the server is reached through ``natsbus._transport_js``.
+No nats here: the server is reached through ``natsbus._transport.jetstream``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import attrs
 
-from ._transport_js import JetStream
+from ._transport.jetstream import JetStream
 from .errors import IncompatibleSettingsError
 
 __all__ = ["BucketSpec", "ConsumerSpec", "StreamSpec", "check_settings"]

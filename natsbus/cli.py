@@ -196,13 +196,11 @@ def _run_worker(args: argparse.Namespace) -> int:
             if value is not None:
                 setattr(pool, attribute, value)
         try:
-            pool.start()
+            drained = pool.run(drain_timeout=args.drain_timeout)  # signal handlers first, then start
         except NatsBusError as exc:
-            print(f"natsbus worker: cannot start {args.target}: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        try:
-            drained = pool.run(drain_timeout=args.drain_timeout)
-        except NatsBusError as exc:
+            if not pool._served:  # start() failed: it never served
+                print(f"natsbus worker: cannot start {args.target}: {exc}", file=sys.stderr)
+                return EXIT_USAGE
             logger.error("worker pool %s failed: %s", pool.service_id, exc)
             return EXIT_NOT_DRAINED
         return EXIT_OK if drained else EXIT_NOT_DRAINED

@@ -68,7 +68,7 @@ import attrs
 from . import codec
 from ._resources import BucketSpec, ConsumerSpec, StreamSpec
 from ._transport import header_value
-from ._transport_js import ConsumerState, JetStream, JsMessage, Puller, StoredMessage, jetstream_for
+from ._transport.jetstream import ConsumerState, JetStream, JsMessage, Puller, StoredMessage, jetstream_for
 from .bus import ERROR_CODE_HEADER, ERROR_HEADER, _service_error
 from .envelope import decode_response, new_id, peek_id, utc_timestamp
 from .errors import (

@@ -57,7 +57,7 @@ import attrs
 
 from . import codec
 from ._transport import Headers
-from ._transport_js import jetstream_for
+from ._transport.jetstream import jetstream_for
 from .bus import ERROR_CODE_HEADER, ERROR_HEADER
 from .envelope import peek_id
 from .errors import BusyError, ConfigError, JetStreamError, NatsBusError

@@ -480,6 +480,7 @@ class WorkerPool:
         # still arrives (a drain that failed) is refused as busy, not queued
         # behind threads that are ending.
         self._accepting = True
+        self._served = False  # start() succeeded at some point
         self._stopped = threading.Event()  # set once stop() has finished
         self._stop_result = True
         #: Requests refused at once because the pool was full.
@@ -643,6 +644,7 @@ class WorkerPool:
         if self.durable is not None:  # pull durable commands onto the worker threads
             self.durable.start()
         bus._attach(self)  # bus.close() stops the pool first
+        self._served = True
         logger.info(
             "worker pool %s serving %s with %d threads, %d pending at most (queue group %s)",
             self.service_id,
@@ -868,11 +870,16 @@ class WorkerPool:
         stops at once by raising ``SystemExit(128 + signal)``. Signal
         handlers are installed only when called on the main thread.
 
+        The handlers are in place before the pool subscribes, so a signal
+        that arrives as soon as it serves drains it instead of killing the
+        process.
+
         Returns:
             What :meth:`stop` returned: True when everything was drained.
+
+        Raises:
+            NatsBusError: :meth:`start` failed (nothing was served).
         """
-        if self._state is _State.NEW:
-            self.start()
         previous: Dict[signal.Signals, Any] = {}
         signals: List[int] = []
         if threading.current_thread() is threading.main_thread():
@@ -887,6 +894,8 @@ class WorkerPool:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
         try:
+            if self._state is _State.NEW:
+                self.start()
             while not signals and self._state is _State.RUNNING:
                 if self._stop_requested.wait(0.2):
                     break

@@ -36,7 +36,7 @@ from natsbus import (
     current_request,
     durable,
 )
-from natsbus._transport_js import JS_ERROR_MAP, jetstream_for, map_js_error
+from natsbus._transport.jetstream import JS_ERROR_MAP, jetstream_for, map_js_error
 from natsbus.cli import main
 from natsbus.idempotency import done_record, record_key
 

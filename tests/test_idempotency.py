@@ -31,7 +31,7 @@ from natsbus import (
     create_request_envelope,
     current_request,
 )
-from natsbus._transport_js import jetstream_for
+from natsbus._transport.jetstream import jetstream_for
 from natsbus.idempotency import record_key, running_record
 
 pytestmark = pytest.mark.timeout(60)

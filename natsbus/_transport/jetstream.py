@@ -1,7 +1,6 @@
-"""JetStream access: part of the transport boundary, like ``natsbus._transport``.
+"""JetStream access, inside the transport package (the only one that imports nats).
 
-This module and ``natsbus._transport`` are the only ones that import nats
-(it is to be folded under the transport). Everything JetStream that
+Everything JetStream that
 :mod:`natsbus.durable` and :mod:`natsbus.idempotency` do reaches the server
 through :class:`JetStream` here, which
 
@@ -34,11 +33,11 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from ._transport import Headers, Transport, map_error
-from .errors import ConfigError, JetStreamError, NatsBusError, TransportError
+from ..errors import ConfigError, JetStreamError, NatsBusError, TransportError
+from . import Headers, Transport, map_error
 
 if TYPE_CHECKING:
-    from .bus import Bus
+    from ..bus import Bus
 
 __all__ = [
     "JS_ERROR_MAP",

@@ -1,4 +1,6 @@
-"""The only module that imports nats; it maps every nats error to ours.
+"""The transport: the only package that imports nats; it maps every nats error to ours.
+
+(Core NATS here; JetStream in :mod:`natsbus._transport.jetstream`.)
 
 Hot path, client side: a caller thread encodes its request as a complete
 NATS protocol frame, registers a waiter under a fresh token and appends
@@ -41,9 +43,9 @@ from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
 from nats.nuid import NUID
 
-from ._portal import Doorbell, Portal
-from .config import NatsConfig
-from .errors import (
+from .._portal import Doorbell, Portal
+from ..config import NatsConfig
+from ..errors import (
     BusClosedError,
     ConfigError,
     ConnectError,
@@ -287,7 +289,7 @@ class _Client(Client):
 
 
 # Every nats error class, mapped to the natsbus class raised in its place.
-# tests/test_transport.py fails when nats grows a class missing here.
+# tests/test_public_api.py fails when nats grows a class missing here.
 ERROR_MAP: Dict[Type[BaseException], Type[NatsBusError]] = {
     nerr.TimeoutError: TransportError,
     nerr.NoRespondersError: NoHandlerError,
