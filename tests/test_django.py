@@ -39,6 +39,7 @@ def django_setup() -> None:
 
     if not settings.configured:
         settings.configure(
+            SECRET_KEY="tests-only-not-a-secret",
             INSTALLED_APPS=["natsbus.contrib.django"],
             DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
             NATSBUS={"SERVICE_ID": "tests"},

@@ -81,7 +81,10 @@ def test_the_server_is_the_same(natsbus_server):
 
 
 def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
-    plugins = {ep.name: ep.value for ep in entry_points(group="pytest11")}
+    found = entry_points()
+    # Python 3.9's entry_points() is a dict of groups; 3.10+ selects by group.
+    group = found.get("pytest11", []) if isinstance(found, dict) else found.select(group="pytest11")
+    plugins = {ep.name: ep.value for ep in group}
     assert plugins.get("natsbus") == "natsbus.pytest_plugin"
 
 

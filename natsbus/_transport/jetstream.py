@@ -657,5 +657,15 @@ def jetstream_for(bus: Bus) -> JetStream:
     transport = bus._live()
     js = _CONTEXTS.get(transport)
     if js is None:
-        js = _CONTEXTS.setdefault(transport, JetStream(transport))
+        # Built on the loop thread: nats-py's JetStreamContext makes asyncio
+        # objects that Python 3.9 binds to the loop of the thread building them.
+        if transport.portal.in_loop_thread():
+            made = JetStream(transport)
+        else:
+
+            async def make() -> JetStream:
+                return JetStream(transport)
+
+            made = transport.portal.call(make, 30.0)
+        js = _CONTEXTS.setdefault(transport, made)
     return js
