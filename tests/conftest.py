@@ -1,4 +1,8 @@
-"""Shared fixtures: one real nats-server per session, on a free loopback port."""
+"""Shared fixtures: one real nats-server per session, on a free loopback port.
+
+They are natsbus's own pytest plugin's fixtures (installed with the
+package, as users get them) under the short names these tests use.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +15,18 @@ from natsbus.demo import build_pool
 
 
 @pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
-    server = NatsServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+def nats_server(natsbus_server: NatsServer) -> NatsServer:
+    return natsbus_server
 
 
 @pytest.fixture()
-def nats_url(nats_server: NatsServer) -> str:
-    return nats_server.url
+def nats_url(natsbus_url: str) -> str:
+    return natsbus_url
 
 
 @pytest.fixture()
-def bus(nats_url: str) -> Iterator[Bus]:
-    with Bus(nats_url, connect_timeout=5.0) as b:
-        yield b
+def bus(natsbus_bus: Bus) -> Bus:
+    return natsbus_bus
 
 
 @pytest.fixture()
