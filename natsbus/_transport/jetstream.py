@@ -305,14 +305,20 @@ class JetStream:
 
     # -- streams ---------------------------------------------------------------
 
-    async def stream_settings(self, name: str) -> Optional[Dict[str, Any]]:
-        """A stream's settings in natsbus's terms, or ``None`` when it does not exist."""
+    async def _stream_info(self, name: str) -> Any:
+        """nats-py's StreamInfo for ``name``, or ``None`` when it does not exist."""
         try:
-            info = await self._js.stream_info(name)
+            return await self._js.stream_info(name)
         except jserr.NotFoundError:
             return None
         except (nerr.Error, asyncio.TimeoutError) as exc:
             raise map_js_error(exc, f"read stream {name}") from exc
+
+    async def stream_settings(self, name: str) -> Optional[Dict[str, Any]]:
+        """A stream's settings in natsbus's terms, or ``None`` when it does not exist."""
+        info = await self._stream_info(name)
+        if info is None:
+            return None
         cfg = info.config
         return {
             "subjects": list(cfg.subjects or []),
@@ -357,12 +363,9 @@ class JetStream:
 
     async def stream_state(self, name: str) -> Optional[StreamState]:
         """A stream's subjects and counts, or ``None`` when it does not exist."""
-        try:
-            info = await self._js.stream_info(name)
-        except jserr.NotFoundError:
+        info = await self._stream_info(name)
+        if info is None:
             return None
-        except (nerr.Error, asyncio.TimeoutError) as exc:
-            raise map_js_error(exc, f"read stream {name}") from exc
         state = info.state
         return StreamState(
             name=name,
