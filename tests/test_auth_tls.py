@@ -164,6 +164,19 @@ def test_tls_with_a_ca_and_client_certificates(pki: Pki, tls_server: NatsServer)
     )
 
 
+def test_tls_connections_are_written_by_the_loop_only(pki: Pki, tls_server: NatsServer) -> None:
+    # Threads may write plain TCP sockets directly; a TLS stream only through asyncio.
+    context = tls_context(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+    with Bus(NatsConfig(servers=tls_server.url, tls=context, connect_timeout=3)) as bus:
+        assert bus._transport._target is None and bus._transport._sock is None
+        pool = WorkerPool(bus, service_id="tls-loop", handlers=[_reveal]).start()
+        try:
+            assert CommandBus(bus, timeout=5).execute(Secret("over tls")) == "OVER TLS"
+        finally:
+            pool.stop(drain_timeout=5)
+        assert bus._transport.partial_writes == 0
+
+
 def test_tls_refusals_are_connect_errors(pki: Pki, tls_server: NatsServer) -> None:
     # No client certificate: the server verifies clients.
     refused(NatsConfig(servers=tls_server.url, tls=tls_context(str(pki.ca)), connect_timeout=1))

@@ -3,22 +3,33 @@
 (Core NATS here; JetStream in :mod:`natsbus._transport.jetstream`.)
 
 Hot path, client side: a caller thread encodes its request as a complete
-NATS protocol frame, registers a waiter under a fresh token and appends
-the frame to the outbox; the first caller to find the outbox idle wakes
-the loop once, and the loop writes every queued frame in one go. Replies
-to the one wildcard inbox are handed straight from nats-py's parser to the
-waiting thread (a lock released per reply). No task, coroutine, asyncio
-future or timer is made per call; timeouts are measured by the waiting
-thread.
+NATS protocol frame and registers a waiter under a fresh token. With few
+requests in flight it writes the frame to the socket itself (see "direct
+writes" below): no wake-up of the loop at all. With many in flight it
+appends the frame to the outbox; the first caller to find the outbox idle
+wakes the loop once, and the loop writes every queued frame in one go.
+Replies to the one wildcard inbox are handed straight from nats-py's
+parser to the waiting thread (a lock released per reply). No task,
+coroutine, asyncio future or timer is made per call; timeouts are measured
+by the waiting thread.
 
 Worker side: messages of worker subscriptions are likewise handed from the
 parser straight to the admission function (which must never block), and
-replies come back through the same outbox.
+worker threads write their replies to the socket directly.
+
+Direct writes: on a plain TCP connection every write, nats-py's own
+included (its transport is a :class:`_LockedTcpTransport`), happens under
+one lock. A thread holding it sends straight to the non-blocking socket
+when nothing else is waiting to be written (asyncio's buffer and nats-py's
+are empty); whatever the socket does not take becomes the "tail", which
+the loop hands to asyncio before anything else. Otherwise (TLS, websocket,
+a backed-up socket, a reconnect) frames go through the loop as above.
 
 The direct hand-offs use a few nats-py internals (``Client._process_msg``,
-its write buffer and transport). :data:`FAST_PATH` says whether this
-nats-py has them; without them (or with ``NATSBUS_FAST_PATH=0``) the
-transport uses only nats-py's public API, with the same behaviour.
+its write buffer and transport) and the socket of asyncio's socket
+transport. :data:`FAST_PATH` says whether this nats-py has them; without
+them (or with ``NATSBUS_FAST_PATH=0``) the transport uses only nats-py's
+public API, with the same behaviour.
 """
 
 from __future__ import annotations
@@ -30,8 +41,10 @@ import itertools
 import logging
 import os
 import re
+import socket
 import ssl
 from _thread import allocate_lock
+from asyncio import selector_events
 from threading import TIMEOUT_MAX
 from typing import Any, Awaitable, Callable, Deque, Dict, List, NamedTuple, Optional, Set, Tuple, Type, Union
 
@@ -72,14 +85,25 @@ _NO_RESPONDERS = "503"
 _TELLING_ERRORS = (nerr.AuthorizationError, ssl.SSLError)
 _PERMISSION_RE = re.compile(r"Permissions Violation for (Publish|Subscription) to \"?([^\"']+)\"?", re.I)
 _BAD_SUBJECT_CHARS = (" ", "\t", "\r", "\n")
+#: asyncio's plain socket transport, the one natsbus writes past (see Transport._set_target).
+#: A caller writes its request to the socket itself only while this few
+#: requests are in flight; with more, the loop batches their frames.
+_DIRECT_MAX_IN_FLIGHT = 2
+_SOCKET_TRANSPORT: Optional[type] = getattr(selector_events, "_SelectorSocketTransport", None)
 
 
 def _fast_path_supported() -> bool:
     try:
         params = list(inspect.signature(Client._process_msg).parameters)
+        connect = list(inspect.signature(TcpTransport.connect).parameters)
+        fresh = TcpTransport()  # type: ignore[no-untyped-call]
     except (AttributeError, TypeError, ValueError):  # pragma: no cover - another nats-py
         return False
-    return params == ["self", "sid", "subject", "reply", "data", "headers"]
+    return (
+        params == ["self", "sid", "subject", "reply", "data", "headers"]
+        and connect == ["self", "uri", "buffer_size", "connect_timeout"]
+        and hasattr(fresh, "_io_writer")
+    )
 
 
 #: Whether the direct hand-offs are used (see the module docstring).
@@ -112,11 +136,19 @@ def new_nuid() -> str:
     return NUID().next().decode()
 
 
+_PARSED_HEADERS: Dict[bytes, Tuple[Tuple[str, str], ...]] = {}
+
+
 def parse_headers(raw: bytes) -> Dict[str, str]:
     """Parse a NATS header block (``NATS/1.0[ status[ text]]``, then ``Name: value`` lines).
 
     An inline status becomes ``Status`` (and ``Description``), as nats-py does.
+    Short blocks seen before (the same deadline header on every request)
+    come from a small cache; the caller always gets a dict of its own.
     """
+    items = _PARSED_HEADERS.get(raw)
+    if items is not None:
+        return dict(items)
     lines = raw.split(b"\r\n")
     headers: Dict[str, str] = {}
     first = lines[0].decode("utf-8", "replace")
@@ -131,8 +163,10 @@ def parse_headers(raw: bytes) -> Dict[str, str]:
         if not sep:
             continue
         key = name.strip().decode("ascii", "replace")
-        if key and not any(ch.isspace() for ch in key):
+        if key and len(key.split()) == 1:
             headers[key] = value.strip().decode("utf-8", "replace")
+    if len(raw) <= 256 and len(_PARSED_HEADERS) < 256:
+        _PARSED_HEADERS[raw] = tuple(headers.items())
     return headers
 
 
@@ -268,11 +302,28 @@ class _Client(Client):
     ``direct[sid]`` is called on the loop thread as ``fn(subject, reply,
     data, raw_headers)`` from the parser itself: no ``Msg``, no queue, no
     task per message. Everything else goes the usual way.
+
+    Its plain-TCP transport is a :class:`_LockedTcpTransport`, so that every
+    write nats-py makes goes through the owning :class:`Transport`'s write
+    lock, as the direct writes from other threads do.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, owner: Optional[Transport] = None) -> None:
+        self._owner = owner
         super().__init__()
         self.direct: Dict[int, Callable[[bytes, bytes, bytes, Optional[bytes]], None]] = {}
+
+    # nats-py assigns ``self._transport = TcpTransport()`` when it (re)connects
+    # without one; this swaps in the locked kind (a fresh one holds no state).
+    @property
+    def _transport(self) -> Any:
+        return self._natsbus_transport
+
+    @_transport.setter
+    def _transport(self, value: Any) -> None:
+        if type(value) is TcpTransport and self._owner is not None:
+            value = _LockedTcpTransport(self._owner)
+        self._natsbus_transport = value
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: Optional[bytes]) -> None:
         handler = self.direct.get(sid)
@@ -286,6 +337,43 @@ class _Client(Client):
             handler(subject, reply, data, headers)
         except Exception:  # an exception here would stop nats-py's read loop
             logger.exception("handling a message on %r failed", subject)
+
+
+class _LockedTcpTransport(TcpTransport):
+    """nats-py's TCP transport, writing under the owner's write lock.
+
+    nats-py's own writes (loop thread) and natsbus's direct writes (any
+    thread, straight to the socket) are thus never interleaved, and a
+    direct write's unsent tail always goes out before anything else.
+    """
+
+    def __init__(self, owner: Transport) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._owner = owner
+
+    async def connect(self, uri: Any, buffer_size: int, connect_timeout: int) -> None:
+        await super().connect(uri, buffer_size, connect_timeout)
+        self._owner._set_target(self._io_writer)
+
+    async def connect_tls(self, *args: Any, **kwargs: Any) -> None:
+        self._owner._set_target(None)  # TLS: only the loop may write, through asyncio
+        await super().connect_tls(*args, **kwargs)
+
+    def write(self, payload: bytes) -> None:
+        owner = self._owner
+        with owner._wlock:
+            owner._flush_tail_locked()
+            self._io_writer.write(payload)  # type: ignore[union-attr]
+        if owner._out:
+            owner._drain_out()
+
+    def writelines(self, payload: List[bytes]) -> None:
+        owner = self._owner
+        with owner._wlock:
+            owner._flush_tail_locked()
+            self._io_writer.writelines(payload)  # type: ignore[union-attr]
+        if owner._out:
+            owner._drain_out()
 
 
 # Every nats error class, mapped to the natsbus class raised in its place.
@@ -354,7 +442,7 @@ class Transport:
         self.config = config
         self.portal = portal
         self.fast_path = FAST_PATH if fast_path is None else (fast_path and _fast_path_supported())
-        self._nc = _Client() if self.fast_path else Client()
+        self._nc = _Client(self) if self.fast_path else Client()
         # The direct hand-off table (empty and unused on the public-API path).
         self._direct: Dict[int, Callable[[bytes, bytes, bytes, Optional[bytes]], None]] = (
             self._nc.direct if isinstance(self._nc, _Client) else {}
@@ -369,6 +457,20 @@ class Transport:
         # headers, waiter) items through the pump.
         self._out: Deque[Any] = collections.deque()
         self._out_rung = False
+        # Every write to the connection happens under this lock: nats-py's
+        # (see _LockedTcpTransport) and the direct ones from any thread.
+        self._wlock = allocate_lock()
+        # Plain TCP: the asyncio transport and its socket, written directly
+        # when nothing else is waiting to be written; None otherwise (TLS,
+        # websocket, another event loop, or not connected).
+        self._target: Any = None
+        self._sock: Optional[socket.socket] = None
+        # What a direct write could not send, and where: it goes out before
+        # anything else, on that connection only.
+        self._tail: Optional[bytes] = None
+        self._tail_target: Any = None
+        #: Direct writes the socket took only part of (the loop sent the rest).
+        self.partial_writes = 0
         self._outbox: Optional[Doorbell[Tuple[str, bytes, str, Headers, Any]]] = None
         self._pump_task: Optional[asyncio.Task[None]] = None
         self._started = False
@@ -593,9 +695,82 @@ class Transport:
 
     # -- the outbox ----------------------------------------------------------
 
-    def _enqueue(self, item: Any) -> None:
-        """Append to the outbox and make sure the loop will look (any thread)."""
+    def _enqueue(self, item: Any, direct: bool = True) -> None:
+        """Append to the outbox and send it, or make sure the loop will (any thread).
+
+        ``direct=False`` leaves the writing to the loop even when the
+        calling thread could write: callers with many requests in flight
+        do better letting the loop batch their frames.
+        """
         self._out.append(item)
+        if direct:
+            self._drain_out()
+        else:
+            self._ring()
+
+    def _drain_out(self) -> None:
+        """Send what the outbox holds straight to the socket when that is safe (any thread).
+
+        Whoever holds the write lock looks at the outbox again after
+        releasing it, so a thread that finds the lock taken just leaves its
+        frame there: it is sent by the holder, or by the loop when rung.
+        """
+        out = self._out
+        lock = self._wlock
+        while out:
+            if not lock.acquire(False):
+                return
+            try:
+                sent_all = self._send_direct_locked()
+            finally:
+                lock.release()
+            if not sent_all:
+                self._ring()
+                return
+
+    def _send_direct_locked(self) -> bool:
+        """Write queued frames to the socket now; False when the loop must take over."""
+        target = self._target
+        nc = self._nc
+        if (
+            target is None
+            or self._tail is not None
+            or nc._pending
+            or not nc.is_connected
+            or target.get_write_buffer_size()
+            or target.is_closing()
+        ):
+            return False  # the loop writes, in order, through nats-py or asyncio
+        out = self._out
+        frames: List[bytes] = []
+        while out:
+            item = out.popleft()
+            if type(item) is not tuple:  # a flush marker: the loop resolves it, after these
+                out.appendleft(item)
+                break
+            frames.append(item[0])
+        if frames:
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            stats = nc.stats
+            stats["out_msgs"] += len(frames)
+            stats["out_bytes"] += len(data)
+            assert self._sock is not None
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:  # the loop's side of the connection sees it too
+                logger.debug("a direct write failed: %r", exc)
+                sent = 0
+            if sent < len(data):
+                self.partial_writes += 1
+                self._tail = data[sent:]
+                self._tail_target = target
+                return False
+        return not out
+
+    def _ring(self) -> None:
+        """Make sure the loop runs :meth:`_write_out` soon (any thread)."""
         if not self._out_rung:
             self._out_rung = True
             assert self._loop is not None
@@ -605,23 +780,55 @@ class Transport:
                 self._out_rung = False
                 raise BusClosedError("the Bus is closed") from None
 
+    def _set_target(self, writer: Optional[asyncio.StreamWriter]) -> None:
+        """Loop thread: the connection's plain-TCP stream writer is ``writer`` (None: no direct writes)."""
+        transport: Any = writer.transport if writer is not None else None
+        with self._wlock:
+            self._tail = None  # a previous connection's: never sent on this one
+            self._tail_target = None
+            sock = getattr(transport, "_sock", None)
+            if (
+                _SOCKET_TRANSPORT is not None
+                and type(transport) is _SOCKET_TRANSPORT
+                and isinstance(sock, socket.socket)
+            ):
+                self._target = transport
+                self._sock = sock
+            else:
+                self._target = None
+                self._sock = None
+        if self._out:
+            self._drain_out()
+
+    def _flush_tail_locked(self) -> None:
+        """Loop thread, write lock held: hand a direct write's unsent tail to asyncio."""
+        tail, target = self._tail, self._tail_target
+        if tail is not None:
+            self._tail = self._tail_target = None
+            if not target.is_closing():
+                target.write(tail)  # the connection is going; so is the tail
+
     def _write_out(self) -> None:
         """Loop thread: hand every queued frame to the connection, in order."""
         self._out_rung = False  # before draining: a later append rings again
         out = self._out
-        frames: List[bytes] = []
-        while out:
-            item = out.popleft()
-            if isinstance(item, tuple):
-                frame, waiter = item
-                if self._nc.is_connected or self._buffer_while_reconnecting(frame, waiter):
-                    frames.append(frame)
-            else:  # a flush marker: what came before it goes out first
-                self._write(frames)
-                frames = []
-                if not item.done():
-                    item.set_result(None)
-        self._write(frames)
+        with self._wlock:
+            self._flush_tail_locked()
+            frames: List[bytes] = []
+            while out:
+                item = out.popleft()
+                if isinstance(item, tuple):
+                    frame, waiter = item
+                    if self._nc.is_connected or self._buffer_while_reconnecting(frame, waiter):
+                        frames.append(frame)
+                else:  # a flush marker: what came before it goes out first
+                    self._write_locked(frames)
+                    frames = []
+                    if not item.done():
+                        item.set_result(None)
+            self._write_locked(frames)
+        if out:
+            self._drain_out()
 
     def _buffer_while_reconnecting(self, frame: bytes, waiter: Optional[PendingReply]) -> bool:
         nc = self._nc
@@ -639,7 +846,8 @@ class Transport:
             logger.error("dropped a message: %s", error)
         return False
 
-    def _write(self, frames: List[bytes]) -> None:
+    def _write_locked(self, frames: List[bytes]) -> None:
+        """Loop thread, write lock held: give ``frames`` to asyncio or nats-py's buffer."""
         if not frames:
             return
         nc = self._nc
@@ -647,10 +855,10 @@ class Transport:
         nc.stats["out_msgs"] += len(frames)
         nc.stats["out_bytes"] += len(data)
         transport = nc._transport
-        if nc.is_connected and not nc._pending and type(transport) is TcpTransport:
+        if nc.is_connected and not nc._pending and type(transport) is _LockedTcpTransport:
             # Nothing of nats-py's own is waiting to be written, so writing
             # now keeps the order; asyncio sends at once or buffers.
-            transport.write(data)  # type: ignore[no-untyped-call]
+            transport._io_writer.write(data)  # type: ignore[union-attr]
             return
         nc._pending.append(data)
         nc._pending_data_size += len(data)
@@ -723,7 +931,7 @@ class Transport:
             # set _closed before failing the waiters, so it may have missed us.
             raise BusClosedError("the Bus is closed")
         if self.fast_path:
-            self._enqueue((frame, waiter))
+            self._enqueue((frame, waiter), len(self._waiters) <= _DIRECT_MAX_IN_FLIGHT)
         else:
             assert self._outbox is not None
             self._outbox.put((subject, payload, self._prefix + token.decode(), headers, waiter))
