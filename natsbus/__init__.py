@@ -6,12 +6,12 @@ unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
 ``natsbus.middleware``, ``natsbus.durable``, ``natsbus.idempotency`` are public modules too).
 """
 
+from typing import TYPE_CHECKING, Any, Dict, List
+
 from .bus import DEFAULT, Bus, CommandBus, QueryBus
 from .codec import converter
 from .config import NatsConfig
 from .context import RequestContext, current_request
-from .discovery import EndpointInfo, EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
-from .durable import DeadLetter, DurableConfig
 from .envelope import (
     RequestEnvelope,
     ResponseEnvelope,
@@ -49,12 +49,51 @@ from .errors import (
     TraceContextError,
     TransportError,
 )
-from .idempotency import IdempotencyStore, KeyValueIdempotencyStore, MemoryIdempotencyStore
 from .messages import Command, Kind, Query, command_subject, query_subject, type_name
-from .metrics import PrometheusCollector
 from .policies import QueryCache, RetryPolicy
-from .server import NatsCluster, NatsServer
-from .worker import Dispatcher, WorkerPool
+
+if TYPE_CHECKING:  # imported on first use (below): a client-only process never loads them
+    from .discovery import EndpointInfo, EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
+    from .durable import DeadLetter, DurableConfig
+    from .idempotency import IdempotencyStore, KeyValueIdempotencyStore, MemoryIdempotencyStore
+    from .metrics import PrometheusCollector
+    from .server import NatsCluster, NatsServer
+    from .worker import Dispatcher, WorkerPool
+
+#: Public names whose modules load on first use, and where they live.
+_LAZY: Dict[str, str] = {
+    "EndpointInfo": "discovery",
+    "EndpointStatsSnapshot": "discovery",
+    "ServiceInfo": "discovery",
+    "ServicePing": "discovery",
+    "ServiceStats": "discovery",
+    "DeadLetter": "durable",
+    "DurableConfig": "durable",
+    "IdempotencyStore": "idempotency",
+    "KeyValueIdempotencyStore": "idempotency",
+    "MemoryIdempotencyStore": "idempotency",
+    "PrometheusCollector": "metrics",
+    "NatsCluster": "server",
+    "NatsServer": "server",
+    "Dispatcher": "worker",
+    "WorkerPool": "worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'natsbus' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

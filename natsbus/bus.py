@@ -16,11 +16,25 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence, Sized  # Sequence
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Type, TypeVar, Union, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+    overload,
+)
 
 import attrs
 
-from . import codec, discovery
+from . import codec
 from ._portal import Portal
 from ._transport import Headers, PendingReply, Reply, Transport, WaitTimeout
 from .config import NatsConfig
@@ -49,6 +63,14 @@ from .messages import (
 )
 from .middleware import ClientCall, Middleware, run_client
 from .policies import QueryCache, RetryPolicy
+
+if TYPE_CHECKING:  # natsbus.discovery loads on the first discovery call
+    from . import discovery
+
+#: Discovery's defaults (natsbus.discovery uses these too): seconds to wait
+#: for replies in all, and seconds of quiet after which all have answered.
+DISCOVERY_TIMEOUT = 2.0
+DISCOVERY_QUIET = 0.2
 
 __all__ = ["Bus", "CommandBus", "QueryBus"]
 
@@ -312,11 +334,13 @@ class Bus:
         name: Optional[str] = None,
         id: Optional[str] = None,
         *,
-        timeout: float = discovery.DEFAULT_TIMEOUT,
-        quiet: float = discovery.DEFAULT_QUIET,
+        timeout: float = DISCOVERY_TIMEOUT,
+        quiet: float = DISCOVERY_QUIET,
         count: Optional[int] = None,
     ) -> List[discovery.ServicePing]:
         """PING every NATS micro service instance; see :func:`natsbus.discovery.ping`."""
+        from . import discovery
+
         return discovery.ping(self, name, id, timeout=timeout, quiet=quiet, count=count)
 
     def discover(
@@ -324,11 +348,13 @@ class Bus:
         name: Optional[str] = None,
         id: Optional[str] = None,
         *,
-        timeout: float = discovery.DEFAULT_TIMEOUT,
-        quiet: float = discovery.DEFAULT_QUIET,
+        timeout: float = DISCOVERY_TIMEOUT,
+        quiet: float = DISCOVERY_QUIET,
         count: Optional[int] = None,
     ) -> List[discovery.ServiceInfo]:
         """INFO from every service instance: what each serves; see :func:`natsbus.discovery.discover`."""
+        from . import discovery
+
         return discovery.discover(self, name, id, timeout=timeout, quiet=quiet, count=count)
 
     def stats(
@@ -336,11 +362,13 @@ class Bus:
         name: Optional[str] = None,
         id: Optional[str] = None,
         *,
-        timeout: float = discovery.DEFAULT_TIMEOUT,
-        quiet: float = discovery.DEFAULT_QUIET,
+        timeout: float = DISCOVERY_TIMEOUT,
+        quiet: float = DISCOVERY_QUIET,
         count: Optional[int] = None,
     ) -> List[discovery.ServiceStats]:
         """STATS from every service instance: per-endpoint counters; see :func:`natsbus.discovery.stats`."""
+        from . import discovery
+
         return discovery.stats(self, name, id, timeout=timeout, quiet=quiet, count=count)
 
     def has_handler(
@@ -348,10 +376,12 @@ class Bus:
         message_type: Union[str, type],
         *,
         kind: Union[Kind, str, None] = None,
-        timeout: float = discovery.DEFAULT_TIMEOUT,
-        quiet: float = discovery.DEFAULT_QUIET,
+        timeout: float = DISCOVERY_TIMEOUT,
+        quiet: float = DISCOVERY_QUIET,
     ) -> bool:
         """Whether a running service lists ``message_type``; see :func:`natsbus.discovery.has_handler`."""
+        from . import discovery
+
         return discovery.has_handler(self, message_type, kind=kind, timeout=timeout, quiet=quiet)
 
     def _attach(self, user: Any) -> None:

@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import uuid
-from typing import Any, Dict, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Dict, Optional, TextIO
 
 import attrs
 
@@ -21,7 +21,9 @@ from .bus import Bus, CommandBus, QueryBus
 from .envelope import utc_timestamp
 from .errors import ConflictError, NotFoundError, ServiceError
 from .messages import Command, Query
-from .worker import WorkerPool
+
+if TYPE_CHECKING:  # loaded by build_pool: a client of the demo's messages needs no worker code
+    from .worker import WorkerPool
 
 SERVICE_ID = "user-service"
 
@@ -96,6 +98,8 @@ class GetUserHandler:
 def build_pool(bus: Bus, max_workers: int = 8) -> WorkerPool:
     """The user-service pool on ``bus``, with a fresh repository."""
     repository = UserRepository()
+    from .worker import WorkerPool
+
     pool = WorkerPool(bus, service_id=SERVICE_ID, max_workers=max_workers)
     pool.register(CreateUserHandler(repository))
     pool.register(GetUserHandler(repository))

@@ -40,6 +40,7 @@ from ._micro import (
     format_rfc3339,
 )
 from ._transport import GatheredReply
+from .bus import DISCOVERY_QUIET, DISCOVERY_TIMEOUT
 from .errors import ConfigError, EnvelopeError
 from .messages import Kind, command_subject, message_kind, parse_subject, query_subject, type_name
 
@@ -66,9 +67,9 @@ __all__ = [
 logger = logging.getLogger("natsbus.discovery")
 
 #: Seconds to wait for replies in all.
-DEFAULT_TIMEOUT = 2.0
+DEFAULT_TIMEOUT = DISCOVERY_TIMEOUT
 #: Seconds without a new reply after which every instance is taken to have answered.
-DEFAULT_QUIET = 0.2
+DEFAULT_QUIET = DISCOVERY_QUIET
 
 T = TypeVar("T")
 

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -222,6 +221,8 @@ class NatsServer:
             ServerError: no monitoring port.
             OSError: the server did not answer.
         """
+        import urllib.request  # only for monitoring reads: not loaded with natsbus
+
         with urllib.request.urlopen(f"{self.monitor_url}/{endpoint.lstrip('/')}", timeout=timeout) as resp:
             return json.loads(resp.read())
 

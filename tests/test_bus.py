@@ -288,9 +288,9 @@ def test_raw_request_round_trip(bus: Bus, user_pool: WorkerPool) -> None:
 
 @pytest.mark.parametrize("subject", ["", "two words", "tab\there", "new\nline", "carriage\rreturn"])
 def test_a_subject_that_would_break_the_protocol_is_refused(bus: Bus, subject: str) -> None:
-    with pytest.raises(ConfigError, match="^invalid NATS subject "):
+    with pytest.raises(ConfigError, match=r"^invalid NATS subject "):
         bus.publish(subject, b"x")
-    with pytest.raises(ConfigError, match="^invalid NATS subject "):
+    with pytest.raises(ConfigError, match=r"^invalid NATS subject "):
         bus.request(subject, b"x", timeout=1)
     bus.publish("a.valid.subject", b"x")  # the connection is still fine
     bus.flush()

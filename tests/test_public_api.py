@@ -58,3 +58,27 @@ def test_error_codes_map_to_classes() -> None:
     assert errors.error_class_for_code("nonsense") is natsbus.ServiceError
     assert issubclass(natsbus.RequestTimeoutError, TimeoutError)
     assert issubclass(natsbus.DeadlineExceededError, TimeoutError)
+
+
+def test_a_client_only_import_loads_no_worker_server_or_jetstream_code() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, natsbus\n"
+        "from natsbus import Bus, CommandBus, QueryBus, NatsConfig\n"
+        "lazy = ['natsbus.worker', 'natsbus.server', 'natsbus.durable', 'natsbus.idempotency',\n"
+        "        'natsbus.metrics', 'natsbus.discovery', 'natsbus._transport.jetstream', 'urllib.request']\n"
+        "print(sorted(m for m in lazy if m in sys.modules))\n"
+        "from natsbus import WorkerPool, NatsServer\n"
+        "print(WorkerPool.__module__, NatsServer.__module__, 'WorkerPool' in dir(natsbus))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]", "natsbus.worker natsbus.server True"]
+
+
+def test_an_unknown_attribute_is_an_attribute_error() -> None:
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        natsbus.NoSuchThing  # noqa: B018
