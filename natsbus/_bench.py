@@ -23,6 +23,8 @@ warm-up, while every caller is still busy; latencies are those of requests
 sent and answered inside it. CPU time per request (all threads of a process,
 from ``time.process_time()``) is reported beside the rates: on a shared
 machine it is steadier than they are, and it shows which side costs more.
+So are context switches per request (``getrusage``, all threads): what
+handing work between threads costs, which raw asyncio never pays.
 
 Every loop is bounded in time and in count; every child is ended in a
 ``finally`` (SIGKILL when it does not quit). Nothing here is public API.
@@ -306,6 +308,7 @@ class _Runner:
                 result["round"] = round_no
                 result["responder_memory"] = paused["memory"]
                 result["responder_cpu_seconds"] = paused["cpu_seconds"]
+                result["responder_switches"] = paused["switches"]
                 result["responder_handled"] = paused["handled"]
                 self.runs.setdefault((cell.key, impl), []).append(result)
 
@@ -352,6 +355,9 @@ def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         "responder_cpu_us": round(1e6 * sum(r["responder_cpu_seconds"] for r in runs) / handled, 1)
         if handled
         else None,
+        # context switches per request (all threads): the cost of handing work between threads
+        "client_switches": round(sum(r["switches"] for r in runs) / count, 2) if count else None,
+        "responder_switches": round(sum(r["responder_switches"] for r in runs) / handled, 2) if handled else None,
         "capped": any(r["capped"] for r in runs),
         "runs": [
             {
@@ -410,6 +416,10 @@ def _fmt_us(value: Optional[float]) -> str:
     if value is None:
         return "-"
     return f"{value / 1000:,.1f} ms" if value >= 10_000 else f"{value:,.0f} us"
+
+
+def _fmt_switches(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _fmt_kib(kib: Optional[int]) -> str:
@@ -578,7 +588,7 @@ def render(report: Dict[str, Any]) -> str:
         for impl, s in cell["results"].items():
             row = [cell["scenario"], size_label(cell["payload"]), str(cell["concurrency"]), impl]
             if "missing" in s:
-                rows.append([*row, "n/a", "", "", "", "", "", "", f"{s['missing']} missing"])
+                rows.append([*row, "n/a", "", "", "", "", "", "", "", "", f"{s['missing']} missing"])
                 continue
             runs = " / ".join(f"{r['throughput']:,.0f}" for r in s["runs"])
             note = ", ".join(x for x in (f"rounds: {runs}", "capped" if s["capped"] else "") if x)
@@ -590,6 +600,8 @@ def render(report: Dict[str, Any]) -> str:
                     _fmt_us(s["p99_us"]),
                     _fmt_us(s["client_cpu_us"]),
                     _fmt_us(s["responder_cpu_us"]),
+                    _fmt_switches(s.get("client_switches")),
+                    _fmt_switches(s.get("responder_switches")),
                     f"{s['requests']:,}",
                     str(s["errors"]),
                     note,
@@ -605,11 +617,13 @@ def render(report: Dict[str, Any]) -> str:
         "p99",
         "client CPU/req",
         "responder CPU/req",
+        "client csw/req",
+        "responder csw/req",
         "requests",
         "errors",
         "note",
     ]
-    lines += _table(headers, rows, right=(2, 4, 5, 6, 7, 8, 9, 10))
+    lines += _table(headers, rows, right=(2, 4, 5, 6, 7, 8, 9, 10, 11, 12))
     mem = report["memory"]
     lines += [""]
     lines += _table(

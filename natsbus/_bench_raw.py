@@ -93,6 +93,16 @@ def memory() -> Dict[str, int]:
     return {"rss_kib": found.get("VmRSS", found["VmHWM"]), "peak_kib": found["VmHWM"]}
 
 
+def switches() -> int:
+    """Context switches of this process so far, all threads (0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return int(usage.ru_nvcsw + usage.ru_nivcsw)
+
+
 def send(obj: Dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -147,6 +157,7 @@ async def _responder(nc: Client, commands: asyncio.StreamReader) -> None:
 
     sub: Optional[Subscription] = None
     cpu = 0.0
+    csw = 0
     while True:
         op = await _next_op(commands)
         if op is None or op["op"] == "quit":
@@ -158,10 +169,10 @@ async def _responder(nc: Client, commands: asyncio.StreamReader) -> None:
             if sub is None:
                 sub = await nc.subscribe(SUBJECT, queue=QUEUE_GROUP, cb=on_request)
                 await nc.flush()  # the server has the SUB before we say so
-                handled, cpu = 0, time.process_time()
+                handled, cpu, csw = 0, time.process_time(), switches()
             send({"ok": True})
         elif op["op"] == "pause":
-            work = {"handled": handled, "cpu_seconds": time.process_time() - cpu}
+            work = {"handled": handled, "cpu_seconds": time.process_time() - cpu, "switches": switches() - csw}
             if sub is not None:
                 await sub.drain()  # type: ignore[no-untyped-call]
                 sub = None
@@ -242,15 +253,15 @@ async def _run_window(caller: _Caller, op: Dict[str, Any]) -> Dict[str, Any]:
                 if count + errors >= cap:
                     return count, errors, latencies, first_error, ended
 
-    async def sample() -> Tuple[float, Dict[str, int]]:
+    async def sample() -> Tuple[float, int, Dict[str, int]]:
         await asyncio.sleep(max(0.0, t0 - clock()))
-        cpu = time.process_time()
+        cpu, csw = time.process_time(), switches()
         await asyncio.sleep(max(0.0, t1 - clock()))  # the window's end, under full load
-        return time.process_time() - cpu, memory()
+        return time.process_time() - cpu, switches() - csw, memory()
 
     probe = loop.create_task(sample())
     results = await asyncio.gather(*(worker() for _ in range(concurrency)))
-    cpu, mem = await probe
+    cpu, csw, mem = await probe
     latencies = [x for r in results for x in r[2]]
     return {
         "ok": True,
@@ -261,6 +272,7 @@ async def _run_window(caller: _Caller, op: Dict[str, Any]) -> Dict[str, Any]:
         "capped": any(r[0] + r[1] >= cap for r in results),
         "latencies_us": latencies,
         "cpu_seconds": cpu,
+        "switches": csw,
         "memory": mem,
     }
 
@@ -291,7 +303,7 @@ async def _run_batches(caller: _Caller, op: Dict[str, Any]) -> Dict[str, Any]:
     if float(op["warmup"]) > 0:
         await batch()
     deadline = clock() + float(op["duration"])
-    cpu = time.process_time()
+    cpu, csw = time.process_time(), switches()
     count = errors = 0
     elapsed = 0.0
     first_error = ""
@@ -314,6 +326,7 @@ async def _run_batches(caller: _Caller, op: Dict[str, Any]) -> Dict[str, Any]:
         "capped": ended < deadline,
         "latencies_us": [],
         "cpu_seconds": time.process_time() - cpu,
+        "switches": switches() - csw,
         "memory": memory(),
     }
 

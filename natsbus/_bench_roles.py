@@ -118,6 +118,16 @@ def memory() -> Dict[str, int]:
     return {"rss_kib": found.get("VmRSS", found["VmHWM"]), "peak_kib": found["VmHWM"]}
 
 
+def switches() -> int:
+    """Context switches of this process so far, all threads (0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return int(usage.ru_nvcsw + usage.ru_nivcsw)
+
+
 def _send(obj: Dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -132,6 +142,7 @@ def _responder_main(url: str) -> int:
         _ready()
         pool: Optional[WorkerPool] = None
         cpu = 0.0
+        csw = 0
         try:
             for line in sys.stdin:
                 op = json.loads(line)
@@ -140,10 +151,10 @@ def _responder_main(url: str) -> int:
                 if op["op"] == "serve":
                     if pool is None:
                         pool = build_pool(bus, int(op.get("types", 0))).start()  # returns once subscribed
-                        cpu = time.process_time()
+                        cpu, csw = time.process_time(), switches()
                     _send({"ok": True})
                 elif op["op"] == "pause":
-                    work = {"handled": 0, "cpu_seconds": time.process_time() - cpu}
+                    work = {"handled": 0, "cpu_seconds": time.process_time() - cpu, "switches": switches() - csw}
                     if pool is not None:
                         work["handled"] = sum(route.stats.num_requests for route in pool.dispatcher.routes)
                         pool.stop(drain_timeout=REQUEST_TIMEOUT)
@@ -240,9 +251,9 @@ def _run_window(call: Callable[[], Any], op: Dict[str, Any]) -> Dict[str, Any]:
     window[1] = window[0] + float(op["duration"])
     start.wait(timeout=30.0)  # every caller is ready: the clock is running
     time.sleep(max(0.0, window[0] - clock()))
-    cpu = time.process_time()
+    cpu, csw = time.process_time(), switches()
     time.sleep(max(0.0, window[1] - clock()))
-    cpu = time.process_time() - cpu
+    cpu, csw = time.process_time() - cpu, switches() - csw
     mem = memory()  # at the window's end, under full load
     for thread in threads:
         thread.join(REQUEST_TIMEOUT + 5.0)
@@ -258,6 +269,7 @@ def _run_window(call: Callable[[], Any], op: Dict[str, Any]) -> Dict[str, Any]:
         "capped": any(o[0] + o[1] >= cap for o in done),
         "latencies_us": [x for o in done for x in o[2]],
         "cpu_seconds": cpu,
+        "switches": csw,
         "memory": mem,
     }
 
@@ -277,7 +289,7 @@ def _run_batches(execute_many: Callable[..., List[Any]], message: Any, op: Dict[
     if float(op["warmup"]) > 0:
         one()
     deadline = clock() + float(op["duration"])
-    cpu = time.process_time()
+    cpu, csw = time.process_time(), switches()
     count = errors = 0
     elapsed = 0.0
     first_error = ""
@@ -300,6 +312,7 @@ def _run_batches(execute_many: Callable[..., List[Any]], message: Any, op: Dict[
         "capped": ended < deadline,
         "latencies_us": [],
         "cpu_seconds": time.process_time() - cpu,
+        "switches": switches() - csw,
         "memory": memory(),
     }
 

@@ -44,6 +44,7 @@ def test_bench_quick_prints_the_targets_table_with_ratios_first(quick_run: Tuple
     assert "throughput, 64 callers, small payload" in stdout
     assert "sequential p50, 10 KiB payload" in stdout
     assert "Measurements" in stdout
+    assert "client csw/req" in stdout and "responder csw/req" in stdout
 
 
 def test_bench_json_has_every_target_with_a_verdict(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
@@ -80,6 +81,9 @@ def test_bench_measures_raw_and_natsbus_in_every_cell(quick_run: Tuple[str, Dict
         for impl, result in cell["results"].items():
             assert result["requests"] > 0, (cell["key"], impl)
             assert result["client_cpu_us"] > 0 and result["responder_cpu_us"] > 0, (cell["key"], impl)
+            assert result["client_switches"] >= 0 and result["responder_switches"] >= 0, (cell["key"], impl)
+            if impl == "natsbus" and cell["scenario"] == "sequential":  # a worker thread wakes per request
+                assert result["responder_switches"] >= 1, (cell["key"], result["responder_switches"])
             assert result["errors"] == 0, (cell["key"], impl, result["first_error"])
             assert [r["round"] for r in result["runs"]] == [0, 1]  # two alternating rounds
     assert report["meta"]["raw_imports_natsbus"] is False
