@@ -13,6 +13,7 @@ queue, which never blocks).
 
 from __future__ import annotations
 
+import collections
 import enum
 import heapq
 import inspect
@@ -27,6 +28,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
+    Deque,
     Dict,
     Iterable,
     List,
@@ -347,6 +349,60 @@ def error_reply(kind: Kind, message_id: str, error: ServiceError) -> Tuple[bytes
     return body, {ERROR_HEADER: header_value(text), ERROR_CODE_HEADER: str(error.code)}
 
 
+class _Jobs:
+    """The pool's work queue: idle workers park, each on a lock of its own.
+
+    At most one parked worker is being woken at a time: :meth:`put` wakes
+    one only when no wake-up is already under way, and a woken worker that
+    leaves items behind wakes the next. A burst of N requests thus costs
+    as many wake-ups as workers it needs, one after another, and a worker
+    already running takes queued items without any.
+    ``queue.SimpleQueue`` coalesces wake-ups the same way, but with several
+    consumers blocked on its one lock, every taker also wakes another
+    idle worker for nothing (to block again at once): two needless context
+    switches per request when the pool is idle.
+    """
+
+    def __init__(self) -> None:
+        self._items: Deque[Any] = collections.deque()
+        self._parked: List[Any] = []  # locks parked workers wait on (held); the last parked wakes first
+        self._waking = False
+        self._mutex = threading.Lock()
+
+    def put(self, item: Any) -> None:
+        """Queue ``item`` (any thread; never blocks)."""
+        self._items.append(item)
+        if self._parked and not self._waking:  # a cheap look first: under load nobody is parked
+            self._wake()
+
+    def _wake(self) -> None:
+        with self._mutex:
+            if not self._parked or self._waking:
+                return
+            waiter = self._parked.pop()
+            self._waking = True
+        waiter.release()
+
+    def get(self, park: Any) -> Any:
+        """Take the next item, parking on ``park`` (an acquired lock) while there is none."""
+        items = self._items
+        while True:
+            try:
+                item = items.popleft()
+            except IndexError:
+                pass
+            else:
+                if items and self._parked and not self._waking:
+                    self._wake()  # more work than this thread: wake the next
+                return item
+            with self._mutex:
+                if items:  # queued between the look and the mutex
+                    continue
+                self._parked.append(park)
+            park.acquire()  # released by _wake()
+            self._waking = False
+
+
 class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
@@ -471,7 +527,7 @@ class WorkerPool:
         self._idle = threading.Condition(self._lock)
         self._inflight = 0
         self._completed = 0
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue = _Jobs()
         self._threads: List[threading.Thread] = []
         self._subs: List[Any] = []
         self._watchdog: Optional[_Watchdog] = None
@@ -722,8 +778,10 @@ class WorkerPool:
         if self.idempotency is not None:  # a repeated command_id gets the reply already sent
             dispatch = self.idempotency.wrap(dispatch, self._bus())
         get = self._queue.get
+        park = threading.Lock()
+        park.acquire()
         while True:
-            item = get()
+            item = get(park)
             if item is _STOP:
                 return
             route, reply, data, raw_headers, received = item
