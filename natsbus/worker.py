@@ -778,6 +778,7 @@ class WorkerPool:
         if self.idempotency is not None:  # a repeated command_id gets the reply already sent
             dispatch = self.idempotency.wrap(dispatch, self._bus())
         get = self._queue.get
+        pending = self._queue._items
         park = threading.Lock()
         park.acquire()
         while True:
@@ -797,7 +798,8 @@ class WorkerPool:
                 deadline = parse_deadline(headers, received)
                 body, reply_headers = dispatch(route, data, transport.max_payload, headers=headers, deadline=deadline)
                 if claim is None or claim.acquire(blocking=False):
-                    transport.publish(reply, body, reply_headers)
+                    # Write it now when idle; under load, let the loop batch the replies.
+                    transport.publish(reply, body, reply_headers, direct=not pending)
                 else:
                     logger.warning("%s: a handler finished after its time limit; its result was dropped", route.subject)
             except BusClosedError:

@@ -14,8 +14,9 @@ coroutine, asyncio future or timer is made per call; timeouts are measured
 by the waiting thread.
 
 Worker side: messages of worker subscriptions are likewise handed from the
-parser straight to the admission function (which must never block), and
-worker threads write their replies to the socket directly.
+parser straight to the admission function (which must never block). A
+worker thread that finds no more work queued writes its reply to the
+socket directly; under load replies go through the outbox, batched.
 
 Direct writes: on a plain TCP connection every write, nats-py's own
 included (its transport is a :class:`_LockedTcpTransport`), happens under
@@ -936,13 +937,16 @@ class Transport:
             self._outbox.put((subject, payload, self._prefix + token.decode(), headers, waiter))
         return waiter
 
-    def publish(self, subject: str, payload: bytes, headers: Headers = None) -> None:
-        """Queue a publish, e.g. a reply (any thread; never blocks)."""
+    def publish(self, subject: str, payload: bytes, headers: Headers = None, *, direct: bool = True) -> None:
+        """Queue a publish, e.g. a reply (any thread; never blocks).
+
+        ``direct=False`` leaves the writing to the loop (see :meth:`_enqueue`).
+        """
         if self._closed or not self._started:
             raise BusClosedError("the Bus is closed")
         if self.fast_path:
             check_subject(subject)
-            self._enqueue((_frame(subject.encode(), b"", payload, headers), None))
+            self._enqueue((_frame(subject.encode(), b"", payload, headers), None), direct)
         else:
             assert self._outbox is not None
             self._outbox.put((subject, payload, "", headers, None))
