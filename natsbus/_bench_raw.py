@@ -8,8 +8,8 @@ It never imports natsbus either, so a baseline process holds nats-py and
 asyncio only and its memory is a fair reference. For the same reason the
 bench starts it by file path (see ``natsbus._bench``), not as
 ``natsbus._bench_raw``, which would import the natsbus package first. The
-few helpers it shares with ``natsbus._bench`` (memory readings, the line
-protocol) are repeated here on purpose.
+few helpers it shares with ``natsbus._bench_roles`` (memory and
+context-switch readings, the line protocol) are repeated here on purpose.
 
 Roles, each a process speaking JSON lines on stdin/stdout with the bench:
 

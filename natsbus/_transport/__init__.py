@@ -360,19 +360,17 @@ class _LockedTcpTransport(TcpTransport):
         await super().connect_tls(*args, **kwargs)
 
     def write(self, payload: bytes) -> None:
-        owner = self._owner
-        with owner._wlock:
-            owner._flush_tail_locked()
-            self._io_writer.write(payload)  # type: ignore[union-attr]
-        if owner._out:
-            owner._drain_out()
+        self._under_lock(self._io_writer.write, payload)  # type: ignore[union-attr]
 
     def writelines(self, payload: List[bytes]) -> None:
+        self._under_lock(self._io_writer.writelines, payload)  # type: ignore[union-attr]
+
+    def _under_lock(self, write: Callable[[Any], None], payload: Any) -> None:
         owner = self._owner
         with owner._wlock:
             owner._flush_tail_locked()
-            self._io_writer.writelines(payload)  # type: ignore[union-attr]
-        if owner._out:
+            write(payload)
+        if owner._out:  # appended while we held the lock: ours to send
             owner._drain_out()
 
 
