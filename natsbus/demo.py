@@ -97,9 +97,9 @@ class GetUserHandler:
 
 def build_pool(bus: Bus, max_workers: int = 8) -> WorkerPool:
     """The user-service pool on ``bus``, with a fresh repository."""
-    repository = UserRepository()
     from .worker import WorkerPool
 
+    repository = UserRepository()
     pool = WorkerPool(bus, service_id=SERVICE_ID, max_workers=max_workers)
     pool.register(CreateUserHandler(repository))
     pool.register(GetUserHandler(repository))

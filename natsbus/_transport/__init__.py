@@ -85,10 +85,10 @@ _NO_RESPONDERS = "503"
 #: Connect failures that say more than the connection errors that follow them.
 _TELLING_ERRORS = (nerr.AuthorizationError, ssl.SSLError)
 _PERMISSION_RE = re.compile(r"Permissions Violation for (Publish|Subscription) to \"?([^\"']+)\"?", re.I)
-#: asyncio's plain socket transport, the one natsbus writes past (see Transport._set_target).
 #: A caller writes its request to the socket itself only while this few
 #: requests are in flight; with more, the loop batches their frames.
 _DIRECT_MAX_IN_FLIGHT = 2
+#: asyncio's plain socket transport, the one natsbus writes past (see Transport._set_target).
 _SOCKET_TRANSPORT: Optional[type] = getattr(selector_events, "_SelectorSocketTransport", None)
 
 
