@@ -372,8 +372,9 @@ class _Jobs:
     def put(self, item: Any) -> None:
         """Queue ``item`` (any thread; never blocks)."""
         self._items.append(item)
-        if self._parked and not self._waking:  # a cheap look first: under load nobody is parked
-            self._wake()
+        # Always under the mutex: a worker checks for items and parks under
+        # it, so looking at _parked outside could miss one that is parking.
+        self._wake()
 
     def _wake(self) -> None:
         with self._mutex:

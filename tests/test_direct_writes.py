@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any, Dict, List
 
 import attrs
@@ -112,21 +113,70 @@ class _RecordingSocket:
         return self._sock.send(data)
 
 
-def test_a_lone_caller_and_the_worker_write_their_own_frames(bus: Bus, user_pool: WorkerPool) -> None:
-    from natsbus.demo import CreateUserCommand
+def test_a_lone_caller_and_the_worker_write_their_own_frames(nats_url: str) -> None:
+    # Client and worker on separate connections, as in production: on one
+    # shared Bus the caller may still hold the write lock (waiting for the
+    # GIL after its send) when the reply is ready, and then the reply
+    # rightly goes the other way.
+    from natsbus.demo import CreateUserCommand, build_pool
 
-    transport = bus._transport
-    assert transport._sock is not None
-    recorder = _RecordingSocket(transport._sock)
-    transport._sock = recorder  # type: ignore[assignment]
-    result: List[Any] = []
-    caller = threading.Thread(
-        target=lambda: result.append(CommandBus(bus).execute(CreateUserCommand("Direct", "direct@example.com"))),
-        name="the-caller",
-    )
-    caller.start()
-    caller.join(10)
+    with Bus(nats_url) as serving, Bus(nats_url) as calling:
+        pool = build_pool(serving).start()
+        try:
+            recorders = []
+            for bus in (serving, calling):
+                sock = bus._transport._sock
+                assert sock is not None
+                recorder = _RecordingSocket(sock)
+                bus._transport._sock = recorder  # type: ignore[assignment]
+                recorders.append(recorder)
+            worker_side, caller_side = recorders
+            result: List[Any] = []
+            caller = threading.Thread(
+                target=lambda: result.append(
+                    CommandBus(calling).execute(CreateUserCommand("Direct", "direct@example.com"))
+                ),
+                name="the-caller",
+            )
+            caller.start()
+            caller.join(10)
+        finally:
+            pool.stop(drain_timeout=5)
     assert result and result[0].user_id
-    assert "the-caller" in recorder.senders  # the request: no loop wake-up to send it
-    assert any(name.startswith("natsbus-worker-") for name in recorder.senders)  # the reply
-    assert "natsbus-loop" not in recorder.senders
+    assert caller_side.senders == ["the-caller"]  # the request: no loop wake-up to send it
+    assert [name[: len("natsbus-worker-")] for name in worker_side.senders] == ["natsbus-worker-"]  # the reply
+
+
+def test_a_frame_left_for_the_loop_goes_before_the_threads_later_loop_writes(nats_url: str) -> None:
+    # Thread T publishes A while another thread holds the write lock, so A
+    # waits in the outbox; T's next publish goes through nats-py on the loop
+    # (as JetStream calls do). The server must still see A first.
+    got: List[bytes] = []
+    both_in = threading.Event()
+
+    def collect(subject: str, reply: str, data: bytes, headers: Any) -> None:
+        got.append(data)
+        if len(got) == 2:
+            both_in.set()
+
+    with Bus(nats_url) as listening, Bus(nats_url) as publishing:
+        transport = listening._transport
+        listening.run(lambda: transport.subscribe("direct.paths", "", collect))
+        listening.run(transport.flush)
+        sending = publishing._transport
+        holder_has_it = threading.Event()
+
+        def hold_the_lock() -> None:
+            with sending._wlock:
+                holder_has_it.set()
+                time.sleep(0.2)  # a long write by another thread
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        assert holder_has_it.wait(5)
+        publishing.publish("direct.paths", b"A")  # the lock is taken: A stays queued
+        publishing.run(lambda: sending._nc.publish("direct.paths", b"B"))
+        holder.join()
+        publishing.flush()
+        assert both_in.wait(5), got
+    assert got == [b"A", b"B"]

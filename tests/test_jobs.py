@@ -97,3 +97,18 @@ def test_many_producers_and_consumers_take_every_item_once() -> None:
         thread.join(10)
         assert not thread.is_alive(), "a consumer missed its wake-up"
     assert sorted(taken) == list(range(20000))
+
+
+def test_a_put_racing_a_worker_that_is_parking_still_wakes_it() -> None:
+    # A worker has found nothing queued (under the mutex) and is about to
+    # park when the item arrives: the put must not miss it.
+    jobs = _Jobs()
+    park = _CountingLock()
+    jobs._mutex.acquire()  # the worker, between "nothing queued" and "parked"
+    putter = threading.Thread(target=jobs.put, args=("job",))
+    putter.start()
+    putter.join(0.2)  # the put has run as far as it can
+    jobs._parked.append(park)  # the worker parks...
+    jobs._mutex.release()
+    putter.join(5)
+    assert park.wakes == 1, "the item was queued next to a parked worker and nobody woke it"

@@ -228,3 +228,46 @@ def test_calls_made_while_disconnected_wait_for_the_reconnect_and_succeed(server
     finally:
         pool.stop(drain_timeout=5)
         bus.close()
+
+
+@pytest.mark.timeout(30)
+def test_after_a_reconnect_no_request_overtakes_the_replayed_subscriptions(
+    server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # nats-py marks the connection up before it replays the SUBs. A request
+    # written in between would reach the server before our reply inbox's SUB
+    # and its immediate "no responders" answer would be lost (a timeout).
+    # The loop is held inside the replay here to widen that window.
+    import nats.protocol.command as protocol
+
+    replaying = threading.Event()
+    release = threading.Event()
+    real_sub_cmd = protocol.sub_cmd
+
+    def slow_sub_cmd(*args: object, **kwargs: object) -> bytes:
+        if threading.current_thread().name == "natsbus-loop" and not release.is_set():
+            replaying.set()
+            release.wait(5)
+        return real_sub_cmd(*args, **kwargs)  # type: ignore[arg-type]
+
+    with Bus(server.url, reconnect_time_wait=0.1) as bus:
+        nc = bus._transport._nc
+        monkeypatch.setattr(protocol, "sub_cmd", slow_sub_cmd)
+        server.stop()
+        server.start()
+        assert replaying.wait(10), "the subscriptions were never replayed"
+        assert nc.is_connected  # connected, SUBs not yet sent
+        outcome: List[BaseException] = []
+
+        def call() -> None:
+            try:
+                bus.request("nobody.listens.here", b"x", timeout=3)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.1)  # the request is made while the loop is still inside the replay
+        release.set()
+        caller.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], NoHandlerError), outcome

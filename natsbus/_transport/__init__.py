@@ -352,11 +352,16 @@ class _LockedTcpTransport(TcpTransport):
         self._owner = owner
 
     async def connect(self, uri: Any, buffer_size: int, connect_timeout: int) -> None:
+        # No direct writes until the connection is fully set up (the owner
+        # turns them on once connected, or reconnected with subscriptions
+        # replayed): until then only the loop writes, in nats-py's order.
+        self._owner._set_target(None)
         await super().connect(uri, buffer_size, connect_timeout)
-        self._owner._set_target(self._io_writer)
+        self._owner._candidate = self._io_writer
 
     async def connect_tls(self, *args: Any, **kwargs: Any) -> None:
-        self._owner._set_target(None)  # TLS: only the loop may write, through asyncio
+        self._owner._candidate = None  # TLS: only the loop may write, through asyncio
+        self._owner._set_target(None)
         await super().connect_tls(*args, **kwargs)
 
     def write(self, payload: bytes) -> None:
@@ -467,6 +472,9 @@ class Transport:
         # anything else, on that connection only.
         self._tail: Optional[bytes] = None
         self._tail_target: Any = None
+        # The plain-TCP writer of the connection being set up, made the
+        # target once it is ready (see _LockedTcpTransport.connect).
+        self._candidate: Optional[asyncio.StreamWriter] = None
         #: Direct writes the socket took only part of (the loop sent the rest).
         self.partial_writes = 0
         self._outbox: Optional[Doorbell[Tuple[str, bytes, str, Headers, Any]]] = None
@@ -533,6 +541,7 @@ class Transport:
         sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
         if self.fast_path:
             self._direct[sub._id] = self._on_reply_raw
+            self._set_target(self._candidate)  # direct writes from now on
         else:
             self._outbox = Doorbell(self._loop)
             self._pump_task = self._loop.create_task(self._pump())
@@ -667,6 +676,10 @@ class Transport:
             logger.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
+        # nats-py calls this once subscriptions are replayed and a round trip
+        # is done: a direct write can no longer overtake a SUB.
+        if self.fast_path:
+            self._set_target(self._candidate)
         self.max_payload = self._nc.max_payload or self.max_payload
         logger.warning("reconnected to NATS at %s", self.connected_url)
 
@@ -710,19 +723,25 @@ class Transport:
         """Send what the outbox holds straight to the socket when that is safe (any thread).
 
         Whoever holds the write lock looks at the outbox again after
-        releasing it, so a thread that finds the lock taken just leaves its
-        frame there: it is sent by the holder, or by the loop when rung.
+        releasing it; a thread that finds the lock taken leaves its frame
+        there and rings the loop, so the frame goes out before any write
+        the same thread has the loop make later.
         """
         out = self._out
         lock = self._wlock
         while out:
-            if not lock.acquire(False):
-                return
-            try:
-                sent_all = self._send_direct_locked()
+            locked = sent_all = False
+            try:  # acquired inside the try: an interrupt cannot leave the lock held
+                locked = lock.acquire(False)
+                if locked:
+                    sent_all = self._send_direct_locked()
             finally:
-                lock.release()
+                if locked:
+                    lock.release()
             if not sent_all:
+                # Not ours to send now: the loop will, before anything this
+                # thread asks of it next (its later loop-side writes, like a
+                # JetStream publish, must not overtake this frame).
                 self._ring()
                 return
 
