@@ -53,6 +53,16 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, 
 
 import attrs
 
+from ._bench_roles import (
+    BATCH_IN_FLIGHT,
+    EXTRA_TYPES,
+    LARGE_PAYLOAD,
+    NATSBUS,
+    NATSBUS_TYPES,
+    RAW,
+    REQUEST_TIMEOUT,
+    SERVER_MAX_PAYLOAD,
+)
 from .bus import Bus
 from .errors import NatsBusError
 from .server import NatsServer
@@ -64,17 +74,6 @@ __all__ = ["BenchError", "add_arguments", "run_bench"]
 class BenchError(NatsBusError):
     """The bench could not run: a child failed, exited or did not answer in time."""
 
-
-from ._bench_roles import (  # noqa: E402 - the workload and constants the driver shares
-    BATCH_IN_FLIGHT,
-    EXTRA_TYPES,
-    LARGE_PAYLOAD,
-    NATSBUS,
-    NATSBUS_TYPES,
-    RAW,
-    REQUEST_TIMEOUT,
-    SERVER_MAX_PAYLOAD,
-)
 
 # -- the bench side: children ----------------------------------------------------------
 
