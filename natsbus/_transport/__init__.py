@@ -767,10 +767,7 @@ class Transport:
                 break
             frames.append(item[0])
         if frames:
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            stats = nc.stats
-            stats["out_msgs"] += len(frames)
-            stats["out_bytes"] += len(data)
+            data = self._counted(frames)
             assert self._sock is not None
             try:
                 sent = self._sock.send(data)
@@ -785,6 +782,14 @@ class Transport:
                 self._tail_target = target
                 return False
         return not out
+
+    def _counted(self, frames: List[bytes]) -> bytes:
+        """Write lock held: ``frames`` as one buffer, counted in nats-py's stats."""
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        stats = self._nc.stats
+        stats["out_msgs"] += len(frames)
+        stats["out_bytes"] += len(data)
+        return data
 
     def _ring(self) -> None:
         """Make sure the loop runs :meth:`_write_out` soon (any thread)."""
@@ -868,9 +873,7 @@ class Transport:
         if not frames:
             return
         nc = self._nc
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        nc.stats["out_msgs"] += len(frames)
-        nc.stats["out_bytes"] += len(data)
+        data = self._counted(frames)
         transport = nc._transport
         if nc.is_connected and not nc._pending and type(transport) is _LockedTcpTransport:
             # Nothing of nats-py's own is waiting to be written, so writing
