@@ -8,6 +8,7 @@ unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
 
 from typing import TYPE_CHECKING, Any, Dict, List
 
+from ._version import __version__
 from .bus import DEFAULT, Bus, CommandBus, QueryBus
 from .codec import converter
 from .config import NatsConfig
@@ -94,8 +95,6 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> List[str]:
     return sorted(set(globals()) | set(_LAZY))
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Bus",

@@ -35,8 +35,8 @@ from typing import (
 import attrs
 
 from . import codec
-from ._portal import Portal
 from ._transport import Headers, PendingReply, Reply, Transport, WaitTimeout
+from ._transport.portal import Portal
 from .config import NatsConfig
 from .context import DEADLINE_HEADER
 from .envelope import INVALID_REQUEST_PREFIX, ResponseEnvelope, decode_response, new_id, utc_timestamp

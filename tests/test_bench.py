@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, Tuple
 
 import pytest
 
-from natsbus._bench import percentile, size_label
+from natsbus.bench.runner import percentile, size_label
 from natsbus.cli import main
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None

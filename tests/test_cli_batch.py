@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from natsbus import CommandBus, WorkerPool
-from natsbus._cli_batch import ProgressBar
 from natsbus.cli import main
+from natsbus.cli.batch import ProgressBar
 from natsbus.demo import CreateUserCommand
 
 

@@ -57,7 +57,6 @@ from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
 from nats.nuid import NUID
 
-from .._portal import Doorbell, Portal
 from ..config import NatsConfig
 from ..errors import (
     BusClosedError,
@@ -71,6 +70,7 @@ from ..errors import (
     RequestError,
     TransportError,
 )
+from .portal import Doorbell, Portal
 
 logger = logging.getLogger("natsbus.transport")
 

@@ -4,10 +4,10 @@ How a run goes::
 
     bench (this process)       starts the embedded nats-server (or uses --server / NATS_URL),
                                then four child processes, and drives them over JSON lines
-    natsbus responder          python -m natsbus._bench_roles responder URL: a WorkerPool
-    natsbus client             python -m natsbus._bench_roles client URL: threads calling execute()
-    raw responder              natsbus/_bench_raw.py responder URL: an asyncio nats-py callback
-    raw client                 natsbus/_bench_raw.py client URL: asyncio tasks calling nc.request()
+    natsbus responder          python -m natsbus.bench.roles responder URL: a WorkerPool
+    natsbus client             python -m natsbus.bench.roles client URL: threads calling execute()
+    raw responder              natsbus/bench/raw.py responder URL: an asyncio nats-py callback
+    raw client                 natsbus/bench/raw.py client URL: asyncio tasks calling nc.request()
 
 The workload is the spec's ``CreateUserCommand`` request envelope; a payload
 size N > 0 adds a ``bio`` of N bytes to its payload. Each responder parses the
@@ -53,7 +53,11 @@ from typing import IO, Any, Callable, Dict, Iterator, List, Optional, Sequence, 
 
 import attrs
 
-from ._bench_roles import (
+from ..bus import Bus
+from ..errors import NatsBusError
+from ..server import NatsServer
+from ..worker import WorkerPool
+from .roles import (
     BATCH_IN_FLIGHT,
     EXTRA_TYPES,
     LARGE_PAYLOAD,
@@ -63,10 +67,6 @@ from ._bench_roles import (
     REQUEST_TIMEOUT,
     SERVER_MAX_PAYLOAD,
 )
-from .bus import Bus
-from .errors import NatsBusError
-from .server import NatsServer
-from .worker import WorkerPool
 
 __all__ = ["BenchError", "add_arguments", "run_bench"]
 
@@ -257,12 +257,12 @@ class _Runner:
 
     def start(self) -> None:
         env = _child_env()
-        raw_file = str(Path(__file__).with_name("_bench_raw.py"))
+        raw_file = str(Path(__file__).with_name("raw.py"))
         specs = {
             "raw responder": [sys.executable, "-c", _RAW_BOOT, raw_file, "responder", self.url],
             "raw client": [sys.executable, "-c", _RAW_BOOT, raw_file, "client", self.url],
-            "natsbus responder": [sys.executable, "-m", "natsbus._bench_roles", "responder", self.url],
-            "natsbus client": [sys.executable, "-m", "natsbus._bench_roles", "client", self.url],
+            "natsbus responder": [sys.executable, "-m", "natsbus.bench.roles", "responder", self.url],
+            "natsbus client": [sys.executable, "-m", "natsbus.bench.roles", "client", self.url],
         }
         for name, argv in specs.items():  # all start at once; then wait for each to be ready
             self.children[name] = _Child(name, argv, env)
@@ -717,7 +717,7 @@ def _start_server(work: str) -> NatsServer:
 
 def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
     """Run every measurement; return the report (also what ``--json`` writes)."""
-    from . import __version__
+    from .._version import __version__
 
     url = options.server or os.environ.get("NATS_URL") or ""
     server: Optional[NatsServer] = None

@@ -64,9 +64,9 @@ from typing import Any, Callable, Dict, Generic, Iterator, List, Mapping, Option
 
 import attrs
 
-from .context import RequestContext
-from .errors import HandlerError, NatsBusError, ServiceError, TraceContextError
-from .messages import Kind
+from ..context import RequestContext
+from ..errors import HandlerError, NatsBusError, ServiceError, TraceContextError
+from ..messages import Kind
 
 __all__ = [
     "ClientCall",
@@ -758,7 +758,7 @@ class OpenTelemetryMiddleware(Middleware[Union[ClientCall, HandlerRequest]]):
             from opentelemetry import trace
         except ImportError as exc:
             raise ImportError("OpenTelemetryMiddleware needs opentelemetry-api: pip install 'natsbus[otel]'") from exc
-        from . import __version__
+        from .._version import __version__
 
         self.tracer = trace.get_tracer("natsbus", __version__, tracer_provider=tracer_provider)
         self.propagator = propagator

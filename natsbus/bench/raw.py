@@ -6,9 +6,9 @@ a plain asyncio application would. Nothing in natsbus imports it.
 
 It never imports natsbus either, so a baseline process holds nats-py and
 asyncio only and its memory is a fair reference. For the same reason the
-bench starts it by file path (see ``natsbus._bench``), not as
-``natsbus._bench_raw``, which would import the natsbus package first. The
-few helpers it shares with ``natsbus._bench_roles`` (memory and
+bench starts it by file path (see ``natsbus.bench.runner``), not as
+``natsbus.bench.raw``, which would import the natsbus package first. The
+few helpers it shares with ``natsbus.bench.roles`` (memory and
 context-switch readings, the line protocol) are repeated here on purpose.
 
 Roles, each a process speaking JSON lines on stdin/stdout with the bench:
@@ -381,7 +381,7 @@ async def _main(role: str, url: str) -> None:
 def main(argv: List[str]) -> int:
     """``<client|responder> <url>``: run one baseline role until stdin closes."""
     if len(argv) != 2 or argv[0] not in ("client", "responder"):
-        sys.stderr.write("usage: _bench_raw.py client|responder NATS_URL\n")
+        sys.stderr.write("usage: bench/raw.py client|responder NATS_URL\n")
         return 2
     asyncio.run(_main(argv[0], argv[1]))
     return 0

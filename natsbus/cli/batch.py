@@ -24,8 +24,8 @@ from typing import Any, Iterator, List, Optional, TextIO, Tuple
 
 import attrs
 
-from . import codec
-from .messages import Command, Kind, Query
+from .. import codec
+from ..messages import Command, Kind, Query
 
 __all__ = ["BATCH_COMMANDS", "ProgressBar", "add_batch_commands", "run_batch"]
 
@@ -167,8 +167,8 @@ def _payloads(path: str, stdin: TextIO) -> Tuple[Iterator[Tuple[int, Any]], int]
 
 def run_batch(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Optional[TextIO] = None) -> int:
     """Run ``execute-many`` / ``ask-many``; return the exit status."""
-    from .bus import Bus, CommandBus, QueryBus
-    from .errors import NatsBusError
+    from ..bus import Bus, CommandBus, QueryBus
+    from ..errors import NatsBusError
 
     name = args.command
     kind = Kind.COMMAND if name == "execute-many" else Kind.QUERY

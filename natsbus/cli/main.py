@@ -50,10 +50,10 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO
 
-from . import __version__
+from .._version import __version__
 
 if TYPE_CHECKING:
-    from .bus import Bus
+    from ..bus import Bus
 
 __all__ = ["main"]
 
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_ops_commands(sub)
     _add_durable_commands(sub)
     _add_batch_commands(sub)
-    from ._bench import add_arguments as add_bench_arguments
+    from ..bench.runner import add_arguments as add_bench_arguments
 
     bench = sub.add_parser(
         "bench",
@@ -116,7 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     level = args.log_level or ("INFO" if args.command == "worker" else "WARNING")
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "demo":
-        from .demo import run_demo
+        from ..demo import run_demo
 
         return run_demo(args.server)
     if args.command == "worker":
@@ -128,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command in _BATCH_COMMANDS:
         return _run_batch(args, sys.stdout, sys.stderr)
     if args.command == "bench":
-        from ._bench import run_bench
+        from ..bench.runner import run_bench
 
         return run_bench(args)
     parser.print_help(sys.stderr)
@@ -149,10 +149,10 @@ def _load(target: str) -> Any:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from .bus import Bus
-    from .config import NatsConfig
-    from .errors import ConnectError, NatsBusError
-    from .worker import WorkerPool
+    from ..bus import Bus
+    from ..config import NatsConfig
+    from ..errors import ConnectError, NatsBusError
+    from ..worker import WorkerPool
 
     try:
         target = _load(args.target)
@@ -210,7 +210,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _as_pool(target: Any, bus: Any) -> Any:
-    from .worker import WorkerPool
+    from ..worker import WorkerPool
 
     if isinstance(target, WorkerPool):
         return target if target.bus is not None else target.bind(bus)
@@ -232,7 +232,7 @@ _OPS_COMMANDS = ("ls", "ping", "info", "stats", "execute", "ask")
 
 
 def _add_ops_commands(sub: Any) -> None:
-    from .discovery import DEFAULT_TIMEOUT
+    from ..discovery import DEFAULT_TIMEOUT
 
     def add(name: str, help: str, timeout: float) -> argparse.ArgumentParser:
         cmd: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
@@ -262,8 +262,8 @@ def _add_ops_commands(sub: Any) -> None:
 
 
 def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .bus import Bus
-    from .errors import NatsBusError
+    from ..bus import Bus
+    from ..errors import NatsBusError
 
     payload: Any = None
     if args.command in ("execute", "ask"):
@@ -283,19 +283,19 @@ def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 1
 
 
-# -- batch commands: execute-many, ask-many (natsbus._cli_batch) -------------------
+# -- batch commands: execute-many, ask-many (natsbus.cli.batch) -------------------
 
 _BATCH_COMMANDS = ("execute-many", "ask-many")
 
 
 def _add_batch_commands(sub: Any) -> None:
-    from ._cli_batch import add_batch_commands
+    from .batch import add_batch_commands
 
     add_batch_commands(sub)
 
 
 def _run_batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ._cli_batch import run_batch
+    from .batch import run_batch
 
     return run_batch(args, out, err)
 
@@ -362,10 +362,10 @@ def _write_metadata(out: TextIO, metadata: Any) -> None:
 
 
 def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: TextIO) -> int:
-    from .bus import ERROR_CODE_HEADER, ERROR_HEADER
-    from .envelope import create_request_envelope, new_id
-    from .errors import RequestTimeoutError
-    from .messages import Kind
+    from ..bus import ERROR_CODE_HEADER, ERROR_HEADER
+    from ..envelope import create_request_envelope, new_id
+    from ..errors import RequestTimeoutError
+    from ..messages import Kind
 
     kind = Kind.COMMAND if args.command == "execute" else Kind.QUERY
     envelope = create_request_envelope(args.type, new_id(kind), args.service_id, payload, kind=kind)
@@ -422,9 +422,9 @@ def _add_durable_commands(sub: Any) -> None:
 
 
 def _run_durable(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .bus import Bus
-    from .durable import DurableConfig, dead_letters, pending, replay
-    from .errors import ConfigError, NatsBusError
+    from ..bus import Bus
+    from ..durable import DurableConfig, dead_letters, pending, replay
+    from ..errors import ConfigError, NatsBusError
 
     action = getattr(args, "durable_command", None)
     if action is None:

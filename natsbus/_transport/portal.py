@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from typing import Any, Awaitable, Callable, Deque, Generic, Optional, Set, TypeVar
 
-from .errors import BusClosedError, LifecycleError, LoopThreadError
+from ..errors import BusClosedError, LifecycleError, LoopThreadError
 
 T = TypeVar("T")
 Item = TypeVar("Item")

@@ -1,7 +1,7 @@
 """The natsbus side of ``natsbus bench``: the responder and client child processes.
 
-``python -m natsbus._bench_roles responder|client URL`` runs one role,
-driven over JSON lines by :mod:`natsbus._bench`. It is kept apart from the
+``python -m natsbus.bench.roles responder|client URL`` runs one role,
+driven over JSON lines by :mod:`natsbus.bench.runner`. It is kept apart from the
 bench driver (argument parsing, reports, charts) so a natsbus child holds
 what an application would (natsbus and its dependencies), as the raw
 baseline's child holds only nats-py: the memory figures compare like with
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import attrs
 
-from .bus import Bus, CommandBus
-from .demo import CreateUserCommand, UserCreated
-from .envelope import utc_timestamp
-from .messages import Command
+from ..bus import Bus, CommandBus
+from ..demo import CreateUserCommand, UserCreated
+from ..envelope import utc_timestamp
+from ..messages import Command
 
 if TYPE_CHECKING:  # the responder imports it when it starts; the client never does
-    from .worker import WorkerPool
+    from ..worker import WorkerPool
 
 #: The queue group (and service id) both responders serve in.
 SERVICE_ID = "user-service"
@@ -87,7 +87,7 @@ def _acknowledge(message: Any) -> Dict[str, bool]:
 
 def build_pool(bus: Bus, types: int) -> WorkerPool:
     """The bench's WorkerPool (default size) with ``types`` extra message types."""
-    from .worker import WorkerPool
+    from ..worker import WorkerPool
 
     pool = WorkerPool(bus, service_id=SERVICE_ID)
     pool.register(create_user)
@@ -318,9 +318,9 @@ def _run_batches(execute_many: Callable[..., List[Any]], message: Any, op: Dict[
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """``python -m natsbus._bench_roles client|responder URL``: one natsbus role of the bench."""
+    """``python -m natsbus.bench.roles client|responder URL``: one natsbus role of the bench."""
     if len(argv) != 2 or argv[0] not in ("client", "responder"):
-        sys.stderr.write("usage: python -m natsbus._bench_roles client|responder NATS_URL\n")
+        sys.stderr.write("usage: python -m natsbus.bench.roles client|responder NATS_URL\n")
         return 2
     return _client_main(argv[1]) if argv[0] == "client" else _responder_main(argv[1])
 
