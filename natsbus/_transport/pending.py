@@ -1,0 +1,106 @@
+"""A request's reply, waited for by one thread: the hand-off from the loop to a caller."""
+
+from __future__ import annotations
+
+from _thread import allocate_lock
+from threading import TIMEOUT_MAX
+from typing import Callable, Dict, NamedTuple, Optional
+
+from .wire import Headers
+
+
+class Reply(NamedTuple):
+    """A reply message: its body and headers."""
+
+    data: bytes
+    headers: Headers
+
+
+class GatheredReply(NamedTuple):
+    """One of several replies to a request sent to many (see :meth:`Transport.gather`).
+
+    Attributes:
+        data: The body.
+        headers: The headers, or ``None``.
+        rtt: Seconds from sending the request to receiving this reply.
+    """
+
+    data: bytes
+    headers: Headers
+    rtt: float
+
+
+class WaitTimeout(Exception):
+    """:meth:`PendingReply.result` gave up waiting (the request is abandoned)."""
+
+
+class PendingReply:
+    """One request's reply, waited for by a thread.
+
+    Completed once, by whoever takes its token out of the transport's map:
+    the loop with the reply, or a closing Bus with an error. Waiting is one
+    lock acquire; completing is one release.
+
+    Attributes:
+        subject: Where the request was sent.
+        token: Its key in the reply map.
+    """
+
+    __slots__ = ("_done", "_error", "_lock", "_notify", "_reply", "_waiters", "subject", "token")
+
+    def __init__(
+        self,
+        subject: str,
+        token: bytes,
+        waiters: Dict[bytes, PendingReply],
+        notify: Optional[Callable[[PendingReply], None]] = None,
+    ) -> None:
+        self.subject = subject
+        self.token = token
+        self._waiters = waiters
+        self._notify = notify
+        self._lock = allocate_lock()
+        self._lock.acquire()
+        self._done = False
+        self._reply: Optional[Reply] = None
+        self._error: Optional[BaseException] = None
+
+    def settle(self, reply: Optional[Reply], error: Optional[BaseException]) -> None:
+        self._reply = reply
+        self._error = error
+        self._done = True
+        self._lock.release()
+        if self._notify is not None:
+            self._notify(self)
+
+    def done(self) -> bool:
+        """Whether the reply (or an error) is in."""
+        return self._done
+
+    def result(self, timeout: Optional[float] = None) -> Reply:
+        """Wait for the reply; ``None`` waits forever.
+
+        Raises:
+            WaitTimeout: nothing came in time; the request is abandoned.
+            NatsBusError: the request failed (no handler, Bus closed, ...).
+        """
+        if not self._done:
+            if not self._lock.acquire(True, -1 if timeout is None else min(max(0.0, timeout), TIMEOUT_MAX)):
+                if self._waiters.pop(self.token, None) is not None:
+                    raise WaitTimeout()
+                # The loop took the token a moment ago: the reply is being handed over.
+                self._lock.acquire()
+            self._lock.release()
+        if self._error is not None:
+            raise self._error
+        assert self._reply is not None
+        return self._reply
+
+    def abandon(self) -> bool:
+        """Stop waiting: forget the token, so a late reply is dropped.
+
+        Returns:
+            False when the reply was already being handed over (it will
+            complete), True when the request is now abandoned.
+        """
+        return self._waiters.pop(self.token, None) is not None
