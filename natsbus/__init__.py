@@ -9,10 +9,11 @@ unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
 from typing import TYPE_CHECKING, Any, Dict, List
 
 from ._version import __version__
-from .bus import DEFAULT, Bus, CommandBus, QueryBus
+from .bus import Bus
 from .codec import converter
 from .config import NatsConfig
 from .context import RequestContext, current_request
+from .cqrs import DEFAULT, CommandBus, QueryBus
 from .envelope import (
     RequestEnvelope,
     ResponseEnvelope,
@@ -55,11 +56,12 @@ from .policies import QueryCache, RetryPolicy
 
 if TYPE_CHECKING:  # imported on first use (below): a client-only process never loads them
     from .discovery import EndpointInfo, EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
+    from .dispatch import Dispatcher
     from .durable import DeadLetter, DurableConfig
     from .idempotency import IdempotencyStore, KeyValueIdempotencyStore, MemoryIdempotencyStore
     from .metrics import PrometheusCollector
     from .server import NatsCluster, NatsServer
-    from .worker import Dispatcher, WorkerPool
+    from .worker import WorkerPool
 
 #: Public names whose modules load on first use, and where they live.
 _LAZY: Dict[str, str] = {
@@ -76,7 +78,7 @@ _LAZY: Dict[str, str] = {
     "PrometheusCollector": "metrics",
     "NatsCluster": "server",
     "NatsServer": "server",
-    "Dispatcher": "worker",
+    "Dispatcher": "dispatch",
     "WorkerPool": "worker",
 }
 

@@ -28,7 +28,7 @@ from ._transport import Handler, RawHeaders, Transport, new_nuid
 from .errors import BusClosedError, ConfigError
 
 if TYPE_CHECKING:
-    from .worker import Dispatcher
+    from .dispatch import Dispatcher
 
 __all__ = [
     "INFO_RESPONSE_TYPE",

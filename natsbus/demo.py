@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, TextIO
 
 import attrs
 
-from .bus import Bus, CommandBus, QueryBus
+from .bus import Bus
+from .cqrs import CommandBus, QueryBus
 from .envelope import utc_timestamp
 from .errors import ConflictError, NotFoundError, ServiceError
 from .messages import Command, Query

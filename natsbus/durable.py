@@ -67,10 +67,18 @@ import attrs
 
 from . import codec
 from ._resources import BucketSpec, ConsumerSpec, StreamSpec
-from ._transport import header_value
 from ._transport.jetstream import ConsumerState, JetStream, JsMessage, Puller, StoredMessage, jetstream_for
-from .bus import ERROR_CODE_HEADER, ERROR_HEADER, _service_error
-from .envelope import decode_response, new_id, peek_id, utc_timestamp
+from .envelope import (
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+    decode_response,
+    error_reply,
+    header_value,
+    new_id,
+    peek_id,
+    service_error,
+    utc_timestamp,
+)
 from .errors import (
     ConfigError,
     EnvelopeError,
@@ -87,8 +95,10 @@ from .idempotency import ReplyPair, done_record, read_record, record_key, record
 from .messages import Kind, _check_token, ensure_message_class, message_kind, type_name
 
 if TYPE_CHECKING:
-    from .bus import Bus, CommandBus
-    from .worker import HandlerRoute, WorkerPool
+    from .bus import Bus
+    from .cqrs import CommandBus
+    from .dispatch import HandlerRoute
+    from .worker import WorkerPool
 
 __all__ = [
     "ConsumerState",
@@ -450,7 +460,7 @@ def _decode_result(record: Dict[str, Any], command_id: str, returns: Any) -> Any
     if envelope.id != command_id:
         raise EnvelopeError(f"stored response answers {envelope.id!r}, not {command_id!r}")
     if not envelope.success:
-        raise _service_error(envelope, headers, subject)
+        raise service_error(envelope, headers, subject)
     if returns is None or envelope.payload is None:
         return envelope.payload
     try:
@@ -752,8 +762,6 @@ class DurableConsumer:
         self._run(lambda: js.publish(subject, msg.data, headers, msg_id=msg_id, stream=cfg.dead_letter_stream))
         if command_id:
             if reply is None:
-                from .worker import error_reply
-
                 failure = error_class_for_code(code or "500")(error)
                 reply = error_reply(Kind.COMMAND, command_id, failure)
             record_bytes = done_record(command_id, msg.subject, reply)

@@ -17,12 +17,18 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Type
 
 import attrs
 
 from . import codec
-from .errors import EnvelopeError
+from .errors import (
+    EnvelopeError,
+    HandlerError,
+    InvalidRequestError,
+    ServiceError,
+    error_class_for_code,
+)
 from .messages import Kind, command_subject, query_subject
 
 __all__ = [
@@ -326,3 +332,52 @@ def decode_response(data: bytes, kind: Optional[Kind] = None) -> ResponseEnvelop
         payload=obj.get("payload"),
         error=error,
     )
+
+
+# -- error replies: the envelope and the NATS micro headers that go with it ---------------
+
+#: NATS headers of a message (``None`` when there are none).
+Headers = Optional[Dict[str, str]]
+
+#: NATS micro headers carrying an error reply's text and code.
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+
+
+def header_value(text: str, limit: int = 1024) -> str:
+    """``text`` made fit for a NATS header value: one line, at most ``limit`` characters."""
+    return " ".join(text.split())[:limit]
+
+
+def error_reply(kind: Kind, message_id: str, error: ServiceError) -> Tuple[bytes, Headers]:
+    """The spec's error envelope for ``error``, with the NATS micro headers."""
+    text = error.message
+    body = codec.dumps(
+        {
+            "success": False,
+            _ID_KEY[kind]: message_id,
+            "timestamp": utc_timestamp(),
+            "payload": None,
+            "error": text,
+        }
+    )
+    return body, {ERROR_HEADER: header_value(text), ERROR_CODE_HEADER: str(error.code)}
+
+
+def service_error(envelope: ResponseEnvelope, headers: Headers, subject: str) -> ServiceError:
+    """The typed error an error reply stands for.
+
+    The class comes from the ``Nats-Service-Error-Code`` header (every
+    natsbus worker sends it). A responder that follows only the wire
+    contract sends no headers: then the spec's ``Invalid request format:``
+    prefix is the one signal there is, and anything else is a handler error.
+    """
+    text = envelope.error or "unknown error"
+    code = headers.get(ERROR_CODE_HEADER) if headers else None
+    if code is not None:
+        cls: Type[ServiceError] = error_class_for_code(code)
+    elif text.startswith(INVALID_REQUEST_PREFIX):
+        cls = InvalidRequestError
+    else:
+        cls = HandlerError
+    return cls(text, subject=subject, envelope=envelope)

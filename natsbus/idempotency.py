@@ -58,14 +58,13 @@ import attrs
 from . import codec
 from ._transport import Headers
 from ._transport.jetstream import jetstream_for
-from .bus import ERROR_CODE_HEADER, ERROR_HEADER
-from .envelope import peek_id
+from .envelope import ERROR_CODE_HEADER, ERROR_HEADER, error_reply, peek_id
 from .errors import BusyError, ConfigError, JetStreamError, NatsBusError
 from .messages import Kind
 
 if TYPE_CHECKING:
     from .bus import Bus
-    from .worker import HandlerRoute
+    from .dispatch import HandlerRoute
 
 __all__ = [
     "Claim",
@@ -220,8 +219,6 @@ def _quietly(fn: Callable[..., None], *args: Any) -> None:
 
 
 def _busy(command_id: str, text: str, subject: str) -> ReplyPair:
-    from .worker import error_reply  # the worker imports this module's users lazily
-
     return error_reply(Kind.COMMAND, command_id, BusyError(text, subject=subject))
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Type, TypeVar, overload
 
-from .bus import TimeoutArg
+from .cqrs import TimeoutArg
 from .messages import Command, Query
 
 __all__ = ["CommandBusPort", "QueryBusPort"]

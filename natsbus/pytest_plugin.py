@@ -51,7 +51,8 @@ from typing import Any, Iterable, Iterator, List
 
 import pytest
 
-from .bus import Bus, CommandBus, QueryBus
+from .bus import Bus
+from .cqrs import CommandBus, QueryBus
 from .server import NatsServer
 from .testing import InMemoryBus
 from .worker import WorkerPool

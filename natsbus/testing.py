@@ -59,11 +59,13 @@ from typing import (
 )
 
 from ._transport import Headers, Reply
-from .bus import DEFAULT, Bus, TimeoutArg, _MessageBus
+from .bus import Bus
+from .cqrs import DEFAULT, TimeoutArg, _MessageBus
+from .dispatch import Dispatcher
 from .errors import BusClosedError, ConfigError, NoHandlerError, PayloadTooLargeError, RequestTimeoutError
 from .messages import Command, Kind, Query
 from .middleware import ClientCall, HandlerRequest, Middleware, run_client
-from .worker import Dispatcher, WorkerPool
+from .worker import WorkerPool
 
 __all__ = ["InMemoryBus", "InMemoryCommandBus", "InMemoryQueryBus"]
 

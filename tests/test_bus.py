@@ -182,13 +182,12 @@ def test_invalid_request_format_is_a_distinct_subclass(bus: Bus, user_pool: Work
 
 
 def test_invalid_request_without_code_header_still_maps_by_text() -> None:
-    from natsbus.bus import _service_error
-    from natsbus.envelope import create_response_envelope
+    from natsbus.envelope import create_response_envelope, service_error
 
     env = create_response_envelope(False, "cmd-1", None, "Invalid request format: expected 'name' field")
-    assert type(_service_error(env, None, "commands.X")) is InvalidRequestError
+    assert type(service_error(env, None, "commands.X")) is InvalidRequestError
     env = create_response_envelope(False, "cmd-1", None, "boom")
-    assert type(_service_error(env, None, "commands.X")) is HandlerError
+    assert type(service_error(env, None, "commands.X")) is HandlerError
 
 
 def test_sending_a_query_on_the_command_bus_is_refused(bus: Bus) -> None:

@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional
 import attrs
 import pytest
 
-import natsbus.bus
-import natsbus.worker
+import natsbus.cqrs
+import natsbus.dispatch
 from natsbus import (
     Bus,
     BusyError,
@@ -30,8 +30,8 @@ from natsbus import (
     WorkerPool,
     current_request,
 )
-from natsbus.bus import ERROR_CODE_HEADER
 from natsbus.context import DEADLINE_HEADER, RequestContext
+from natsbus.envelope import ERROR_CODE_HEADER
 from natsbus.middleware import (
     ClientCall,
     ClientMiddleware,
@@ -524,8 +524,8 @@ def test_without_middleware_the_chain_is_never_entered(bus: Bus, monkeypatch: py
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the middleware chain ran without middleware")
 
-    monkeypatch.setattr(natsbus.bus, "run_client", forbidden)
-    monkeypatch.setattr(natsbus.worker, "run_handler", forbidden)
+    monkeypatch.setattr(natsbus.cqrs, "run_client", forbidden)
+    monkeypatch.setattr(natsbus.dispatch, "run_handler", forbidden)
 
     def add(cmd: MwAdd) -> int:
         return cmd.a + cmd.b

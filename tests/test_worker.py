@@ -23,7 +23,7 @@ from natsbus import (
     WorkerPool,
 )
 from natsbus.demo import CreateUserCommand, UserCreated
-from natsbus.worker import Dispatcher
+from natsbus.dispatch import Dispatcher
 
 
 @attrs.frozen

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Tuple, Union
 
+from ..envelope import Headers, header_value
 from ..errors import ConfigError
 
-Headers = Optional[Dict[str, str]]
+__all__ = [
+    "NO_RESPONDERS",
+    "Handler",
+    "Headers",
+    "RawHeaders",
+    "as_headers",
+    "check_subject",
+    "encode_headers",
+    "frame",
+    "header_value",
+    "parse_headers",
+]
+
 #: Headers as a subscription handler gets them: raw header bytes on the
 #: fast path, a dict on the public-API path, or None. See :func:`as_headers`.
 RawHeaders = Union[bytes, Dict[str, str], None]
@@ -79,11 +92,6 @@ def encode_headers(headers: Dict[str, str]) -> bytes:
         if len(_HEADER_CACHE) < 256:
             _HEADER_CACHE[key] = block
     return block
-
-
-def header_value(text: str, limit: int = 1024) -> str:
-    """``text`` made fit for a NATS header value: one line, at most ``limit`` characters."""
-    return " ".join(text.split())[:limit]
 
 
 def check_subject(subject: str) -> None:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import attrs
 
-from ..bus import Bus, CommandBus
+from ..bus import Bus
+from ..cqrs import CommandBus
 from ..demo import CreateUserCommand, UserCreated
 from ..envelope import utc_timestamp
 from ..messages import Command

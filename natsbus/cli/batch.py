@@ -167,7 +167,8 @@ def _payloads(path: str, stdin: TextIO) -> Tuple[Iterator[Tuple[int, Any]], int]
 
 def run_batch(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Optional[TextIO] = None) -> int:
     """Run ``execute-many`` / ``ask-many``; return the exit status."""
-    from ..bus import Bus, CommandBus, QueryBus
+    from ..bus import Bus
+    from ..cqrs import CommandBus, QueryBus
     from ..errors import NatsBusError
 
     name = args.command

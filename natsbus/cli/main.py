@@ -362,8 +362,7 @@ def _write_metadata(out: TextIO, metadata: Any) -> None:
 
 
 def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: TextIO) -> int:
-    from ..bus import ERROR_CODE_HEADER, ERROR_HEADER
-    from ..envelope import create_request_envelope, new_id
+    from ..envelope import ERROR_CODE_HEADER, ERROR_HEADER, create_request_envelope, new_id
     from ..errors import RequestTimeoutError
     from ..messages import Kind
 

@@ -24,8 +24,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import attrs
 
-from ..bus import Bus, CommandBus, QueryBus
+from ..bus import Bus
 from ..config import NatsConfig
+from ..cqrs import CommandBus, QueryBus
 from ..errors import ConfigError
 from ..ports import CommandBusPort, QueryBusPort
 from ..testing import InMemoryBus

@@ -45,7 +45,8 @@ from typing import Any, Callable, Optional, TypeVar, overload
 from django.conf import settings
 from django.db import transaction
 
-from ...bus import DEFAULT, Bus, TimeoutArg
+from ...bus import Bus
+from ...cqrs import DEFAULT, TimeoutArg
 from ...errors import ConfigError
 from ...messages import Command, Kind, ensure_message_class, message_kind
 from ...ports import CommandBusPort, QueryBusPort

@@ -1,0 +1,613 @@
+"""The blocking command and query buses: :class:`CommandBus` and :class:`QueryBus`.
+
+They turn a message into a request envelope, send it through the
+:class:`~natsbus.Bus`, and turn the reply into a result or a typed error;
+retries, the query cache, client middleware, ``submit`` and the pipelined
+``*_many`` calls live here too.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import queue
+import time
+from collections import OrderedDict
+from collections.abc import Sequence, Sized
+from concurrent.futures import Future
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+    overload,
+)
+
+import attrs
+
+from . import codec
+from ._transport import Headers, PendingReply, Reply
+from .bus import Bus
+from .context import DEADLINE_HEADER
+from .envelope import decode_response, new_id, service_error, utc_timestamp
+from .errors import (
+    ConfigError,
+    EnvelopeError,
+    NatsBusError,
+    RequestTimeoutError,
+)
+from .messages import (
+    Command,
+    Kind,
+    Query,
+    ensure_message_class,
+    message_kind,
+    result_type,
+    subject_for,
+    type_name,
+)
+from .middleware import ClientCall, Middleware, run_client
+from .policies import QueryCache, RetryPolicy
+
+__all__ = ["DEFAULT", "CommandBus", "QueryBus", "TimeoutArg"]
+
+logger = logging.getLogger("natsbus.bus")
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class _Default(enum.Enum):
+    DEFAULT = "DEFAULT"
+
+
+#: "Use the bus's own timeout" (``None`` would mean "no limit").
+DEFAULT = _Default.DEFAULT
+TimeoutArg = Union[float, None, _Default]
+
+
+@attrs.frozen
+class _Route:
+    name: str
+    subject: str
+    result: Any
+
+
+@attrs.frozen
+class _Request:
+    """One encoded request, ready to send (and to resend, for retries)."""
+
+    route: _Route
+    message_id: str
+    payload: Any
+    body: bytes
+    headers: Headers = None  # headers client middleware added
+
+
+class _MessageBus:
+    _kind: Kind
+
+    def __init__(
+        self,
+        bus: Bus,
+        timeout: Optional[float],
+        service_id: str,
+        retry: Optional[RetryPolicy] = None,
+        middleware: Sequence[Middleware[ClientCall]] = (),
+    ) -> None:
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        self.bus = bus
+        self.timeout = timeout
+        self.service_id = service_id
+        self.retry = retry
+        self.middleware: Tuple[Middleware[ClientCall], ...] = tuple(middleware)
+        self._routes: Dict[type, _Route] = {}
+        self._type_key = f"{self._kind.value}_type"
+        self._id_key = f"{self._kind.value}_id"
+        self._header_cache: Dict[float, Dict[str, str]] = {}
+        label = self._kind.label
+        self._timeout_text: Callable[[int], str] = lambda ms: f"{label} request timeout after {ms}ms"
+
+    def _route(self, cls: type) -> _Route:
+        route = self._routes.get(cls)
+        if route is None:
+            ensure_message_class(cls)
+            kind = message_kind(cls)
+            if kind is not None and kind is not self._kind:
+                raise ConfigError(
+                    f"{cls.__name__} is a {kind.value}; send it with the "
+                    f"{'CommandBus' if kind is Kind.COMMAND else 'QueryBus'}"
+                )
+            name = type_name(cls)
+            route = _Route(name, subject_for(self._kind, name), result_type(cls))
+            self._routes[cls] = route
+        return route
+
+    def _build(self, message: Any) -> _Request:
+        route = self._route(type(message))
+        message_id = new_id(self._kind)
+        payload = codec.unstructure(message)
+        body = codec.dumps(
+            {
+                self._type_key: route.name,
+                self._id_key: message_id,
+                "service_id": self.service_id,
+                "timestamp": utc_timestamp(),
+                "payload": payload,
+            }
+        )
+        return _Request(route, message_id, payload, body)
+
+    def _limit(self, timeout: TimeoutArg) -> Optional[float]:
+        return self.timeout if timeout is DEFAULT else timeout
+
+    def _call(self, request: _Request, timeout: TimeoutArg, returns: Any, retry: Any) -> Tuple[Any, Reply]:
+        """Send (and resend, per the retry policy); return the result and its reply."""
+        limit = self._limit(timeout)
+        policy: Optional[RetryPolicy] = self.retry if retry is DEFAULT else retry
+        attempt = 0
+        while True:
+            try:
+                reply = self._exchange(request, limit)
+                return self._result(reply, request.route, request.message_id, returns), reply
+            except NatsBusError as exc:
+                if policy is None or not policy.should_retry(exc, attempt):
+                    raise
+                delay = policy.delay(attempt)
+                attempt += 1
+                logger.info(
+                    "%s %s: %s; retry %d in %.2fs", request.route.subject, request.message_id, exc, attempt, delay
+                )
+                time.sleep(delay)
+
+    def _headers(self, limit: Optional[float]) -> Headers:
+        """The deadline header for a call with this timeout (shared; never mutated)."""
+        if limit is None:
+            return None
+        headers = self._header_cache.get(limit)
+        if headers is None:
+            headers = {DEADLINE_HEADER: str(max(1, round(limit * 1000)))}
+            if len(self._header_cache) < 64:
+                self._header_cache[limit] = headers
+        return headers
+
+    def _exchange(self, request: _Request, limit: Optional[float]) -> Reply:
+        headers = self._headers(limit)
+        if request.headers:  # a new dict: the cached deadline headers are shared
+            headers = {**request.headers, **headers} if headers else dict(request.headers)
+        pending = self.bus._send(request.route.subject, request.body, headers)
+        return self.bus._wait(pending, limit, self._timeout_text)
+
+    # -- begin
+    def _call_in_chain(
+        self, message: Any, request: _Request, timeout: TimeoutArg, returns: Any, retry: Any
+    ) -> Tuple[Any, Reply]:
+        """:meth:`_call` inside the client middleware chain (only called when there is one)."""
+        route = request.route
+        call = ClientCall(
+            message, route.name, self._kind, route.subject, request.message_id, self.service_id, self._limit(timeout)
+        )
+
+        def send() -> Tuple[Any, Reply]:
+            # Read once the before-hooks have run: they may have added headers.
+            sent = attrs.evolve(request, headers=dict(call.headers)) if call.headers else request
+            return self._call(sent, timeout, returns, retry)
+
+        return run_client(self.middleware, call, send, lambda pair: pair[0])  # after-hooks get the result
+
+    # -- end
+
+    def _result(self, reply: Reply, route: _Route, message_id: str, returns: Any) -> Any:
+        target = returns if returns is not None else route.result
+        # The common case, checked inline: a well-formed success for this id.
+        try:
+            obj = codec.loads(reply.data)
+        except (ValueError, TypeError):
+            obj = None
+        if type(obj) is dict and obj.get("success") is True and obj.get(self._id_key) == message_id:
+            return _structure_result(obj.get("payload"), target, route)
+        # Anything else gets the full validation and a precise error.
+        try:
+            envelope = decode_response(reply.data, self._kind)
+        except EnvelopeError as exc:
+            raise EnvelopeError(f"invalid response from {route.subject}: {exc}") from None
+        if envelope.id != message_id:
+            raise EnvelopeError(f"response from {route.subject} answers {envelope.id!r}, not {message_id!r}")
+        if not envelope.success:
+            raise service_error(envelope, reply.headers, route.subject)
+        return _structure_result(envelope.payload, target, route)
+
+    def submit(self, message: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None) -> Future[Any]:
+        """Send ``message`` now; return a future of its result.
+
+        The future is a ``concurrent.futures.Future``: wait on it, combine
+        it with ``concurrent.futures.wait``/``as_completed``, or add
+        callbacks (they run on a natsbus helper thread, never the loop).
+        It fails with the errors :meth:`execute` raises once the request
+        is sent (the timeout included); errors found before sending (a
+        closed Bus, a payload over the limit, a bad message) are raised by
+        ``submit()`` itself. No retries: a future is one attempt. Callbacks
+        share one thread per Bus: one that blocks delays every other
+        future of the Bus.
+        """
+        request = self._build(message)
+        limit = self._limit(timeout)
+        completer = self.bus._completer()
+        pending = self.bus._send(request.route.subject, request.body, self._headers(limit), completer.notify)
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        ms = round((limit or 0) * 1000)
+        completer.watch(
+            pending,
+            None if limit is None else time.monotonic() + limit,
+            lambda reply: self._result(reply, request.route, request.message_id, returns),
+            future,
+            lambda: RequestTimeoutError(self._timeout_text(ms), subject=request.route.subject, timeout=limit),
+        )
+        return future
+
+    def _many(
+        self,
+        messages: Iterable[Any],
+        concurrency: int,
+        timeout: TimeoutArg,
+        return_exceptions: bool,
+        progress: Optional[Callable[[int, Optional[int]], None]],
+        returns: Any,
+    ) -> List[Any]:
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        limit = self._limit(timeout)
+        total = len(messages) if isinstance(messages, Sized) else None
+        source = iter(messages)
+        results: List[Any] = []
+        # pending -> (index, deadline, request); insertion order is send
+        # order, and every request has the same timeout, so the first entry
+        # always has the earliest deadline.
+        outstanding: OrderedDict[PendingReply, Tuple[int, float, _Request]] = OrderedDict()
+        done: queue.SimpleQueue[PendingReply] = queue.SimpleQueue()
+        finished = 0
+        exhausted = False
+        ms = round((limit or 0) * 1000)
+        headers = self._headers(limit)
+
+        def settle(index: int, value: Any, failed: bool) -> None:
+            nonlocal finished
+            if failed and not return_exceptions:
+                raise value
+            results[index] = value
+            finished += 1
+            if progress is not None:
+                progress(finished, total)
+
+        try:
+            while True:
+                while not exhausted and len(outstanding) < concurrency:
+                    try:
+                        message = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    index = len(results)
+                    results.append(None)
+                    try:
+                        request = self._build(message)
+                        pending = self.bus._send(request.route.subject, request.body, headers, done.put)
+                    except (NatsBusError, TypeError, ValueError) as exc:
+                        settle(index, exc, True)
+                        continue
+                    deadline = math.inf if limit is None else time.monotonic() + limit
+                    outstanding[pending] = (index, deadline, request)
+                if not outstanding:
+                    if exhausted:
+                        return results
+                    continue
+                first_deadline = next(iter(outstanding.values()))[1]
+                wait = None if first_deadline == math.inf else max(0.0, first_deadline - time.monotonic())
+                try:
+                    ready = [done.get(timeout=wait)]
+                except queue.Empty:
+                    ready = []
+                while True:  # take every completion that is already there
+                    try:
+                        ready.append(done.get_nowait())
+                    except queue.Empty:
+                        break
+                for pending in ready:
+                    entry = outstanding.pop(pending, None)
+                    if entry is None:
+                        continue  # expired already
+                    index, _, request = entry
+                    try:
+                        value = self._result(pending.result(), request.route, request.message_id, returns)
+                    except NatsBusError as exc:
+                        settle(index, exc, True)
+                    else:
+                        settle(index, value, False)
+                now = time.monotonic()
+                while outstanding:
+                    pending, (index, deadline, request) = next(iter(outstanding.items()))
+                    if deadline > now or not pending.abandon():
+                        break  # not due, or its reply is being handed over: its notice is on the way
+                    del outstanding[pending]
+                    error = RequestTimeoutError(self._timeout_text(ms), subject=request.route.subject, timeout=limit)
+                    settle(index, error, True)
+        finally:
+            for pending in outstanding:
+                pending.abandon()
+
+
+def _structure_result(payload: Any, target: Any, route: _Route) -> Any:
+    if target is None or payload is None:
+        return payload
+    try:
+        return codec.structure(payload, target)
+    except ValueError as exc:
+        raise EnvelopeError(
+            f"response payload from {route.subject} does not fit {getattr(target, '__name__', target)}: {exc}"
+        ) from None
+
+
+class CommandBus(_MessageBus):
+    """Sends commands (writes) and waits for their results.
+
+    Args:
+        bus: The connection.
+        timeout: Default seconds per call (``None``: no limit).
+        service_id: The ``service_id`` put in each request envelope.
+        retry: A :class:`RetryPolicy` for every call (off by default).
+        middleware: Client middleware run around each :meth:`execute`, on
+            the calling thread (see :mod:`natsbus.middleware`); not run by
+            :meth:`submit` and :meth:`execute_many` yet.
+    """
+
+    _kind = Kind.COMMAND
+
+    def __init__(
+        self,
+        bus: Bus,
+        timeout: Optional[float] = 5.0,
+        service_id: str = "natsbus",
+        *,
+        retry: Optional[RetryPolicy] = None,
+        middleware: Sequence[Middleware[ClientCall]] = (),
+    ) -> None:
+        super().__init__(bus, timeout, service_id, retry, middleware)
+
+    @overload
+    def execute(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT) -> R: ...
+
+    @overload
+    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Type[T], retry: Any = DEFAULT) -> T: ...
+
+    @overload
+    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT) -> Any: ...
+
+    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None, retry: Any = DEFAULT) -> Any:
+        """Send ``command`` to ``commands.{Type}`` and return its result.
+
+        Args:
+            command: An attrs instance (a :class:`Command` or any attrs class).
+            timeout: Seconds for this call; default the bus's; ``None`` no limit.
+            returns: Build the result as this type (overrides ``Command[R]``).
+            retry: A :class:`RetryPolicy` for this call, or ``None`` for no
+                retry; default the bus's. Retries reuse the ``command_id``.
+
+        Returns:
+            The result: an ``R`` for ``Command[R]`` or ``returns``, else
+            the reply payload as plain JSON data.
+
+        Raises:
+            RequestTimeoutError: ``Command request timeout after 5000ms``.
+            NoHandlerError: ``No handler available for commands.X``, at once.
+            ServiceError: the handler failed; a subclass per error code
+                (``InvalidRequestError`` for ``Invalid request format: ...``).
+            PayloadTooLargeError: the request is over the server's limit.
+            EnvelopeError: the reply is not a valid response envelope.
+            BusClosedError: the Bus is closed.
+        """
+        request = self._build(command)
+        if self.middleware:
+            return self._call_in_chain(command, request, timeout, returns, retry)[0]
+        return self._call(request, timeout, returns, retry)[0]
+
+    def execute_many(
+        self,
+        messages: Iterable[Any],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: bool = False,
+        progress: Optional[Callable[[int, Optional[int]], None]] = None,
+        returns: Any = None,
+    ) -> List[Any]:
+        """Execute many commands from one thread, pipelined.
+
+        At most ``concurrency`` requests are in flight at once; results come
+        back in input order. ``messages`` may be any iterable (a generator
+        is consumed lazily, so huge inputs need not fit in memory).
+
+        Args:
+            messages: The commands.
+            concurrency: Requests in flight at most.
+            timeout: Seconds per command.
+            return_exceptions: Put each failure (a natsbus exception) in
+                the result list instead of raising the first one.
+            progress: Called as ``progress(done, total)`` after each
+                command finishes (``total`` is ``None`` for iterators).
+            returns: As for :meth:`execute`.
+
+        Returns:
+            The results (and, with ``return_exceptions``, errors) in input order.
+
+        Raises:
+            NatsBusError: the first failure, unless ``return_exceptions``;
+                the commands still in flight are abandoned.
+        """
+        return self._many(messages, concurrency, timeout, return_exceptions, progress, returns)
+
+    def with_timeout(self, seconds: Optional[float]) -> CommandBus:
+        """A copy of this bus with another default timeout."""
+        return CommandBus(self.bus, seconds, self.service_id, retry=self.retry, middleware=self.middleware)
+
+    # -- durable commands; natsbus.durable does the work ----------------
+
+    def send(self, command: Any, *, command_id: Optional[str] = None, durable: Any = None) -> str:
+        """Store ``command`` in JetStream for a durable worker; return its ``command_id``.
+
+        Fire and forget: returns once JetStream has stored it, whether or
+        not a worker runs now. It goes to ``durable.commands.{Type}``,
+        never to ``commands.{Type}``; a pool started with ``durable=True``
+        runs it. ``Nats-Msg-Id`` is the ``command_id``, so sending the same
+        ``command_id`` again within the duplicate window stores it once.
+        See :mod:`natsbus.durable`.
+
+        Args:
+            command: An attrs command instance.
+            command_id: Use this id (e.g. one derived from your own data,
+                to make re-sends safe); default a fresh ``cmd-<uuid4>``.
+            durable: A :class:`~natsbus.DurableConfig`; default the defaults.
+
+        Returns:
+            The ``command_id``, for :meth:`result`.
+
+        Raises:
+            JetStreamError: JetStream is off, or did not store it.
+            IncompatibleSettingsError: the stream exists with other settings.
+            MessageTypeError: not an attrs class, or a query.
+            PayloadTooLargeError: over the server's max payload.
+        """
+        from .durable import send
+
+        return send(self, command, command_id=command_id, config=durable)
+
+    def result(self, command_id: str, *, wait: float = 0.0, returns: Any = None, durable: Any = None) -> Any:
+        """The result of a command sent with :meth:`send`, waiting up to ``wait`` seconds for it.
+
+        Args:
+            command_id: What :meth:`send` returned.
+            wait: Seconds to wait for the result to be stored (0: look once).
+            returns: Build the result as this type (default: plain JSON data).
+            durable: A :class:`~natsbus.DurableConfig`; default the defaults.
+
+        Returns:
+            The handler's result.
+
+        Raises:
+            ResultNotReadyError: no result stored within ``wait`` (still
+                waiting, running or being retried; or expired, or unknown).
+            ServiceError: the handler's error reply, a subclass per code;
+                also after the command was dead-lettered (its last error).
+        """
+        from .durable import result
+
+        return result(self, command_id, wait=wait, returns=returns, config=durable)
+
+
+class QueryBus(_MessageBus):
+    """Sends queries (reads) and waits for their results.
+
+    Args:
+        bus: The connection.
+        timeout: Default seconds per call (``None``: no limit).
+        service_id: The ``service_id`` put in each request envelope.
+        retry: A :class:`RetryPolicy` for every call (off by default).
+        cache: A :class:`QueryCache` for results (off by default).
+        middleware: Client middleware run around each :meth:`ask` that
+            sends a request (not on a cache hit), on the calling thread
+            (see :mod:`natsbus.middleware`); not run by :meth:`submit` and
+            :meth:`ask_many` yet.
+    """
+
+    _kind = Kind.QUERY
+
+    def __init__(
+        self,
+        bus: Bus,
+        timeout: Optional[float] = 3.0,
+        service_id: str = "natsbus",
+        *,
+        retry: Optional[RetryPolicy] = None,
+        cache: Optional[QueryCache] = None,
+        middleware: Sequence[Middleware[ClientCall]] = (),
+    ) -> None:
+        super().__init__(bus, timeout, service_id, retry, middleware)
+        self.cache = cache
+
+    @overload
+    def ask(self, query: Query[R], *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT, cache: bool = True) -> R: ...
+
+    @overload
+    def ask(
+        self,
+        query: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        returns: Type[T],
+        retry: Any = DEFAULT,
+        cache: bool = True,
+    ) -> T: ...
+
+    @overload
+    def ask(self, query: Any, *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT, cache: bool = True) -> Any: ...
+
+    def ask(
+        self,
+        query: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        returns: Any = None,
+        retry: Any = DEFAULT,
+        cache: bool = True,
+    ) -> Any:
+        """Send ``query`` to ``queries.{Type}`` and return its result.
+
+        Same arguments, results and errors as :meth:`CommandBus.execute`;
+        the timeout text is ``Query request timeout after 3000ms``.
+        ``cache=False`` bypasses (and does not fill) the bus's cache.
+        """
+        request = self._build(query)
+        store = self.cache if cache else None
+        if store is None:
+            if self.middleware:
+                return self._call_in_chain(query, request, timeout, returns, retry)[0]
+            return self._call(request, timeout, returns, retry)[0]
+        key = (request.route.name, codec.dumps(request.payload))
+        hit = store.get(key)
+        if hit is not None:
+            # Decode the cached reply afresh: no two callers share a result.
+            reply, message_id = hit
+            return self._result(reply, request.route, message_id, returns)
+        if self.middleware:
+            result, reply = self._call_in_chain(query, request, timeout, returns, retry)
+        else:
+            result, reply = self._call(request, timeout, returns, retry)
+        store.put(key, (reply, request.message_id))
+        return result
+
+    def ask_many(
+        self,
+        messages: Iterable[Any],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: bool = False,
+        progress: Optional[Callable[[int, Optional[int]], None]] = None,
+        returns: Any = None,
+    ) -> List[Any]:
+        """Ask many queries from one thread, pipelined; see :meth:`CommandBus.execute_many`."""
+        return self._many(messages, concurrency, timeout, return_exceptions, progress, returns)
+
+    def with_timeout(self, seconds: Optional[float]) -> QueryBus:
+        """A copy of this bus with another default timeout."""
+        return QueryBus(
+            self.bus, seconds, self.service_id, retry=self.retry, cache=self.cache, middleware=self.middleware
+        )
