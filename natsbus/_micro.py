@@ -44,6 +44,12 @@ __all__ = [
 logger = logging.getLogger("natsbus.micro")
 
 #: The root of the discovery subjects.
+#: Discovery's defaults (the Bus's discovery methods, natsbus.discovery and the
+#: CLI): seconds to wait for replies in all, and seconds of quiet after which
+#: every instance has answered.
+DISCOVERY_TIMEOUT = 2.0
+DISCOVERY_QUIET = 0.2
+
 PREFIX = "$SRV"
 #: The discovery verbs.
 VERBS = ("PING", "INFO", "STATS")

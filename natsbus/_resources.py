@@ -14,16 +14,48 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 import attrs
 
 from ._transport.jetstream import JetStream
-from .errors import IncompatibleSettingsError
+from .errors import ConfigError, IncompatibleSettingsError
 
-__all__ = ["BucketSpec", "ConsumerSpec", "StreamSpec", "check_settings"]
+__all__ = [
+    "NAME_RE",
+    "BucketSpec",
+    "ConsumerSpec",
+    "StreamSpec",
+    "check_bucket_name",
+    "check_replicas",
+    "check_settings",
+    "check_storage",
+]
 
 logger = logging.getLogger("natsbus.jetstream")
+
+
+#: What a stream, consumer or bucket name may contain.
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_bucket_name(what: str, name: str) -> None:
+    """Raise ConfigError unless ``name`` is a valid stream or bucket name."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(f"{what} must be letters, digits, '-' or '_', got {name!r}")
+
+
+def check_replicas(replicas: int) -> None:
+    """Raise ConfigError unless ``replicas`` is 1..5 (JetStream's range)."""
+    if not isinstance(replicas, int) or not 1 <= replicas <= 5:
+        raise ConfigError(f"replicas must be 1..5, got {replicas!r}")
+
+
+def check_storage(storage: str) -> None:
+    """Raise ConfigError unless ``storage`` is ``file`` or ``memory``."""
+    if storage not in ("file", "memory"):
+        raise ConfigError(f"storage must be 'file' or 'memory', got {storage!r}")
 
 
 def _same(wanted: Any, existing: Any) -> bool:

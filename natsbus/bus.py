@@ -28,6 +28,7 @@ from typing import (
 
 import attrs
 
+from ._micro import DISCOVERY_QUIET, DISCOVERY_TIMEOUT
 from ._transport import Headers, PendingReply, Reply, Transport, WaitTimeout
 from ._transport.portal import Portal
 from .config import NatsConfig
@@ -42,10 +43,6 @@ from .messages import (
 if TYPE_CHECKING:  # natsbus.discovery loads on the first discovery call
     from . import discovery
 
-#: Discovery's defaults (natsbus.discovery uses these too): seconds to wait
-#: for replies in all, and seconds of quiet after which all have answered.
-DISCOVERY_TIMEOUT = 2.0
-DISCOVERY_QUIET = 0.2
 
 __all__ = ["Bus"]
 
@@ -162,8 +159,8 @@ class Bus:
             raise
         return portal, transport
 
-    def _live(self) -> Transport:
-        """The transport to use now; reopens once in a forked child."""
+    def live_transport(self) -> Transport:
+        """The transport to use now; reopens once in a forked child (the :class:`Connection` seam)."""
         if self._generation != _fork_generation:
             with self._lock:
                 if self._generation != _fork_generation and self._state is _State.OPEN:
@@ -241,7 +238,7 @@ class Bus:
             PayloadTooLargeError: ``payload`` is over the server's limit.
             BusClosedError: the Bus is closed.
         """
-        transport = self._live()
+        transport = self.live_transport()
         transport._check_send(subject, payload)
         transport.publish(subject, payload, dict(headers) if headers else None)
 
@@ -251,7 +248,7 @@ class Bus:
         Raises:
             TimeoutError: not confirmed within ``timeout`` seconds.
         """
-        transport = self._live()
+        transport = self.live_transport()
         self._portal.call(transport.flush, timeout)
 
     def _send(
@@ -261,7 +258,7 @@ class Bus:
         headers: Headers,
         notify: Optional[Callable[[PendingReply], None]] = None,
     ) -> PendingReply:
-        transport = self._live()
+        transport = self.live_transport()
         self._portal.check_caller("a blocking natsbus request")
         return transport.request(subject, payload, headers, notify)
 
@@ -286,7 +283,7 @@ class Bus:
 
     def run(self, coro_fn: Any, timeout: Optional[float] = None) -> Any:
         """Run ``coro_fn()`` on the Bus's loop and wait (for extensions)."""
-        self._live()
+        self.live_transport()
         return self._portal.call(coro_fn, timeout)
 
     # -- service discovery (NATS micro protocol; see natsbus.discovery) --------

@@ -27,12 +27,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 import attrs
 
 from . import codec
 from ._micro import (
+    DISCOVERY_QUIET,
+    DISCOVERY_TIMEOUT,
     INFO_RESPONSE_TYPE,
     PING_RESPONSE_TYPE,
     STATS_RESPONSE_TYPE,
@@ -40,12 +42,9 @@ from ._micro import (
     format_rfc3339,
 )
 from ._transport import GatheredReply
-from .bus import DISCOVERY_QUIET, DISCOVERY_TIMEOUT
+from ._transport.connection import Connection
 from .errors import ConfigError, EnvelopeError
 from .messages import Kind, command_subject, message_kind, parse_subject, query_subject, type_name
-
-if TYPE_CHECKING:
-    from .bus import Bus
 
 __all__ = [
     "DEFAULT_QUIET",
@@ -357,7 +356,7 @@ class ServiceStats:
 
 
 def _gather(
-    bus: Bus,
+    bus: Connection,
     verb: str,
     name: Optional[str],
     id: Optional[str],
@@ -372,8 +371,8 @@ def _gather(
     subject = control_subject(verb, name, id)
     if id is not None and count is None:
         count = 1  # one instance has that id
-    transport = bus._live()
-    replies: List[GatheredReply] = bus.run(
+    transport = bus.live_transport()
+    replies: List[GatheredReply] = transport.run(
         lambda: transport.gather(subject, b"", timeout=timeout, quiet=quiet, max_count=count),
         timeout + 5.0,
     )
@@ -397,7 +396,7 @@ def _read(replies: List[GatheredReply], verb: str, parse: Callable[[Dict[str, An
 
 
 def ping(
-    bus: Bus,
+    bus: Connection,
     name: Optional[str] = None,
     id: Optional[str] = None,
     *,
@@ -426,7 +425,7 @@ def ping(
 
 
 def discover(
-    bus: Bus,
+    bus: Connection,
     name: Optional[str] = None,
     id: Optional[str] = None,
     *,
@@ -439,7 +438,7 @@ def discover(
 
 
 def stats(
-    bus: Bus,
+    bus: Connection,
     name: Optional[str] = None,
     id: Optional[str] = None,
     *,
@@ -452,7 +451,7 @@ def stats(
 
 
 def has_handler(
-    bus: Bus,
+    bus: Connection,
     message_type: Union[str, type],
     *,
     kind: Union[Kind, str, None] = None,

@@ -43,9 +43,7 @@ effects that must happen exactly once, the handler also records the
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
-import re
 import threading
 import time
 import uuid
@@ -55,15 +53,16 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import attrs
 
-from . import codec
+from ._records import ReplyPair, done_record, read_record, record_key, record_reply, running_record
+from ._resources import BucketSpec, check_bucket_name, check_replicas, check_storage
 from ._transport import Headers
+from ._transport.connection import Connection
 from ._transport.jetstream import jetstream_for
 from .envelope import ERROR_CODE_HEADER, ERROR_HEADER, error_reply, peek_id
 from .errors import BusyError, ConfigError, JetStreamError, NatsBusError
 from .messages import Kind
 
 if TYPE_CHECKING:
-    from .bus import Bus
     from .dispatch import HandlerRoute
 
 __all__ = [
@@ -76,7 +75,6 @@ __all__ = [
 logger = logging.getLogger("natsbus.idempotency")
 
 #: A reply as the worker sends it: the body and the headers.
-ReplyPair = Tuple[bytes, Headers]
 #: ``Dispatcher.dispatch``'s signature.
 Dispatch = Callable[..., ReplyPair]
 
@@ -123,26 +121,26 @@ class IdempotencyStore(abc.ABC):
         #: Repeated commands answered from the store (the handler did not run).
         self.replayed = 0
 
-    def open(self, bus: Bus) -> None:  # noqa: B027 - optional hook, nothing to do by default
+    def open(self, bus: Connection) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Prepare to serve on ``bus`` (the pool calls it in ``start()``; fails there, not later)."""
 
     @abc.abstractmethod
-    def begin(self, bus: Bus, command_id: str) -> Claim:
+    def begin(self, bus: Connection, command_id: str) -> Claim:
         """Claim ``command_id``, or report its reply, or that it is running elsewhere."""
 
     @abc.abstractmethod
-    def finish(self, bus: Bus, command_id: str, token: Any, reply: ReplyPair) -> None:
+    def finish(self, bus: Connection, command_id: str, token: Any, reply: ReplyPair) -> None:
         """Remember ``reply`` for ``command_id`` (claimed with ``token``) and wake its waiters."""
 
     @abc.abstractmethod
-    def abandon(self, bus: Bus, command_id: str, token: Any) -> None:
+    def abandon(self, bus: Connection, command_id: str, token: Any) -> None:
         """Release a claim without remembering anything (the handler did not run)."""
 
     @abc.abstractmethod
-    def wait_for(self, bus: Bus, command_id: str, timeout: float) -> None:
+    def wait_for(self, bus: Connection, command_id: str, timeout: float) -> None:
         """Block up to ``timeout`` seconds, or until ``command_id``'s state may have changed."""
 
-    def wrap(self, dispatch: Dispatch, bus: Bus) -> Dispatch:
+    def wrap(self, dispatch: Dispatch, bus: Connection) -> Dispatch:
         """``dispatch`` (``Dispatcher.dispatch``) with commands answered through this store."""
         store = self
 
@@ -263,7 +261,7 @@ class MemoryIdempotencyStore(IdempotencyStore):
                 break
             del done[key]
 
-    def begin(self, bus: Bus, command_id: str) -> Claim:
+    def begin(self, bus: Connection, command_id: str) -> Claim:
         """See :meth:`IdempotencyStore.begin`."""
         with self._lock:
             self._expire(time.monotonic())
@@ -275,7 +273,7 @@ class MemoryIdempotencyStore(IdempotencyStore):
             event = self._running[command_id] = threading.Event()
             return Claim("owned", token=event)
 
-    def finish(self, bus: Bus, command_id: str, token: Any, reply: ReplyPair) -> None:
+    def finish(self, bus: Connection, command_id: str, token: Any, reply: ReplyPair) -> None:
         """See :meth:`IdempotencyStore.finish`."""
         with self._lock:
             if self._running.get(command_id) is token:
@@ -286,68 +284,19 @@ class MemoryIdempotencyStore(IdempotencyStore):
                 self._done.popitem(last=False)
         token.set()
 
-    def abandon(self, bus: Bus, command_id: str, token: Any) -> None:
+    def abandon(self, bus: Connection, command_id: str, token: Any) -> None:
         """See :meth:`IdempotencyStore.abandon`."""
         with self._lock:
             if self._running.get(command_id) is token:
                 del self._running[command_id]
         token.set()
 
-    def wait_for(self, bus: Bus, command_id: str, timeout: float) -> None:
+    def wait_for(self, bus: Connection, command_id: str, timeout: float) -> None:
         """See :meth:`IdempotencyStore.wait_for`."""
         with self._lock:
             event = self._running.get(command_id)
         if event is not None:
             event.wait(timeout)
-
-
-# -- records in key-value buckets (this store, and natsbus.durable's results) -----------
-
-_KEY_RE = re.compile(r"^[-_=A-Za-z0-9]+$")
-
-
-def record_key(command_id: str) -> str:
-    """The bucket key of a command id (a digest when the id is not a valid key)."""
-    if len(command_id) <= 200 and _KEY_RE.match(command_id):
-        return command_id
-    return "sha256-" + hashlib.sha256(command_id.encode()).hexdigest()
-
-
-def done_record(command_id: str, subject: str, reply: ReplyPair) -> bytes:
-    """A stored reply, as JSON: the response envelope and its error headers."""
-    body, headers = reply
-    return codec.dumps(
-        {
-            "v": 1,
-            "state": "done",
-            "command_id": command_id,
-            "subject": subject,
-            "headers": dict(headers) if headers else None,
-            "response": codec.loads(body),
-        }
-    )
-
-
-def running_record(command_id: str, owner: str) -> bytes:
-    """An "in progress" marker, as JSON."""
-    return codec.dumps({"v": 1, "state": "running", "command_id": command_id, "owner": owner, "since": time.time()})
-
-
-def read_record(value: bytes, command_id: str) -> Optional[Dict[str, Any]]:
-    """A record for ``command_id`` from a bucket value, or ``None`` when it is not one."""
-    try:
-        record = codec.loads(value)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or record.get("command_id") != command_id:
-        return None
-    return record
-
-
-def record_reply(record: Dict[str, Any]) -> ReplyPair:
-    """The reply in a ``done`` record."""
-    headers = record.get("headers")
-    return codec.dumps(record.get("response")), (dict(headers) if headers else None)
 
 
 class KeyValueIdempotencyStore(IdempotencyStore):
@@ -382,8 +331,6 @@ class KeyValueIdempotencyStore(IdempotencyStore):
         poll: float = 0.05,
     ) -> None:
         super().__init__(ttl, wait)
-        from .durable import check_bucket_name, check_replicas, check_storage
-
         check_bucket_name("bucket", bucket)
         check_replicas(replicas)
         check_storage(storage)
@@ -399,10 +346,8 @@ class KeyValueIdempotencyStore(IdempotencyStore):
         self._owner = uuid.uuid4().hex
         self._timeout = 5.0
 
-    def open(self, bus: Bus) -> None:
+    def open(self, bus: Connection) -> None:
         """Create the bucket, or check the existing one's settings."""
-        from ._resources import BucketSpec
-
         spec = BucketSpec(
             self.bucket,
             self.ttl,
@@ -411,15 +356,15 @@ class KeyValueIdempotencyStore(IdempotencyStore):
             "natsbus: replies to commands, by command_id (natsbus.idempotency)",
         )
         js = jetstream_for(bus)
-        bus.run(lambda: spec.ensure(js), self._timeout * 2)
+        bus.live_transport().run(lambda: spec.ensure(js), self._timeout * 2)
 
-    def _run(self, bus: Bus, fn: Callable[[], Any]) -> Any:
+    def _run(self, bus: Connection, fn: Callable[[], Any]) -> Any:
         try:
-            return bus.run(fn, self._timeout)
+            return bus.live_transport().run(fn, self._timeout)
         except TimeoutError as exc:
             raise JetStreamError(f"key-value bucket {self.bucket} did not answer within {self._timeout:g}s") from exc
 
-    def begin(self, bus: Bus, command_id: str) -> Claim:
+    def begin(self, bus: Connection, command_id: str) -> Claim:
         """See :meth:`IdempotencyStore.begin`: the revision-checked create decides the owner."""
         js = jetstream_for(bus)
         key = record_key(command_id)
@@ -449,7 +394,7 @@ class KeyValueIdempotencyStore(IdempotencyStore):
             return Claim("running")
         return Claim("running")
 
-    def finish(self, bus: Bus, command_id: str, token: Any, reply: ReplyPair) -> None:
+    def finish(self, bus: Connection, command_id: str, token: Any, reply: ReplyPair) -> None:
         """See :meth:`IdempotencyStore.finish`: a write checked against our claim's revision."""
         js = jetstream_for(bus)
         key = record_key(command_id)
@@ -457,12 +402,12 @@ class KeyValueIdempotencyStore(IdempotencyStore):
         if self._run(bus, lambda: js.kv_update(self.bucket, key, record, token)) is None:
             logger.warning("%s: another request took the command over; its reply is the one remembered", command_id)
 
-    def abandon(self, bus: Bus, command_id: str, token: Any) -> None:
+    def abandon(self, bus: Connection, command_id: str, token: Any) -> None:
         """See :meth:`IdempotencyStore.abandon`."""
         js = jetstream_for(bus)
         key = record_key(command_id)
         self._run(bus, lambda: js.kv_delete(self.bucket, key, token))
 
-    def wait_for(self, bus: Bus, command_id: str, timeout: float) -> None:
+    def wait_for(self, bus: Connection, command_id: str, timeout: float) -> None:
         """See :meth:`IdempotencyStore.wait_for`: the key is polled every ``poll`` seconds."""
         time.sleep(min(timeout, self.poll))

@@ -58,7 +58,8 @@ from .messages import Kind
 from .middleware import HandlerRequest, Middleware
 
 if TYPE_CHECKING:
-    from .durable import DurableConfig, DurableConsumer
+    from ._consumer import DurableConsumer
+    from .durable import DurableConfig
     from .idempotency import IdempotencyStore
 
 __all__ = ["Dispatcher", "HandlerRoute", "WorkerPool"]  # Dispatcher, HandlerRoute: from natsbus.dispatch
@@ -268,11 +269,15 @@ class WorkerPool:
         for handler in handlers:
             self.register(handler)
         # -- exactly once: the store and the durable consumer --------
-        from .durable import DurableConsumer, as_config
-
         self.idempotency = idempotency
-        config = as_config(durable)
-        self.durable: Optional[DurableConsumer] = DurableConsumer(self, config) if config is not None else None
+        self.durable: Optional[DurableConsumer] = None
+        if durable is not None and durable is not False:  # loaded only when used
+            from ._consumer import DurableConsumer
+            from .durable.config import as_config
+
+            config = as_config(durable)
+            if config is not None:
+                self.durable = DurableConsumer(self, config)
 
     def _validate(self) -> None:
         if self.max_workers < 1:
@@ -374,7 +379,7 @@ class WorkerPool:
             if not self.dispatcher.routes:
                 raise RegistrationError("no handlers registered; register at least one before start()")
             self._state = _State.RUNNING
-        transport = bus._live()
+        transport = bus.live_transport()
         for i in range(self.max_workers):
             thread = threading.Thread(target=self._work, name=f"natsbus-worker-{self.service_id}-{i}", daemon=True)
             thread.start()
@@ -493,7 +498,7 @@ class WorkerPool:
             pass
 
     def _work(self) -> None:
-        transport = self._bus()._live()
+        transport = self._bus().live_transport()
         dispatch = self.dispatcher.dispatch
         if self.idempotency is not None:  # a repeated command_id gets the reply already sent
             dispatch = self.idempotency.wrap(dispatch, self._bus())
@@ -568,7 +573,7 @@ class WorkerPool:
         bus = self.bus
         if was_running and bus is not None and not bus.closed:
             subs, self._subs = self._subs, []
-            transport = bus._live()
+            transport = bus.live_transport()
             try:
                 bus.run(lambda: transport.drain_subscriptions(subs), max(0.1, drain_timeout))
             except Exception as exc:

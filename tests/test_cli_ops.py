@@ -152,7 +152,7 @@ def test_execute_exits_1_when_nobody_handles_the_type(capsys: Any, nats_url: str
 
 
 def test_ask_exits_1_on_timeout(capsys: Any, bus: Bus, nats_url: str) -> None:
-    transport = bus._live()
+    transport = bus.live_transport()
 
     async def silent() -> Any:  # subscribes, never answers
         sub = await transport.subscribe("queries.SlowQuery", "", lambda *message: None)

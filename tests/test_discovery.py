@@ -285,7 +285,7 @@ def test_nobody_answering_returns_an_empty_list_without_waiting_for_the_timeout(
 
 
 def test_invalid_replies_are_skipped_and_logged(bus: Bus, caplog: pytest.LogCaptureFixture) -> None:
-    transport = bus._live()
+    transport = bus.live_transport()
     good = {"type": "io.nats.micro.v1.ping_response", "name": "odd", "id": "good1", "version": "1.0.0"}
     bodies = [b"not json", b'{"type": "io.nats.micro.v1.ping_response", "id": "x"}', json.dumps(good).encode()]
 

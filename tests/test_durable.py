@@ -36,9 +36,9 @@ from natsbus import (
     current_request,
     durable,
 )
+from natsbus._records import done_record, record_key
 from natsbus._transport.jetstream import JS_ERROR_MAP, jetstream_for, map_js_error
 from natsbus.cli import main
-from natsbus.idempotency import done_record, record_key
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -31,8 +31,8 @@ from natsbus import (
     create_request_envelope,
     current_request,
 )
+from natsbus._records import record_key, running_record
 from natsbus._transport.jetstream import jetstream_for
-from natsbus.idempotency import record_key, running_record
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -268,7 +268,7 @@ def two_instances(nats_url: str, db: Path) -> Iterator[Any]:
 
 def test_two_instances_sharing_the_store_run_a_duplicated_command_once(bus: Bus, db: Path, two_instances: Any) -> None:
     pools, _, _ = two_instances
-    transport = bus._live()
+    transport = bus.live_transport()
     for i in range(20):
         body = command_body("Tally", f"cmd-both-{i}", {"n": i})
         replies = bus.run(lambda b=body: transport.gather("commands.Tally", b, timeout=5.0, quiet=5.0, max_count=2))
@@ -286,7 +286,7 @@ def test_a_repeat_on_another_instance_waits_then_answers_busy_then_the_reply(
     gate.clear()
     for pool in pools:
         pool.idempotency.wait = 0.3
-    transport = bus._live()
+    transport = bus.live_transport()
     body = command_body("Tally", "cmd-held", {"n": 3})
     # One instance runs it (held by the gate); the other waits 0.3 s and says it is still running.
     first = bus.run(lambda: transport.gather("commands.Tally", body, timeout=5.0, quiet=5.0, max_count=1))

@@ -9,9 +9,11 @@ One module a concept:
 * :mod:`~natsbus._transport.nats_client`: every nats-py internal natsbus uses, and its probe.
 * :mod:`~natsbus._transport.writer`: the outbox, direct writes, the write lock.
 * :mod:`~natsbus._transport.core`: :class:`Transport`, one connection (core NATS).
+* :mod:`~natsbus._transport.connection`: :class:`Connection`, the seam features use.
 * :mod:`~natsbus._transport.jetstream`: JetStream and key-value, for the features above.
 """
 
+from .connection import Connection
 from .core import Transport
 from .errors import ERROR_MAP, map_error
 from .nats_client import FAST_PATH, new_nuid
@@ -19,6 +21,7 @@ from .pending import GatheredReply, PendingReply, Reply, WaitTimeout
 from .wire import Handler, Headers, RawHeaders, as_headers, header_value, parse_headers
 
 __all__ = [
+    "Connection",
     "ERROR_MAP",
     "FAST_PATH",
     "GatheredReply",

@@ -37,7 +37,7 @@ from ..errors import ConfigError, JetStreamError, NatsBusError, TransportError
 from . import Headers, Transport, map_error
 
 if TYPE_CHECKING:
-    from ..bus import Bus
+    from .connection import Connection
 
 __all__ = [
     "JS_ERROR_MAP",
@@ -655,9 +655,9 @@ class JetStream:
 _CONTEXTS: weakref.WeakKeyDictionary[Transport, JetStream] = weakref.WeakKeyDictionary()
 
 
-def jetstream_for(bus: Bus) -> JetStream:
-    """The :class:`JetStream` of ``bus``'s current connection (one per connection)."""
-    transport = bus._live()
+def jetstream_for(connection: Connection) -> JetStream:
+    """The :class:`JetStream` of the connection's current transport (one per transport)."""
+    transport = connection.live_transport()
     js = _CONTEXTS.get(transport)
     if js is None:
         # Built on the loop thread: nats-py's JetStreamContext makes asyncio
