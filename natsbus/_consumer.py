@@ -153,7 +153,7 @@ class DurableConsumer:
                 self._wake.set()
             try:
                 await asyncio.wait_for(task, timeout)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 pass
 
         try:
@@ -174,7 +174,7 @@ class DurableConsumer:
                     self._wake.clear()
                     try:  # woken when a durable command finishes; the timeout covers request-reply work
                         await asyncio.wait_for(self._wake.wait(), 0.05)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     continue
                 try:

@@ -98,7 +98,7 @@ def parse_rfc3339(text: str) -> dt.datetime:
     if second == 60:  # a leap second: the last representable instant of the minute
         second, micros = 59, 999_999
     if match.group(8):
-        tz = dt.timezone.utc
+        tz = dt.UTC
     else:
         hours, minutes = int(match.group(10)), int(match.group(11))
         if hours > 23 or minutes > 59:
@@ -109,7 +109,7 @@ def parse_rfc3339(text: str) -> dt.datetime:
         moment = dt.datetime(year, month, day, hour, minute, second, micros, tzinfo=tz)
     except ValueError as exc:
         raise EnvelopeError(f"not an RFC 3339 timestamp ({exc}): {text!r}") from None
-    return moment.astimezone(dt.timezone.utc)
+    return moment.astimezone(dt.UTC)
 
 
 # -- results ------------------------------------------------------------------

@@ -60,7 +60,7 @@ def _write_cert(cert: x509.Certificate, path: Path) -> Path:
 def _ca(name: str) -> Tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -94,7 +94,7 @@ def _leaf(
     name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, *, server: bool
 ) -> Tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))

@@ -165,9 +165,9 @@ def test_execute_many_with_nothing_returns_nothing(bus: Bus) -> None:
 def test_a_future_watched_after_the_completer_stopped_fails_at_once() -> None:
     from natsbus import BusClosedError
     from natsbus._transport import PendingReply
-    from natsbus.bus import _Completer
+    from natsbus.bus import Completer
 
-    completer = _Completer()
+    completer = Completer()
     completer.stop(5)
     future: concurrent.futures.Future[int] = concurrent.futures.Future()
     pending = PendingReply("commands.X", b"1", {})

@@ -123,7 +123,7 @@ def test_nats_py_reads_our_responses_with_its_own_micro_types(nats_url: str, use
     assert info.description == ""
     # nats-py parses "started" with strptime("%Y-%m-%dT%H:%M:%S.%fZ"): at most six fraction digits.
     stats = NatsPyServiceStats.from_dict(json.loads(nats_py_request(nats_url, f"$SRV.STATS.user-service.{id}")))
-    started = dt.datetime.fromtimestamp(user_pool.micro.started_ns / 1e9, dt.timezone.utc).replace(tzinfo=None)
+    started = dt.datetime.fromtimestamp(user_pool.micro.started_ns / 1e9, dt.UTC).replace(tzinfo=None)
     assert abs(stats.started - started) < dt.timedelta(milliseconds=1)
     assert [(e.name, e.num_requests, e.num_errors) for e in stats.endpoints] == [
         ("CreateUserCommand", 0, 0),
@@ -261,8 +261,8 @@ def test_discover_and_stats_return_attrs_objects(bus: Bus, user_pool: WorkerPool
     assert ping == ServicePing("user-service", id, "0.0.0")
     assert ping.rtt is not None and ping.rtt > 0
     (stats,) = bus.stats("user-service", id)
-    assert stats.started.tzinfo is dt.timezone.utc
-    assert stats.started <= dt.datetime.now(dt.timezone.utc)
+    assert stats.started.tzinfo is dt.UTC
+    assert stats.started <= dt.datetime.now(dt.UTC)
 
 
 def test_has_handler_reads_the_endpoints_services_list(bus: Bus, user_pool: WorkerPool) -> None:
@@ -316,7 +316,7 @@ def test_discovers_a_service_written_with_nats_py(bus: Bus, nats_py_service: Nat
     (ping,) = bus.ping("echo-py")
     assert ping.id == nats_py_service.id
     (stats,) = bus.stats("echo-py")
-    assert stats.started.tzinfo is dt.timezone.utc  # nats-py sends milliseconds
+    assert stats.started.tzinfo is dt.UTC  # nats-py sends milliseconds
     assert [(e.name, e.num_requests) for e in stats.endpoints] == [("EchoCommand", 0)]
     assert bus.has_handler("EchoCommand") is True
 
@@ -336,7 +336,7 @@ def test_bad_arguments_are_refused(bus: Bus, verb: str) -> None:
 
 # -- RFC 3339 ------------------------------------------------------------------------
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @pytest.mark.parametrize(

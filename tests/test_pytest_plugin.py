@@ -81,10 +81,7 @@ def test_the_server_is_the_same(natsbus_server):
 
 
 def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
-    found = entry_points()
-    # Python 3.10+ selects by group; 3.9's entry_points() is a plain dict of groups.
-    group = found.select(group="pytest11") if hasattr(found, "select") else found.get("pytest11", [])
-    plugins = {ep.name: ep.value for ep in group}
+    plugins = {ep.name: ep.value for ep in entry_points(group="pytest11")}
     assert plugins.get("natsbus") == "natsbus.pytest_plugin"
 
 

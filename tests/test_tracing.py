@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -409,7 +410,7 @@ def test_otel_nested_call_is_a_child_of_the_handler_span(
     chain += ["send commands.TrEcho", "process commands.TrEcho"]
     ids = [span_ids(spans[name]) for name in chain]
     assert {trace_id for trace_id, _, _ in ids} == {f"{http.get_span_context().trace_id:032x}"}
-    for (_, parent_span, _), (_, _, parent_of_child) in zip(ids, ids[1:]):
+    for (_, parent_span, _), (_, _, parent_of_child) in itertools.pairwise(ids):
         assert parent_of_child == parent_span
 
 

@@ -511,7 +511,7 @@ class Transport(FrameWriter):
                     break
                 try:
                     at, msg = await asyncio.wait_for(arrived.get(), min(left, quiet) if replies else left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 status = msg.headers.get("Status") if msg.headers else None
                 if status == NO_RESPONDERS and not msg.data:

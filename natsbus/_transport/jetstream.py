@@ -261,7 +261,7 @@ class Puller:
         """Up to ``batch`` messages; ``[]`` when none came within ``timeout`` seconds."""
         try:
             msgs = await self._sub.fetch(batch, timeout=timeout)
-        except (asyncio.TimeoutError, nerr.TimeoutError):
+        except (TimeoutError, nerr.TimeoutError):
             return []
         except nerr.Error as exc:
             raise map_js_error(exc, f"fetch from consumer {self.consumer}") from exc
@@ -285,7 +285,7 @@ def _enum(value: Any) -> str:
 
 def _time(value: Any) -> str:
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return str(value or "")
 
 
@@ -311,7 +311,7 @@ class JetStream:
             return await self._js.stream_info(name)
         except jserr.NotFoundError:
             return None
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"read stream {name}") from exc
 
     async def stream_settings(self, name: str) -> Optional[Dict[str, Any]]:
@@ -346,7 +346,7 @@ class JetStream:
         )
         try:
             await self._js.add_stream(config)
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"create stream {name}") from exc
 
     async def streams_capturing(self, subject: str) -> List[str]:
@@ -357,7 +357,7 @@ class JetStream:
                 json.dumps({"subject": subject}).encode(),
                 timeout=self.timeout,
             )
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"list the streams capturing {subject}") from exc
         return list(resp.get("streams") or [])
 
@@ -382,7 +382,7 @@ class JetStream:
             return bool(await self._js.delete_stream(name))
         except jserr.NotFoundError:
             return False
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"delete stream {name}") from exc
 
     # -- consumers ---------------------------------------------------------------
@@ -400,7 +400,7 @@ class JetStream:
             info = await self._js.consumer_info(stream, name)
         except jserr.NotFoundError:
             return None
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"read consumer {name} of stream {stream}") from exc
         cfg = info.config
         return {
@@ -430,7 +430,7 @@ class JetStream:
         )
         try:
             await self._js.add_consumer(stream, config)
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"create consumer {name} on stream {stream}") from exc
 
     async def consumers(self, stream: str) -> List[ConsumerState]:
@@ -439,7 +439,7 @@ class JetStream:
             infos = await self._js.consumers_info(stream)
         except jserr.NotFoundError:
             return []
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"list the consumers of stream {stream}") from exc
         return [
             ConsumerState(
@@ -461,14 +461,14 @@ class JetStream:
             return bool(await self._js.delete_consumer(stream, name))
         except jserr.NotFoundError:
             return False
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"delete consumer {name} of stream {stream}") from exc
 
     async def pull(self, stream: str, consumer: str) -> Puller:
         """Bind a pull subscription to an existing durable consumer."""
         try:
             sub = await self._js.pull_subscribe_bind(consumer, stream=stream)
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"bind to consumer {consumer} of stream {stream}") from exc
         return Puller(sub, consumer)
 
@@ -498,7 +498,7 @@ class JetStream:
         )
         try:
             self._buckets[bucket] = await self._js.create_key_value(config)
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"create key-value bucket {bucket}") from exc
 
     async def _bucket(self, bucket: str) -> Optional[KeyValue]:
@@ -508,7 +508,7 @@ class JetStream:
                 kv = await self._js.key_value(bucket)
             except jserr.BucketNotFoundError:
                 return None
-            except (nerr.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nerr.Error) as exc:
                 raise map_js_error(exc, f"open key-value bucket {bucket}") from exc
             self._buckets[bucket] = kv
         return kv
@@ -528,7 +528,7 @@ class JetStream:
             entry = await kv.get(key)
         except jserr.KeyNotFoundError:
             return None
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"read {key} from bucket {bucket}") from exc
         return KvEntry(entry.value or b"", entry.revision or 0)
 
@@ -539,7 +539,7 @@ class JetStream:
             return int(await kv.create(key, value))
         except jserr.KeyWrongLastSequenceError:
             return None
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"create {key} in bucket {bucket}") from exc
 
     async def kv_update(self, bucket: str, key: str, value: bytes, revision: int) -> Optional[int]:
@@ -549,7 +549,7 @@ class JetStream:
             return int(await kv.update(key, value, last=revision))
         except jserr.KeyWrongLastSequenceError:
             return None
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"update {key} in bucket {bucket}") from exc
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
@@ -557,7 +557,7 @@ class JetStream:
         kv = await self._kv(bucket)
         try:
             return int(await kv.put(key, value))
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"put {key} in bucket {bucket}") from exc
 
     async def kv_delete(self, bucket: str, key: str, revision: Optional[int] = None) -> bool:
@@ -573,7 +573,7 @@ class JetStream:
             if exc.err_code in (10071, 10164):  # wrong last sequence, as for kv_update
                 return False
             raise map_js_error(exc, f"delete {key} from bucket {bucket}") from exc
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"delete {key} from bucket {bucket}") from exc
 
     # -- messages --------------------------------------------------------------------
@@ -607,7 +607,7 @@ class JetStream:
             ack = await self._js.publish(
                 subject, data, timeout=timeout or self.timeout, stream=stream, headers=hdrs or None
             )
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"publish to {subject}") from exc
         return PubAck(ack.stream, ack.seq, bool(ack.duplicate))
 
@@ -627,7 +627,7 @@ class JetStream:
                 raw = await self._js.get_msg(stream, seq=seq, subject=subject, next=True)
         except jserr.NotFoundError:
             return None
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"read message {seq} of stream {stream}") from exc
         return StoredMessage(
             stream=stream,
@@ -648,7 +648,7 @@ class JetStream:
             if exc.code == 404 or exc.err_code == 10057:  # no message found
                 return False
             raise map_js_error(exc, f"delete message {seq} of stream {stream}") from exc
-        except (nerr.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nerr.Error) as exc:
             raise map_js_error(exc, f"delete message {seq} of stream {stream}") from exc
 
 

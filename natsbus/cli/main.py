@@ -328,7 +328,7 @@ def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         found = len(infos)
     else:
         all_stats = bus.stats(name, id, timeout=timeout)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         for stats in all_stats:
             started = stats.started.strftime("%Y-%m-%dT%H:%M:%SZ")
             up = _uptime((now - stats.started).total_seconds())
