@@ -29,12 +29,12 @@ from typing import (
 import attrs
 
 from ._micro import DISCOVERY_QUIET, DISCOVERY_TIMEOUT
-from ._transport import Headers, PendingReply, Reply, Transport, WaitTimeout
+from ._transport import Headers, PendingReply, Reply, Transport
+from ._transport.pending import await_reply
 from ._transport.portal import Portal
 from .config import NatsConfig
 from .errors import (
     BusClosedError,
-    RequestTimeoutError,
 )
 from .messages import (
     Kind,
@@ -225,8 +225,8 @@ class Bus:
             BusClosedError: the Bus is (or got) closed.
             LoopThreadError: called on the Bus's loop thread.
         """
-        pending = self._send(subject, payload, dict(headers) if headers else None)
-        return self._wait(pending, timeout, lambda ms: f"Request timeout after {ms}ms")
+        pending = self.begin_request(subject, payload, dict(headers) if headers else None)
+        return await_reply(pending, timeout, "Request timeout after {ms}ms")
 
     def publish(self, subject: str, payload: bytes, *, headers: Optional[Mapping[str, str]] = None) -> None:
         """Publish raw bytes without waiting for anything (fire and forget).
@@ -251,26 +251,24 @@ class Bus:
         transport = self.live_transport()
         self._portal.call(transport.flush, timeout)
 
-    def _send(
+    def begin_request(
         self,
         subject: str,
         payload: bytes,
-        headers: Headers,
+        headers: Headers = None,
         notify: Optional[Callable[[PendingReply], None]] = None,
     ) -> PendingReply:
+        """Send a request; return its :class:`PendingReply` at once (the ``Requester`` seam).
+
+        ``notify`` is called with the PendingReply once it completes, on the
+        loop thread (or a closing thread): it must only hand off.
+        """
         transport = self.live_transport()
         self._portal.check_caller("a blocking natsbus request")
         return transport.request(subject, payload, headers, notify)
 
-    @staticmethod
-    def _wait(pending: PendingReply, timeout: Optional[float], text: Callable[[int], str]) -> Reply:
-        try:
-            return pending.result(timeout)
-        except WaitTimeout:
-            ms = round((timeout or 0) * 1000)
-            raise RequestTimeoutError(text(ms), subject=pending.subject, timeout=timeout) from None
-
-    def _completer(self) -> Completer:
+    def completer(self) -> Completer:
+        """The thread that completes this Bus's futures (started on first use; the ``Requester`` seam)."""
         completer = self._completer_thread
         if completer is None:
             with self._lock:

@@ -23,6 +23,7 @@ from typing import (
     Iterable,
     List,
     Optional,
+    Protocol,
     Tuple,
     Type,
     TypeVar,
@@ -34,7 +35,8 @@ import attrs
 
 from . import codec
 from ._transport import Headers, PendingReply, Reply
-from .bus import Bus
+from ._transport.pending import await_reply
+from .bus import Bus, Completer
 from .context import DEADLINE_HEADER
 from .envelope import decode_response, new_id, service_error, utc_timestamp
 from .errors import (
@@ -56,12 +58,46 @@ from .messages import (
 from .middleware import ClientCall, Middleware, run_client
 from .policies import QueryCache, RetryPolicy
 
-__all__ = ["DEFAULT", "CommandBus", "QueryBus", "TimeoutArg"]
+__all__ = ["DEFAULT", "CommandBus", "QueryBus", "Requester", "TimeoutArg"]
 
 logger = logging.getLogger("natsbus.bus")
 
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+class Requester(Protocol):
+    """What the command and query buses send through: the seam under them.
+
+    A :class:`~natsbus.Bus` sends over NATS; the in-memory test bus
+    (:class:`natsbus.testing.InMemoryBus`) runs the real dispatcher in
+    process. Either way :class:`CommandBus` and :class:`QueryBus` do the
+    rest (envelopes, timeouts, retries, cache, middleware, futures), so a
+    test against the in-memory bus runs the client code the app runs.
+    """
+
+    def begin_request(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Headers = None,
+        notify: Optional[Callable[[PendingReply], None]] = None,
+    ) -> PendingReply:
+        """Send ``payload`` to ``subject``; return at once with the reply to wait for.
+
+        ``notify`` is called with the :class:`PendingReply` once it is
+        complete, on a thread that must not run user code: it only hands off.
+
+        Raises:
+            BusClosedError, PayloadTooLargeError, NotConnectedError: before
+                anything is sent. Errors after sending (no handler, a
+                permission refused) complete the PendingReply instead.
+        """
+        ...
+
+    def completer(self) -> Completer:
+        """The thread that completes ``submit()`` futures for this requester."""
+        ...
 
 
 class _Default(enum.Enum):
@@ -96,7 +132,7 @@ class _MessageBus:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: Requester,
         timeout: Optional[float],
         service_id: str,
         retry: Optional[RetryPolicy] = None,
@@ -113,8 +149,8 @@ class _MessageBus:
         self._type_key = f"{self._kind.value}_type"
         self._id_key = f"{self._kind.value}_id"
         self._header_cache: Dict[float, Dict[str, str]] = {}
-        label = self._kind.label
-        self._timeout_text: Callable[[int], str] = lambda ms: f"{label} request timeout after {ms}ms"
+        #: The timeout error's text, ``{ms}`` for the milliseconds (the spec's wording).
+        self._timeout_text = f"{self._kind.label} request timeout after {{ms}}ms"
 
     def _route(self, cls: type) -> _Route:
         route = self._routes.get(cls)
@@ -183,8 +219,8 @@ class _MessageBus:
         headers = self._headers(limit)
         if request.headers:  # a new dict: the cached deadline headers are shared
             headers = {**request.headers, **headers} if headers else dict(request.headers)
-        pending = self.bus._send(request.route.subject, request.body, headers)
-        return self.bus._wait(pending, limit, self._timeout_text)
+        pending = self.bus.begin_request(request.route.subject, request.body, headers)
+        return await_reply(pending, limit, self._timeout_text)
 
     # -- begin
     def _call_in_chain(
@@ -240,8 +276,8 @@ class _MessageBus:
         """
         request = self._build(message)
         limit = self._limit(timeout)
-        completer = self.bus._completer()
-        pending = self.bus._send(request.route.subject, request.body, self._headers(limit), completer.notify)
+        completer = self.bus.completer()
+        pending = self.bus.begin_request(request.route.subject, request.body, self._headers(limit), completer.notify)
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         ms = round((limit or 0) * 1000)
@@ -250,7 +286,7 @@ class _MessageBus:
             None if limit is None else time.monotonic() + limit,
             lambda reply: self._result(reply, request.route, request.message_id, returns),
             future,
-            lambda: RequestTimeoutError(self._timeout_text(ms), subject=request.route.subject, timeout=limit),
+            lambda: RequestTimeoutError(self._timeout_text.format(ms=ms), subject=request.route.subject, timeout=limit),
         )
         return future
 
@@ -300,7 +336,7 @@ class _MessageBus:
                     results.append(None)
                     try:
                         request = self._build(message)
-                        pending = self.bus._send(request.route.subject, request.body, headers, done.put)
+                        pending = self.bus.begin_request(request.route.subject, request.body, headers, done.put)
                     except (NatsBusError, TypeError, ValueError) as exc:
                         settle(index, exc, True)
                         continue
@@ -338,7 +374,9 @@ class _MessageBus:
                     if deadline > now or not pending.abandon():
                         break  # not due, or its reply is being handed over: its notice is on the way
                     del outstanding[pending]
-                    error = RequestTimeoutError(self._timeout_text(ms), subject=request.route.subject, timeout=limit)
+                    error = RequestTimeoutError(
+                        self._timeout_text.format(ms=ms), subject=request.route.subject, timeout=limit
+                    )
                     settle(index, error, True)
         finally:
             for pending in outstanding:
@@ -373,7 +411,7 @@ class CommandBus(_MessageBus):
 
     def __init__(
         self,
-        bus: Bus,
+        bus: Requester,
         timeout: Optional[float] = 5.0,
         service_id: str = "natsbus",
         *,
@@ -485,9 +523,11 @@ class CommandBus(_MessageBus):
             MessageTypeError: not an attrs class, or a query.
             PayloadTooLargeError: over the server's max payload.
         """
-        from .durable import send
+        from .durable.client import send_on
 
-        return send(self, command, command_id=command_id, config=durable)
+        return send_on(
+            self._connection("send()"), self.service_id, self.timeout, self.retry, command, command_id, durable
+        )
 
     def result(self, command_id: str, *, wait: float = 0.0, returns: Any = None, durable: Any = None) -> Any:
         """The result of a command sent with :meth:`send`, waiting up to ``wait`` seconds for it.
@@ -507,9 +547,17 @@ class CommandBus(_MessageBus):
             ServiceError: the handler's error reply, a subclass per code;
                 also after the command was dead-lettered (its last error).
         """
-        from .durable import result
+        from .durable.client import result_on
 
-        return result(self, command_id, wait=wait, returns=returns, config=durable)
+        return result_on(self._connection("result()"), command_id, wait, returns, durable)
+
+    def _connection(self, what: str) -> Bus:
+        if not isinstance(self.bus, Bus):
+            raise ConfigError(
+                f"{what} stores commands in JetStream: it needs a natsbus.Bus connected to NATS, "
+                f"not {type(self.bus).__name__}"
+            )
+        return self.bus
 
 
 class QueryBus(_MessageBus):
@@ -531,7 +579,7 @@ class QueryBus(_MessageBus):
 
     def __init__(
         self,
-        bus: Bus,
+        bus: Requester,
         timeout: Optional[float] = 3.0,
         service_id: str = "natsbus",
         *,

@@ -19,9 +19,16 @@ in a unit test, and errors arrive as the same classes with the same texts
         with pytest.raises(ConflictError, match="User already exists"):
             memory.commands.execute(CreateUserCommand("Alice", "a@example.com"))
 
-``memory.commands`` and ``memory.queries`` satisfy
-:class:`~natsbus.ports.CommandBusPort` / :class:`~natsbus.ports.QueryBusPort`,
-so code written against the ports takes them unchanged.
+``memory.commands`` and ``memory.queries`` are a real
+:class:`~natsbus.CommandBus` and :class:`~natsbus.QueryBus` whose requester
+is the in-memory bus (the ``Requester`` seam of :mod:`natsbus.cqrs`), so
+everything the client does on NATS it does here: ``submit``,
+``execute_many`` / ``ask_many``, retries, the query cache, client
+middleware, and the caller's deadline (``current_request().remaining()``
+in the handler). They satisfy :class:`~natsbus.ports.CommandBusPort` /
+:class:`~natsbus.ports.QueryBusPort`, so code written against the ports
+takes them unchanged. ``tests/test_client_parity.py`` runs one client test
+module against NATS and against both modes below.
 
 Two modes:
 
@@ -41,30 +48,33 @@ Two modes:
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import threading
+import time
 from typing import (
     Any,
     Callable,
+    Dict,
     Iterable,
     List,
     Mapping,
     Optional,
     Sequence,
     Tuple,
-    Type,
     TypeVar,
     Union,
-    cast,
-    overload,
 )
 
-from ._transport import Headers, Reply
-from .bus import Bus
-from .cqrs import DEFAULT, TimeoutArg, _MessageBus
+from ._transport import Headers, PendingReply, Reply
+from ._transport.pending import await_reply
+from .bus import Completer
+from .context import parse_deadline
+from .cqrs import CommandBus, QueryBus
 from .dispatch import Dispatcher
-from .errors import BusClosedError, ConfigError, NoHandlerError, PayloadTooLargeError, RequestTimeoutError
-from .messages import Command, Kind, Query
-from .middleware import ClientCall, HandlerRequest, Middleware, run_client
+from .errors import BusClosedError, ConfigError, NoHandlerError, PayloadTooLargeError
+from .messages import Kind
+from .middleware import ClientCall, HandlerRequest, Middleware
+from .policies import QueryCache, RetryPolicy
 from .worker import WorkerPool
 
 __all__ = ["InMemoryBus", "InMemoryCommandBus", "InMemoryQueryBus"]
@@ -138,6 +148,9 @@ class InMemoryBus:
         self._lock = threading.Lock()
         self._closed = False
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._completer: Optional[Completer] = None
+        self._waiters: Dict[bytes, PendingReply] = {}
+        self._tokens = itertools.count(1)
         for handler in handlers:
             self.dispatcher.register(handler)
         self.commands = InMemoryCommandBus(self, command_timeout, service_id)
@@ -201,16 +214,92 @@ class InMemoryBus:
             RequestTimeoutError: threaded mode, and no reply in time.
             BusClosedError: after :meth:`close`.
         """
-        sent = dict(headers) if headers else None
-        return self._exchange(subject, payload, timeout, lambda ms: f"Request timeout after {ms}ms", sent)
+        pending = self.begin_request(subject, payload, dict(headers) if headers else None)
+        return await_reply(pending, timeout, "Request timeout after {ms}ms")
+
+    def begin_request(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Headers = None,
+        notify: Optional[Callable[[PendingReply], None]] = None,
+    ) -> PendingReply:
+        """Hand a request to its handler (the :class:`~natsbus.cqrs.Requester` seam).
+
+        What a transport and a worker thread do on the NATS path: the
+        handler runs through :meth:`natsbus.Dispatcher.dispatch`, at once
+        on this thread (eager) or on a thread of the pool (threaded), with
+        the caller's deadline from the ``Natsbus-Timeout-Ms`` header. No
+        handler completes the reply with :class:`~natsbus.NoHandlerError`,
+        as the server's "no responders" does.
+        """
+        if self._closed:
+            raise BusClosedError("the Bus is closed")
+        if len(payload) > self.max_payload:
+            raise PayloadTooLargeError(
+                f"request to {subject} is {len(payload)} bytes, over the server's max payload of "
+                f"{self.max_payload} bytes",
+                subject=subject,
+                size=len(payload),
+                limit=self.max_payload,
+            )
+        token = b"%d" % next(self._tokens)
+        pending = PendingReply(subject, token, self._waiters, notify)
+        self._waiters[token] = pending
+        route = self.dispatcher.route_for(subject)
+        if route is None:
+            self._settle(token, None, NoHandlerError(f"No handler available for {subject}", subject=subject))
+            return pending
+        received = time.monotonic()
+
+        def serve() -> None:
+            try:
+                deadline = parse_deadline(headers, received)
+                body, reply_headers = self.dispatcher.dispatch(
+                    route, payload, self.max_payload, headers=headers, deadline=deadline
+                )
+            except BaseException as exc:  # KeyboardInterrupt and the like: the caller sees it too
+                self._settle(token, None, exc)
+                raise
+            self._settle(token, Reply(body, reply_headers), None)
+
+        if self.eager:
+            serve()
+        else:
+            try:
+                self._pool().submit(serve)
+            except BaseException:
+                self._waiters.pop(token, None)
+                raise
+        return pending
+
+    def completer(self) -> Completer:
+        """The thread that completes ``submit()`` futures (the :class:`~natsbus.cqrs.Requester` seam)."""
+        with self._lock:
+            if self._closed:
+                raise BusClosedError("the Bus is closed")
+            if self._completer is None:
+                self._completer = Completer()
+            return self._completer
+
+    def _settle(self, token: bytes, reply: Optional[Reply], error: Optional[BaseException]) -> None:
+        # Whoever takes the token completes the reply; a caller that gave up took it first.
+        pending = self._waiters.pop(token, None)
+        if pending is not None:
+            pending.settle(reply, error)
 
     def close(self) -> None:
-        """Refuse further calls and stop the threads of threaded mode. Safe twice."""
+        """Refuse further calls, stop the threads of threaded mode, fail what still waits. Safe twice."""
         with self._lock:
             self._closed = True
             executor, self._executor = self._executor, None
+            completer, self._completer = self._completer, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+        for token in list(self._waiters):
+            self._settle(token, None, BusClosedError("the Bus was closed while waiting for a reply"))
+        if completer is not None:
+            completer.stop(5.0)
 
     def __enter__(self) -> InMemoryBus:
         return self
@@ -223,37 +312,6 @@ class InMemoryBus:
         subjects = [route.subject for route in self.dispatcher.routes]
         return f"<natsbus.testing.InMemoryBus {mode} subjects={subjects}>"
 
-    # -- the exchange: what the transport and a worker thread do on the NATS path
-
-    def _exchange(
-        self, subject: str, body: bytes, timeout: Optional[float], text: Callable[[int], str], headers: Headers = None
-    ) -> Reply:
-        if self._closed:
-            raise BusClosedError("the Bus is closed")
-        if len(body) > self.max_payload:
-            raise PayloadTooLargeError(
-                f"request to {subject} is {len(body)} bytes, over the server's max payload of {self.max_payload} bytes",
-                subject=subject,
-                size=len(body),
-                limit=self.max_payload,
-            )
-        route = self.dispatcher.route_for(subject)
-        if route is None:
-            raise NoHandlerError(f"No handler available for {subject}", subject=subject)
-        if self.eager:
-            return Reply(*self.dispatcher.dispatch(route, body, self.max_payload, headers=headers))
-        future = self._pool().submit(self.dispatcher.dispatch, route, body, self.max_payload, headers=headers)
-        try:
-            reply_body, headers = future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            # The handler runs on to its end, as it would in a worker; its reply is dropped.
-            future.cancel()
-            ms = round((timeout or 0) * 1000)
-            raise RequestTimeoutError(text(ms), subject=subject, timeout=timeout) from None
-        except concurrent.futures.CancelledError:
-            raise BusClosedError("the Bus is closed") from None
-        return Reply(reply_body, headers)
-
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:
             if self._closed:
@@ -264,125 +322,76 @@ class InMemoryBus:
                 )
             return self._executor
 
-    def _record(self, message: Any) -> None:
+    def record(self, message: Any) -> None:
+        """Add ``message`` to :attr:`sent` (the in-memory buses call it for each message)."""
         with self._lock:
             self.sent.append(message)
 
 
-class _ClientSide(_MessageBus):
-    """The client half of the NATS path without a connection.
+class InMemoryCommandBus(CommandBus):
+    """A :class:`~natsbus.CommandBus` on an :class:`InMemoryBus`: the whole client API.
 
-    Only ``_build`` (message -> request envelope bytes) and ``_result``
-    (reply -> result or typed error) are used, so the in-memory buses encode
-    and map errors with the very code :class:`~natsbus.CommandBus` runs.
-    """
-
-    def __init__(
-        self, kind: Kind, timeout: Optional[float], service_id: str, middleware: Sequence[Middleware[ClientCall]] = ()
-    ) -> None:
-        self._kind = kind
-        # No Bus: _call, the one method that would use it, is never called here.
-        super().__init__(cast(Bus, None), timeout, service_id, middleware=middleware)
-
-
-class _InMemoryMessageBus:
-    _kind: Kind
-
-    def __init__(self, memory: InMemoryBus, timeout: Optional[float], service_id: str) -> None:
-        self._client = _ClientSide(self._kind, timeout, service_id, memory.client_middleware)  # validates the timeout
-        self.memory = memory
-        self.timeout = timeout
-        self.service_id = service_id
-
-    def _call(self, message: Any, timeout: TimeoutArg, returns: Any) -> Any:
-        request = self._client._build(message)
-        limit = self.timeout if timeout is DEFAULT else timeout
-        label = self._kind.label
-        self.memory._record(message)
-
-        def exchange(headers: Headers) -> Any:
-            reply = self.memory._exchange(
-                request.route.subject, request.body, limit, lambda ms: f"{label} request timeout after {ms}ms", headers
-            )
-            return self._client._result(reply, request.route, request.message_id, returns)
-
-        middleware = self._client.middleware
-        if not middleware:
-            return exchange(None)
-        route = request.route
-        call = ClientCall(message, route.name, self._kind, route.subject, request.message_id, self.service_id, limit)
-        return run_client(middleware, call, lambda: exchange(dict(call.headers) or None))
-
-
-class InMemoryCommandBus(_InMemoryMessageBus):
-    """:class:`~natsbus.CommandBus`'s API on an :class:`InMemoryBus`.
+    ``execute``, ``submit``, ``execute_many``, retries, middleware and
+    deadlines run the very code they run on NATS; only the transport is
+    the in-memory bus. ``send()`` / ``result()`` need JetStream, so a real
+    :class:`~natsbus.Bus`.
 
     Args:
         memory: The in-memory bus whose handlers run the commands.
-        timeout: Default seconds per call (threaded mode only).
+        timeout: Default seconds per call (enforced in threaded mode).
         service_id: The ``service_id`` put in each request envelope.
+        retry: A :class:`~natsbus.RetryPolicy` for every call.
     """
 
-    _kind = Kind.COMMAND
+    def __init__(
+        self,
+        memory: InMemoryBus,
+        timeout: Optional[float] = 5.0,
+        service_id: str = "natsbus-test",
+        *,
+        retry: Optional[RetryPolicy] = None,
+    ) -> None:
+        super().__init__(memory, timeout, service_id, retry=retry, middleware=memory.client_middleware)
+        self.memory = memory
 
-    def __init__(self, memory: InMemoryBus, timeout: Optional[float] = 5.0, service_id: str = "natsbus-test") -> None:
-        super().__init__(memory, timeout, service_id)
-
-    @overload
-    def execute(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT) -> R: ...
-
-    @overload
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Type[T]) -> T: ...
-
-    @overload
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT) -> Any: ...
-
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None) -> Any:
-        """Run ``command``'s handler and return its result, as :meth:`natsbus.CommandBus.execute`.
-
-        Raises:
-            NoHandlerError: ``No handler available for commands.X``.
-            ServiceError: the handler failed; the subclass of its code.
-            RequestTimeoutError: threaded mode, and the handler was too slow.
-            PayloadTooLargeError: the request is over ``max_payload``.
-        """
-        return self._call(command, timeout, returns)
+    def _build(self, message: Any) -> Any:
+        request = super()._build(message)
+        self.memory.record(message)
+        return request
 
     def with_timeout(self, seconds: Optional[float]) -> InMemoryCommandBus:
         """A copy of this bus with another default timeout."""
-        return InMemoryCommandBus(self.memory, seconds, self.service_id)
+        return InMemoryCommandBus(self.memory, seconds, self.service_id, retry=self.retry)
 
 
-class InMemoryQueryBus(_InMemoryMessageBus):
-    """:class:`~natsbus.QueryBus`'s API on an :class:`InMemoryBus`.
+class InMemoryQueryBus(QueryBus):
+    """A :class:`~natsbus.QueryBus` on an :class:`InMemoryBus`: the whole client API.
 
     Args:
         memory: The in-memory bus whose handlers answer the queries.
-        timeout: Default seconds per call (threaded mode only).
+        timeout: Default seconds per call (enforced in threaded mode).
         service_id: The ``service_id`` put in each request envelope.
+        retry: A :class:`~natsbus.RetryPolicy` for every call.
+        cache: A :class:`~natsbus.QueryCache` for results.
     """
 
-    _kind = Kind.QUERY
+    def __init__(
+        self,
+        memory: InMemoryBus,
+        timeout: Optional[float] = 3.0,
+        service_id: str = "natsbus-test",
+        *,
+        retry: Optional[RetryPolicy] = None,
+        cache: Optional[QueryCache] = None,
+    ) -> None:
+        super().__init__(memory, timeout, service_id, retry=retry, cache=cache, middleware=memory.client_middleware)
+        self.memory = memory
 
-    def __init__(self, memory: InMemoryBus, timeout: Optional[float] = 3.0, service_id: str = "natsbus-test") -> None:
-        super().__init__(memory, timeout, service_id)
-
-    @overload
-    def ask(self, query: Query[R], *, timeout: TimeoutArg = DEFAULT) -> R: ...
-
-    @overload
-    def ask(self, query: Any, *, timeout: TimeoutArg = DEFAULT, returns: Type[T]) -> T: ...
-
-    @overload
-    def ask(self, query: Any, *, timeout: TimeoutArg = DEFAULT) -> Any: ...
-
-    def ask(self, query: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None) -> Any:
-        """Run ``query``'s handler and return its result, as :meth:`natsbus.QueryBus.ask`.
-
-        Same errors as :meth:`InMemoryCommandBus.execute`.
-        """
-        return self._call(query, timeout, returns)
+    def _build(self, message: Any) -> Any:
+        request = super()._build(message)
+        self.memory.record(message)
+        return request
 
     def with_timeout(self, seconds: Optional[float]) -> InMemoryQueryBus:
         """A copy of this bus with another default timeout."""
-        return InMemoryQueryBus(self.memory, seconds, self.service_id)
+        return InMemoryQueryBus(self.memory, seconds, self.service_id, retry=self.retry, cache=self.cache)

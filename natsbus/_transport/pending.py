@@ -6,6 +6,7 @@ from _thread import allocate_lock
 from threading import TIMEOUT_MAX
 from typing import Callable, Dict, NamedTuple, Optional
 
+from ..errors import RequestTimeoutError
 from .wire import Headers
 
 
@@ -104,3 +105,17 @@ class PendingReply:
             complete), True when the request is now abandoned.
         """
         return self._waiters.pop(self.token, None) is not None
+
+
+def await_reply(pending: PendingReply, timeout: Optional[float], text: str) -> Reply:
+    """Wait for ``pending``'s reply; on timeout raise RequestTimeoutError.
+
+    Args:
+        text: The timeout error's text, with ``{ms}`` for the milliseconds
+            (``"Command request timeout after {ms}ms"``).
+    """
+    try:
+        return pending.result(timeout)
+    except WaitTimeout:
+        ms = round((timeout or 0) * 1000)
+        raise RequestTimeoutError(text.format(ms=ms), subject=pending.subject, timeout=timeout) from None
