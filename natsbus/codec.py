@@ -13,17 +13,11 @@ integers exact and refuses NaN.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator, Type, TypeVar
+from typing import Any, Callable, Type, TypeVar
 
 import attrs
 import cattrs
-from cattrs.errors import (
-    AttributeValidationNote,
-    ClassValidationError,
-    ForbiddenExtraKeysError,
-    IterableValidationError,
-    IterableValidationNote,
-)
+from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.preconf.json import make_converter
 
 __all__ = ["converter", "dumps", "loads", "structure", "unstructure"]
@@ -142,37 +136,38 @@ def explain(exc: BaseException) -> str:
 
     Missing fields read ``expected 'name' field``; wrong types read
     ``field 'age': expected integer, got string``. Nested paths are dotted
-    (``address.city``), list items indexed (``tags[2]``).
+    (``address.city``), list items indexed (``tags[2]``). cattrs'
+    :func:`~cattrs.transform_error` walks the error tree; this only words
+    each of its findings the way the wire contract does.
     """
-    problems = list(_walk(exc, ""))
+    problems = [_word(line) for line in cattrs.transform_error(exc, path="$", format_exception=_describe)]
     return "; ".join(dict.fromkeys(problems)) or str(exc)
 
 
-def _walk(exc: BaseException, path: str) -> Iterator[str]:
-    if isinstance(exc, ClassValidationError):
-        with_notes, others = exc.group_exceptions()
-        for sub, note in with_notes:
-            yield from _walk(sub, _join(path, note.name) if isinstance(note, AttributeValidationNote) else path)
-        for sub in others:
-            yield from _walk(sub, path)
-    elif isinstance(exc, IterableValidationError):
-        with_notes_i, others_i = exc.group_exceptions()
-        for sub, inote in with_notes_i:
-            yield from _walk(sub, f"{path}[{inote.index}]" if isinstance(inote, IterableValidationNote) else path)
-        for sub in others_i:
-            yield from _walk(sub, path)
-    elif isinstance(exc, KeyError) and path:
-        yield f"expected '{path}' field"
-    elif isinstance(exc, ForbiddenExtraKeysError):
-        yield f"unexpected field(s) {sorted(exc.extra_fields)} in '{path or '$'}'"
-    elif path:
-        yield f"field '{path}': {_short(exc)}"
-    else:
-        yield _short(exc)
+# transform_error gives "{description} @ {path}"; a description saying which
+# kind of problem it is lets _word put the path where the wording wants it.
+_MISSING = "\x00missing"
+_EXTRA = "\x00extra:"
 
 
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+def _describe(exc: BaseException, _: Any) -> str:
+    if isinstance(exc, KeyError):
+        return _MISSING
+    if isinstance(exc, ForbiddenExtraKeysError):
+        return _EXTRA + repr(sorted(exc.extra_fields))
+    return _short(exc)
+
+
+def _word(line: str) -> str:
+    description, _, where = line.rpartition(" @ ")
+    path = where[1:].lstrip(".")  # "$.address.city" -> "address.city", "$" -> ""
+    if description == _MISSING and path:
+        return f"expected '{path}' field"
+    if description.startswith(_EXTRA):
+        return f"unexpected field(s) {description[len(_EXTRA) :]} in '{path or '$'}'"
+    if description == _MISSING:
+        description = _short(KeyError())
+    return f"field '{path}': {description}" if path else description
 
 
 def _short(exc: BaseException) -> str:

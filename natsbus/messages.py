@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import typing
-from typing import Any, Dict, Generic, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, Generic, Optional, Tuple, TypeVar
 
 import attrs
 
@@ -177,8 +177,3 @@ def parse_subject(subject: str) -> Optional[Tuple[Kind, str]]:
     if prefix == "queries":
         return Kind.QUERY, name
     return None
-
-
-def describe(cls: Type[Any]) -> str:
-    """``module.Class`` for messages about a class."""
-    return f"{cls.__module__}.{cls.__qualname__}"
