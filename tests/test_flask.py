@@ -178,3 +178,15 @@ def test_example_app_under_gunicorn(nats_server: NatsServer, user_pool: WorkerPo
     assert sorted(server.pids(CLOSED)) == sorted(opened), server.log()
     requests = user_pool.dispatcher.route_for("commands.CreateUserCommand")
     assert requests is not None and requests.stats.num_requests == 2 + 32 + 1
+
+
+def test_the_web_integrations_do_not_import_the_test_kit_at_load() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, natsbus.contrib.flask, natsbus.contrib._common\n"
+        "print(sorted(m for m in ('natsbus.testing', 'natsbus.worker') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -18,9 +18,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import attrs
 
@@ -29,7 +30,9 @@ from ..config import NatsConfig
 from ..cqrs import CommandBus, QueryBus
 from ..errors import ConfigError
 from ..ports import CommandBusPort, QueryBusPort
-from ..testing import InMemoryBus
+
+if TYPE_CHECKING:
+    from ..testing import InMemoryBus
 
 __all__ = ["BusSettings", "LazyBus", "Problem", "find_problems", "parse_settings"]
 
@@ -101,7 +104,9 @@ def _check(
     if service_id is not None and (not isinstance(service_id, str) or not service_id):
         problems.append((BAD_VALUE, f"{label('SERVICE_ID')} must be a non-empty string, got {service_id!r}"))
     memory = merged["IN_MEMORY"]
-    if memory is not None and not isinstance(memory, InMemoryBus):
+    # The test kit is not imported here: an InMemoryBus exists only once someone imported it.
+    testing = sys.modules.get("natsbus.testing")
+    if memory is not None and (testing is None or not isinstance(memory, testing.InMemoryBus)):
         problems.append((BAD_VALUE, f"{label('IN_MEMORY')} must be a natsbus.testing.InMemoryBus or None"))
     config = _config(merged, label, problems) if memory is None else None
     if problems:
