@@ -32,7 +32,7 @@ from ._micro import DISCOVERY_QUIET, DISCOVERY_TIMEOUT
 from ._transport import Headers, PendingReply, Reply, Transport
 from ._transport.pending import await_reply
 from ._transport.portal import Portal
-from .config import NatsConfig
+from .config import NatsConfig, redact_url
 from .errors import (
     BusClosedError,
 )
@@ -389,7 +389,7 @@ class Bus:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<natsbus.Bus {self._state.value} servers={list(self.config.servers)}>"
+        return f"<natsbus.Bus {self._state.value} servers={[redact_url(url) for url in self.config.servers]}>"
 
 
 class Completer:

@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import attrs
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_URL", "NatsConfig", "tls_context"]
+__all__ = ["DEFAULT_URL", "NatsConfig", "redact_url", "tls_context"]
 
 #: Where natsbus connects when neither ``servers`` nor ``NATS_URL`` is given.
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to show: a password (or token) in it becomes ``***``.
+
+    ``nats://alice:s3cret@host:4222`` -> ``nats://alice:***@host:4222``;
+    ``nats://t0ken@host`` (a token) -> ``nats://***@host``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{hostpart}" if colon else f"{scheme}://***@{hostpart}"
+
+
+def _servers_repr(servers: Tuple[str, ...]) -> str:
+    return repr(tuple(redact_url(url) for url in servers))
 
 
 def _to_servers(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
@@ -24,7 +45,7 @@ def _to_servers(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
         raise ConfigError("NatsConfig.servers must name at least one server URL")
     for url in servers:
         if "://" not in url:
-            raise ConfigError(f"server URL {url!r} has no scheme; expected e.g. nats://host:4222")
+            raise ConfigError(f"server URL {redact_url(url)!r} has no scheme; expected e.g. nats://host:4222")
     return servers
 
 
@@ -96,7 +117,7 @@ class NatsConfig:
         inbox_prefix: The prefix of reply subjects (for restricted accounts).
     """
 
-    servers: Tuple[str, ...] = attrs.field(default=(DEFAULT_URL,), converter=_to_servers)
+    servers: Tuple[str, ...] = attrs.field(default=(DEFAULT_URL,), converter=_to_servers, repr=_servers_repr)
     name: Optional[str] = None
     connect_timeout: float = attrs.field(default=5.0, validator=_positive)
     allow_reconnect: bool = True
@@ -117,15 +138,23 @@ class NatsConfig:
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> NatsConfig:
-        """Build a config from environment variables, then ``overrides``.
+        """Build a config from environment variables (natscli's), then ``overrides``.
 
         Reads ``NATS_URL`` (one URL or a comma-separated list; default
         :data:`DEFAULT_URL`), ``NATS_USER``, ``NATS_PASSWORD``,
-        ``NATS_TOKEN``, ``NATS_NKEY_SEED`` (a seed file),
-        ``NATS_CREDS`` (a creds file), and for TLS ``NATS_CA`` (CA
-        certificates to trust), ``NATS_CERT`` and ``NATS_KEY`` (a client
-        certificate and its key), which build ``tls`` with
-        :func:`tls_context` unless ``tls`` is given in ``overrides``.
+        ``NATS_TOKEN``, ``NATS_NKEY`` (a seed file; ``NATS_NKEY_SEED`` is
+        read too, as an older name), ``NATS_CREDS`` (a creds file), and for
+        TLS ``NATS_CA`` (CA certificates to trust), ``NATS_CERT`` and
+        ``NATS_KEY`` (a client certificate and its key), which build
+        ``tls`` with :func:`tls_context` unless ``tls`` is given in
+        ``overrides``.
+
+        ``NATS_CONTEXT`` names a natscli context (a file
+        ``$XDG_CONFIG_HOME/nats/context/NAME.json``, by default under
+        ``~/.config``, or a path to such a file): its ``url``, ``user``,
+        ``password``, ``token``, ``creds``, ``nkey``, ``ca``, ``cert`` and
+        ``key`` are used where the variable of the same setting is not
+        set, as natscli does.
 
         Args:
             environ: The mapping to read; ``os.environ`` by default.
@@ -135,19 +164,27 @@ class NatsConfig:
             A validated config.
 
         Raises:
-            ConfigError: A value is invalid.
+            ConfigError: A value is invalid, or the context cannot be read.
         """
-        env = os.environ if environ is None else environ
+        env = dict(os.environ if environ is None else environ)
+        context = env.get("NATS_CONTEXT")
+        if context:
+            for var, value in _read_context(context, env).items():
+                env.setdefault(var, value)  # set variables win over the context
+                if not env[var]:
+                    env[var] = value
         values: dict[str, Any] = {"servers": env.get("NATS_URL") or DEFAULT_URL}
-        for field, var in (
-            ("user", "NATS_USER"),
-            ("password", "NATS_PASSWORD"),
-            ("token", "NATS_TOKEN"),
-            ("nkeys_seed", "NATS_NKEY_SEED"),
-            ("user_credentials", "NATS_CREDS"),
+        for field, names in (
+            ("user", ("NATS_USER",)),
+            ("password", ("NATS_PASSWORD",)),
+            ("token", ("NATS_TOKEN",)),
+            ("nkeys_seed", ("NATS_NKEY", "NATS_NKEY_SEED")),
+            ("user_credentials", ("NATS_CREDS",)),
         ):
-            if env.get(var):
-                values[field] = env[var]
+            for var in names:
+                if env.get(var):
+                    values[field] = env[var]
+                    break
         tls_files = [env.get(var) or None for var in ("NATS_CA", "NATS_CERT", "NATS_KEY")]
         if any(tls_files) and "tls" not in overrides:
             try:
@@ -156,3 +193,36 @@ class NatsConfig:
                 raise ConfigError(f"NATS_CA / NATS_CERT / NATS_KEY: {exc}") from None
         values.update(overrides)
         return cls(**values)
+
+
+#: natscli context keys, and the variable each stands in for.
+_CONTEXT_KEYS = {
+    "url": "NATS_URL",
+    "user": "NATS_USER",
+    "password": "NATS_PASSWORD",
+    "token": "NATS_TOKEN",
+    "creds": "NATS_CREDS",
+    "nkey": "NATS_NKEY",
+    "ca": "NATS_CA",
+    "cert": "NATS_CERT",
+    "key": "NATS_KEY",
+}
+
+
+def _read_context(name: str, env: Mapping[str, str]) -> Dict[str, str]:
+    """The variables a natscli context file stands for (only its non-empty string settings)."""
+    if name.endswith(".json") or os.sep in name:
+        path = os.path.expanduser(name)
+    else:
+        base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        path = os.path.join(base, "nats", "context", f"{name}.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"NATS_CONTEXT {name!r}: cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"NATS_CONTEXT {name!r}: {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"NATS_CONTEXT {name!r}: {path} does not hold a JSON object")
+    return {var: data[key] for key, var in _CONTEXT_KEYS.items() if isinstance(data.get(key), str) and data[key]}
