@@ -8,7 +8,7 @@ Serves a WorkerPool built by a factory (default: the spec's user-service,
 The factory takes a :class:`natsbus.Bus` and returns a :class:`natsbus.WorkerPool`.
 
 Environment: ``NATS_URL`` (and ``NATS_USER``, ``NATS_PASSWORD``,
-``NATS_TOKEN``, ``NATS_NKEY_SEED``, ``NATS_CREDS``), ``WORKER_DRAIN_TIMEOUT``
+``NATS_TOKEN``, ``NATS_NKEY``, ``NATS_CREDS``, ``NATS_CONTEXT``), ``WORKER_DRAIN_TIMEOUT``
 (seconds, default 30), ``WORKER_CONNECT_TIMEOUT`` (seconds to find a
 server at start, default 5), ``LOG_LEVEL`` (default INFO).
 
