@@ -16,7 +16,8 @@ from typing import Any, Dict, Iterator, Tuple
 
 import pytest
 
-from natsbus.bench.runner import percentile, size_label
+from natsbus.bench.plan import size_label
+from natsbus.bench.runner import percentile
 from natsbus.cli import main
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None

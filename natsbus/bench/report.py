@@ -1,0 +1,331 @@
+"""What ``natsbus bench`` reports: the targets with their verdicts, the tables, the chart."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .plan import Options, size_label
+from .roles import BATCH_IN_FLIGHT, EXTRA_TYPES, LARGE_PAYLOAD, NATSBUS, NATSBUS_TYPES, RAW
+
+# -- targets -------------------------------------------------------------------------
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _target(
+    name: str,
+    ratio: Optional[float],
+    goal: Optional[Tuple[str, float]],
+    raw: str,
+    natsbus: str,
+    note: str = "",
+    result: Optional[str] = None,
+) -> Dict[str, Any]:
+    if result is None:
+        if goal is None:
+            result = "-"
+        elif ratio is None:
+            result = "MISS"
+        else:
+            op, value = goal
+            result = "PASS" if (ratio >= value if op == ">=" else ratio <= value) else "MISS"
+    return {
+        "name": name,
+        "ratio": round(ratio, 3) if ratio is not None else None,
+        "target": f"{goal[0]} {goal[1]:.2f}x" if goal else "",
+        "result": result,
+        "raw": raw,
+        "natsbus": natsbus,
+        "note": note,
+    }
+
+
+def _fmt_rate(cell: Optional[Dict[str, Any]]) -> str:
+    return f"{cell['throughput']:,.0f} req/s" if cell and "throughput" in cell else "-"
+
+
+def _fmt_us(value: Optional[float]) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:,.1f} ms" if value >= 10_000 else f"{value:,.0f} us"
+
+
+def _fmt_switches(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _fmt_kib(kib: Optional[int]) -> str:
+    return f"{kib / 1024:,.1f} MiB" if kib else "-"
+
+
+def _errors_note(*cells: Optional[Dict[str, Any]]) -> str:
+    notes = [f"{c['errors']} errors ({c['first_error']})" for c in cells if c and c.get("errors")]
+    notes += ["hit the request cap" for c in cells if c and c.get("capped")]
+    return "; ".join(notes)
+
+
+def _gate(target: Dict[str, Any], *cells: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A measurement with errors does not pass, whatever its ratio."""
+    if target["result"] == "PASS" and any(c and c.get("errors") for c in cells):
+        target["result"] = "MISS"
+    return target
+
+
+def _val(cell: Optional[Dict[str, Any]], key: str) -> Optional[float]:
+    value = cell.get(key) if cell else None
+    return float(value) if value is not None else None
+
+
+def targets(
+    options: Options, cells: Dict[str, Dict[str, Dict[str, Any]]], memory: Dict[str, Dict[str, int]]
+) -> List[Dict[str, Any]]:
+    """The issue's targets, each as a ratio natsbus / raw from this run."""
+    rows: List[Dict[str, Any]] = []
+    first, last = options.concurrency[0], options.concurrency[-1]
+
+    def get(key: str, impl: str) -> Optional[Dict[str, Any]]:
+        return cells.get(key, {}).get(impl)
+
+    def rate_row(name: str, key: str, goal: Optional[Tuple[str, float]]) -> Dict[str, Any]:
+        raw, nb = get(key, RAW), get(key, NATSBUS)
+        ratio = _ratio(_val(nb, "throughput"), _val(raw, "throughput"))
+        row = _target(name, ratio, goal, _fmt_rate(raw), _fmt_rate(nb), _errors_note(raw, nb))
+        return _gate(row, raw, nb)
+
+    def latency_text(cell: Optional[Dict[str, Any]]) -> str:
+        return f"{_fmt_us(_val(cell, 'p50_us'))} (p99 {_fmt_us(_val(cell, 'p99_us'))})"
+
+    for size in options.payload_sizes:
+        label = f"{size_label(size)} payload"
+        rows.append(rate_row(f"throughput, {first} callers, {label}", f"throughput/{first}/{size}", (">=", 0.75)))
+        raw, nb = get(f"sequential/1/{size}", RAW), get(f"sequential/1/{size}", NATSBUS)
+        ratio = _ratio(_val(nb, "p50_us"), _val(raw, "p50_us"))
+        row = _target(
+            f"sequential p50, {label}", ratio, ("<=", 1.2), latency_text(raw), latency_text(nb), _errors_note(raw, nb)
+        )
+        rows.append(_gate(row, raw, nb))
+        name = f"execute_many, {BATCH_IN_FLIGHT} in flight, {label}"
+        key = f"batch/{BATCH_IN_FLIGHT}/{size}"
+        nb = get(key, NATSBUS)
+        if nb is None or "missing" in nb:
+            rows.append(_target(name, None, (">=", 1.0), "-", "n/a (execute_many missing)", result="n/a"))
+        else:
+            rows.append(rate_row(name, key, (">=", 1.0)))
+        for n in options.concurrency[1:]:
+            rows.append(rate_row(f"throughput, {n} callers, {label}", f"throughput/{n}/{size}", None))
+
+    raw_mem, nb_mem = memory.get(RAW, {}), memory.get(NATSBUS, {})
+    for key, name, limit in (
+        (
+            "client_under_load_kib",
+            f"client RSS under load, {first} callers, {size_label(options.payload_sizes[0])}",
+            1.25,
+        ),
+        ("responder_peak_kib", "worker RSS, peak", 1.5),
+    ):
+        ratio = _ratio(_val(nb_mem, key), _val(raw_mem, key))
+        rows.append(_target(name, ratio, ("<=", limit), _fmt_kib(raw_mem.get(key)), _fmt_kib(nb_mem.get(key))))
+
+    if last != first:
+        for size in options.payload_sizes:
+            hi, lo = get(f"throughput/{last}/{size}", NATSBUS), get(f"throughput/{first}/{size}", NATSBUS)
+            raw_hi, raw_lo = get(f"throughput/{last}/{size}", RAW), get(f"throughput/{first}/{size}", RAW)
+            raw_ratio = _ratio(_val(raw_hi, "throughput"), _val(raw_lo, "throughput"))
+            row = _target(
+                f"natsbus {last} vs {first} callers, {size_label(size)} payload",
+                _ratio(_val(hi, "throughput"), _val(lo, "throughput")),
+                (">=", 0.8),
+                f"{raw_ratio:.2f}x" if raw_ratio is not None else "-",
+                f"{_fmt_rate(hi)} vs {_fmt_rate(lo)}",
+                "natsbus vs itself; raw column: raw's own ratio",
+            )
+            rows.append(_gate(row, hi, lo))
+
+    key = f"sequential/1/{LARGE_PAYLOAD}"
+    raw, nb = get(key, RAW), get(key, NATSBUS)
+    works = bool(nb and nb.get("requests") and not nb.get("errors"))
+    raw_works = bool(raw and raw.get("requests") and not raw.get("errors"))
+    rows.append(
+        _target(
+            f"{size_label(LARGE_PAYLOAD)} payload works (sequential p50)",
+            _ratio(_val(nb, "p50_us"), _val(raw, "p50_us")),
+            None,
+            _fmt_us(_val(raw, "p50_us")) if raw_works else "failed",
+            _fmt_us(_val(nb, "p50_us")) if works else "failed",
+            "; ".join(
+                f"{impl}: {c['errors']} errors ({c['first_error']})"
+                for impl, c in ((RAW, raw), (NATSBUS, nb))
+                if c and c.get("errors")
+            )
+            or "the target is that it works; the ratio is for information",
+            result="PASS" if works else "MISS",
+        )
+    )
+
+    key = f"types/{first}/0"
+    one, many = get(key, NATSBUS), get(key, NATSBUS_TYPES)
+    row = _target(
+        f"{EXTRA_TYPES} more registered types vs none, {first} callers",
+        _ratio(_val(many, "throughput"), _val(one, "throughput")),
+        (">=", 0.95),
+        _fmt_rate(one),
+        _fmt_rate(many),
+        f"natsbus vs itself: raw column 1 type, natsbus column {EXTRA_TYPES + 1}",
+    )
+    rows.append(_gate(row, one, many))
+    return rows
+
+
+# -- output ---------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> List[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+
+    def line(cols: Sequence[str]) -> str:
+        parts = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cols, widths))]
+        return "  ".join(parts).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def render(report: Dict[str, Any]) -> str:
+    """The printed report: the targets (ratios first), then every measurement."""
+    meta = report["meta"]
+    lines = [
+        f"natsbus bench: natsbus {meta['natsbus']} vs raw nats-py {meta['nats_py']} "
+        f"(Python {meta['python']}, {meta['cpus']} CPUs, JSON {meta['json']})",
+        f"server: {meta['server']}",
+        f"each measurement: {meta['duration']:g} s per implementation in {meta['rounds']} alternating "
+        f"round(s) ({meta['order']}); WorkerPool max_workers {meta['max_workers']}",
+        "",
+        "Targets: natsbus / raw nats-py, same run",
+    ]
+    rows = [
+        [
+            f"{t['ratio']:.2f}x" if t["ratio"] is not None else "-",
+            t["target"],
+            t["result"],
+            t["name"],
+            t["raw"],
+            t["natsbus"],
+            t["note"],
+        ]
+        for t in report["targets"]
+    ]
+    lines += _table(["ratio", "target", "result", "measurement", "raw", "natsbus", "note"], rows, right=(0,))
+    lines += ["", "Measurements"]
+    rows = []
+    for cell in report["cells"]:
+        for impl, s in cell["results"].items():
+            row = [cell["scenario"], size_label(cell["payload"]), str(cell["concurrency"]), impl]
+            if "missing" in s:
+                rows.append([*row, "n/a", "", "", "", "", "", "", "", "", f"{s['missing']} missing"])
+                continue
+            runs = " / ".join(f"{r['throughput']:,.0f}" for r in s["runs"])
+            note = ", ".join(x for x in (f"rounds: {runs}", "capped" if s["capped"] else "") if x)
+            rows.append(
+                [
+                    *row,
+                    f"{s['throughput']:,.0f}",
+                    _fmt_us(s["p50_us"]),
+                    _fmt_us(s["p99_us"]),
+                    _fmt_us(s["client_cpu_us"]),
+                    _fmt_us(s["responder_cpu_us"]),
+                    _fmt_switches(s.get("client_switches")),
+                    _fmt_switches(s.get("responder_switches")),
+                    f"{s['requests']:,}",
+                    str(s["errors"]),
+                    note,
+                ]
+            )
+    headers = [
+        "scenario",
+        "payload",
+        "callers",
+        "implementation",
+        "req/s",
+        "p50",
+        "p99",
+        "client CPU/req",
+        "responder CPU/req",
+        "client csw/req",
+        "responder csw/req",
+        "requests",
+        "errors",
+        "note",
+    ]
+    lines += _table(headers, rows, right=(2, 4, 5, 6, 7, 8, 9, 10, 11, 12))
+    mem = report["memory"]
+    lines += [""]
+    lines += _table(
+        ["memory (RSS)", "raw", "natsbus"],
+        [
+            [label, _fmt_kib(mem[RAW].get(key)), _fmt_kib(mem[NATSBUS].get(key))]
+            for key, label in (
+                ("client_under_load_kib", "client, under load"),
+                ("client_peak_kib", "client, peak"),
+                ("responder_peak_kib", "responder, peak"),
+            )
+        ],
+        right=(1, 2),
+    )
+    return "\n".join(lines) + "\n"
+
+
+def draw_chart(report: Dict[str, Any], path: str) -> None:
+    """A PNG: throughput and sequential latency, raw beside natsbus, ratios on top."""
+    matplotlib: Any = importlib.import_module("matplotlib")
+    matplotlib.use("Agg")
+    plt: Any = importlib.import_module("matplotlib.pyplot")
+    by_key = {c["key"]: c for c in report["cells"]}
+
+    def bars(ax: Any, groups: List[Tuple[str, str]], metric: str, unit: str) -> None:
+        labels, raws, nbs = [], [], []
+        for key, label in groups:
+            results = by_key[key]["results"]
+            raw, nb = results.get(RAW, {}), results.get(NATSBUS, {})
+            if "missing" in nb or metric not in raw or nb.get(metric) is None:
+                continue
+            labels.append(label)
+            raws.append(raw[metric])
+            nbs.append(nb[metric])
+        xs = list(range(len(labels)))
+        ax.bar([x - 0.2 for x in xs], raws, 0.4, label="raw nats-py", color="#999999")
+        ax.bar([x + 0.2 for x in xs], nbs, 0.4, label="natsbus", color="#2a6fbb")
+        for x, a, b in zip(xs, raws, nbs):
+            if a:
+                ax.annotate(f"{b / a:.2f}x", (x + 0.2, b), ha="center", va="bottom", fontsize=8)
+        ax.margins(y=0.15)  # room for the ratio labels
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_ylabel(unit)
+
+    throughput, latency = [], []
+    for cell in report["cells"]:
+        if cell["impls"] != [RAW, NATSBUS] or cell["payload"] == LARGE_PAYLOAD:
+            continue
+        size = size_label(cell["payload"])
+        if cell["scenario"] == "throughput":
+            throughput.append((cell["key"], f"{cell['concurrency']} callers\n{size}"))
+        elif cell["scenario"] == "batch":
+            throughput.append((cell["key"], f"execute_many\n{size}"))
+        else:
+            latency.append((cell["key"], f"sequential\n{size}"))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [2, 1]})
+    bars(left, throughput, "throughput", "requests per second")
+    left.set_title("Throughput (higher is better)")
+    bars(right, latency, "p50_us", "microseconds")
+    right.set_title("Sequential p50 latency (lower is better)")
+    meta = report["meta"]
+    fig.suptitle(f"natsbus {meta['natsbus']} vs raw nats-py {meta['nats_py']} (ratio = natsbus / raw)")
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
