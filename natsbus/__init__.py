@@ -1,9 +1,29 @@
 """natsbus: blocking CQRS commands and queries over NATS for threaded Python.
 
-The public API lives here; everything else is an implementation detail
-unless its module says otherwise (``natsbus.server``, ``natsbus.envelope``,
-``natsbus.codec``, ``natsbus.discovery``, ``natsbus.metrics``,
-``natsbus.middleware``, ``natsbus.durable``, ``natsbus.idempotency`` are public modules too).
+The public API lives here. Public modules beyond it (the same list as
+:data:`PUBLIC_MODULES`, which the tests check)::
+
+    natsbus.codec                 the JSON converter and its validation texts
+    natsbus.config                NatsConfig, tls_context, redact_url
+    natsbus.contrib.django        the Django app (settings, checks, natsbus_worker)
+    natsbus.contrib.django.checks its system checks
+    natsbus.contrib.flask         the Flask extension
+    natsbus.cqrs                  CommandBus, QueryBus, the Requester seam, TimeoutArg
+    natsbus.discovery             NATS micro discovery (ping, discover, stats)
+    natsbus.durable               durable commands on JetStream
+    natsbus.envelope              the wire contract's envelopes
+    natsbus.idempotency           idempotency stores
+    natsbus.metrics               the Prometheus collector
+    natsbus.middleware            client and handler middleware, tracing
+    natsbus.ports                 CommandBusPort, QueryBusPort
+    natsbus.pytest_plugin         the pytest fixtures
+    natsbus.server                an embedded nats-server
+    natsbus.testing               InMemoryBus
+
+Everything else (modules whose name starts with ``_``, and ``bus``,
+``dispatch``, ``worker``, ``messages``, ``context``, ``policies``,
+``errors``, ``bench``, ``cli``, ``demo``) is reached through the names
+here; see ``docs/architecture.rst`` for how the package is layered.
 """
 
 from typing import TYPE_CHECKING, Any, Dict, List
@@ -62,6 +82,26 @@ if TYPE_CHECKING:  # imported on first use (below): a client-only process never 
     from .metrics import PrometheusCollector
     from .server import NatsCluster, NatsServer
     from .worker import WorkerPool
+
+#: The public modules besides this one (the docstring lists them too).
+PUBLIC_MODULES = (
+    "natsbus.codec",
+    "natsbus.config",
+    "natsbus.contrib.django",
+    "natsbus.contrib.django.checks",
+    "natsbus.contrib.flask",
+    "natsbus.cqrs",
+    "natsbus.discovery",
+    "natsbus.durable",
+    "natsbus.envelope",
+    "natsbus.idempotency",
+    "natsbus.metrics",
+    "natsbus.middleware",
+    "natsbus.ports",
+    "natsbus.pytest_plugin",
+    "natsbus.server",
+    "natsbus.testing",
+)
 
 #: Public names whose modules load on first use, and where they live.
 _LAZY: Dict[str, str] = {

@@ -58,7 +58,7 @@ from .messages import (
 from .middleware import ClientCall, Middleware, run_client
 from .policies import QueryCache, RetryPolicy
 
-__all__ = ["DEFAULT", "CommandBus", "QueryBus", "Requester", "TimeoutArg"]
+__all__ = ["CommandBus", "DEFAULT", "QueryBus", "Requester", "TimeoutArg"]
 
 logger = logging.getLogger("natsbus.bus")
 

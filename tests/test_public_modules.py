@@ -7,18 +7,15 @@ import inspect
 
 import pytest
 
-MODULES = [
-    "natsbus.middleware",
-    "natsbus.durable",
-    "natsbus.idempotency",
-    "natsbus.ports",
-    "natsbus.testing",
-    "natsbus.pytest_plugin",
-    "natsbus.server",
-    "natsbus.contrib.flask",
-    "natsbus.contrib.django",
-    "natsbus.contrib.django.checks",
-]
+import natsbus
+
+MODULES = list(natsbus.PUBLIC_MODULES)
+
+
+def test_the_package_docstring_lists_the_public_modules() -> None:
+    doc = inspect.getdoc(natsbus) or ""
+    listed = [line.split()[0] for line in doc.splitlines() if line.startswith("    natsbus.")]
+    assert listed == MODULES == sorted(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)
