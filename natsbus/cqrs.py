@@ -22,6 +22,7 @@ from typing import (
     Dict,
     Iterable,
     List,
+    Literal,
     Optional,
     Protocol,
     Tuple,
@@ -32,6 +33,7 @@ from typing import (
 )
 
 import attrs
+from attrs import AttrsInstance
 
 from . import codec
 from ._transport import Headers, PendingReply, Reply
@@ -58,7 +60,7 @@ from .messages import (
 from .middleware import ClientCall, Middleware, run_client
 from .policies import QueryCache, RetryPolicy
 
-__all__ = ["CommandBus", "DEFAULT", "QueryBus", "Requester", "TimeoutArg"]
+__all__ = ["CommandBus", "DEFAULT", "Message", "QueryBus", "Requester", "RetryArg", "TimeoutArg"]
 
 logger = logging.getLogger("natsbus.bus")
 
@@ -107,6 +109,12 @@ class _Default(enum.Enum):
 #: "Use the bus's own timeout" (``None`` would mean "no limit").
 DEFAULT = _Default.DEFAULT
 TimeoutArg = Union[float, None, _Default]
+#: A call's ``retry``: a policy, ``None`` for no retry, or DEFAULT for the bus's.
+RetryArg = Union[RetryPolicy, None, _Default]
+#: ``progress(done, total)`` of the ``*_many`` calls (``total`` is None for iterators).
+Progress = Callable[[int, Optional[int]], None]
+#: A message that declares no result type (a plain attrs class): calls take it with ``returns=``.
+Message = AttrsInstance
 
 
 @attrs.frozen
@@ -185,10 +193,10 @@ class _MessageBus:
     def _limit(self, timeout: TimeoutArg) -> Optional[float]:
         return self.timeout if timeout is DEFAULT else timeout
 
-    def _call(self, request: _Request, timeout: TimeoutArg, returns: Any, retry: Any) -> Tuple[Any, Reply]:
+    def _call(self, request: _Request, timeout: TimeoutArg, returns: Any, retry: RetryArg) -> Tuple[Any, Reply]:
         """Send (and resend, per the retry policy); return the result and its reply."""
         limit = self._limit(timeout)
-        policy: Optional[RetryPolicy] = self.retry if retry is DEFAULT else retry
+        policy = self.retry if isinstance(retry, _Default) else retry
         attempt = 0
         while True:
             try:
@@ -261,7 +269,7 @@ class _MessageBus:
             raise service_error(envelope, reply.headers, route.subject)
         return _structure_result(envelope.payload, target, route)
 
-    def submit(self, message: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None) -> Future[Any]:
+    def _submit(self, message: Any, timeout: TimeoutArg, returns: Any) -> Future[Any]:
         """Send ``message`` now; return a future of its result.
 
         The future is a ``concurrent.futures.Future``: wait on it, combine
@@ -421,15 +429,21 @@ class CommandBus(_MessageBus):
         super().__init__(bus, timeout, service_id, retry, middleware)
 
     @overload
-    def execute(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT) -> R: ...
+    def execute(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT, retry: RetryArg = DEFAULT) -> R: ...
 
     @overload
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Type[T], retry: Any = DEFAULT) -> T: ...
+    def execute(
+        self, command: Message, *, timeout: TimeoutArg = DEFAULT, returns: Type[T], retry: RetryArg = DEFAULT
+    ) -> T: ...
 
-    @overload
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT) -> Any: ...
-
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None, retry: Any = DEFAULT) -> Any:
+    def execute(
+        self,
+        command: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        returns: Optional[type] = None,
+        retry: RetryArg = DEFAULT,
+    ) -> Any:
         """Send ``command`` to ``commands.{Type}`` and return its result.
 
         Args:
@@ -457,6 +471,70 @@ class CommandBus(_MessageBus):
             return self._call_in_chain(command, request, timeout, returns, retry)[0]
         return self._call(request, timeout, returns, retry)[0]
 
+    @overload
+    def submit(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT) -> Future[R]: ...
+
+    @overload
+    def submit(self, command: Message, *, timeout: TimeoutArg = DEFAULT, returns: Type[T]) -> Future[T]: ...
+
+    def submit(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Optional[type] = None) -> Future[Any]:
+        """Send ``command`` now; return a ``concurrent.futures.Future`` of its result.
+
+        Callbacks run on a natsbus helper thread, never the loop; they share
+        one thread per Bus, so one that blocks delays every other future of
+        the Bus. The future fails with the errors :meth:`execute` raises
+        once the request is sent (the timeout included); errors found before
+        sending (a closed Bus, a payload over the limit, a bad message) are
+        raised by ``submit()`` itself. No retries: a future is one attempt.
+        """
+        return self._submit(command, timeout, returns)
+
+    @overload
+    def execute_many(
+        self,
+        messages: Iterable[Command[R]],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: Literal[False] = False,
+        progress: Optional[Progress] = None,
+    ) -> List[R]: ...
+
+    @overload
+    def execute_many(
+        self,
+        messages: Iterable[Command[R]],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: Literal[True],
+        progress: Optional[Progress] = None,
+    ) -> List[Union[R, Exception]]: ...
+
+    @overload
+    def execute_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: Literal[False] = False,
+        progress: Optional[Progress] = None,
+        returns: Type[T],
+    ) -> List[T]: ...
+
+    @overload
+    def execute_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: Literal[True],
+        progress: Optional[Progress] = None,
+        returns: Type[T],
+    ) -> List[Union[T, Exception]]: ...
+
     def execute_many(
         self,
         messages: Iterable[Any],
@@ -464,8 +542,8 @@ class CommandBus(_MessageBus):
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
         return_exceptions: bool = False,
-        progress: Optional[Callable[[int, Optional[int]], None]] = None,
-        returns: Any = None,
+        progress: Optional[Progress] = None,
+        returns: Optional[type] = None,
     ) -> List[Any]:
         """Execute many commands from one thread, pipelined.
 
@@ -591,29 +669,28 @@ class QueryBus(_MessageBus):
         self.cache = cache
 
     @overload
-    def ask(self, query: Query[R], *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT, cache: bool = True) -> R: ...
+    def ask(
+        self, query: Query[R], *, timeout: TimeoutArg = DEFAULT, retry: RetryArg = DEFAULT, cache: bool = True
+    ) -> R: ...
 
     @overload
     def ask(
         self,
-        query: Any,
+        query: Message,
         *,
         timeout: TimeoutArg = DEFAULT,
         returns: Type[T],
-        retry: Any = DEFAULT,
+        retry: RetryArg = DEFAULT,
         cache: bool = True,
     ) -> T: ...
-
-    @overload
-    def ask(self, query: Any, *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT, cache: bool = True) -> Any: ...
 
     def ask(
         self,
         query: Any,
         *,
         timeout: TimeoutArg = DEFAULT,
-        returns: Any = None,
-        retry: Any = DEFAULT,
+        returns: Optional[type] = None,
+        retry: RetryArg = DEFAULT,
         cache: bool = True,
     ) -> Any:
         """Send ``query`` to ``queries.{Type}`` and return its result.
@@ -641,6 +718,70 @@ class QueryBus(_MessageBus):
         store.put(key, (reply, request.message_id))
         return result
 
+    @overload
+    def submit(self, query: Query[R], *, timeout: TimeoutArg = DEFAULT) -> Future[R]: ...
+
+    @overload
+    def submit(self, query: Message, *, timeout: TimeoutArg = DEFAULT, returns: Type[T]) -> Future[T]: ...
+
+    def submit(self, query: Any, *, timeout: TimeoutArg = DEFAULT, returns: Optional[type] = None) -> Future[Any]:
+        """Send ``query`` now; return a ``concurrent.futures.Future`` of its result.
+
+        Callbacks run on a natsbus helper thread, never the loop; they share
+        one thread per Bus, so one that blocks delays every other future of
+        the Bus. The future fails with the errors :meth:`ask` raises
+        once the request is sent (the timeout included); errors found before
+        sending (a closed Bus, a payload over the limit, a bad message) are
+        raised by ``submit()`` itself. No retries: a future is one attempt.
+        """
+        return self._submit(query, timeout, returns)
+
+    @overload
+    def ask_many(
+        self,
+        messages: Iterable[Query[R]],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: Literal[False] = False,
+        progress: Optional[Progress] = None,
+    ) -> List[R]: ...
+
+    @overload
+    def ask_many(
+        self,
+        messages: Iterable[Query[R]],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: Literal[True],
+        progress: Optional[Progress] = None,
+    ) -> List[Union[R, Exception]]: ...
+
+    @overload
+    def ask_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: Literal[False] = False,
+        progress: Optional[Progress] = None,
+        returns: Type[T],
+    ) -> List[T]: ...
+
+    @overload
+    def ask_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        concurrency: int = 64,
+        timeout: TimeoutArg = DEFAULT,
+        return_exceptions: Literal[True],
+        progress: Optional[Progress] = None,
+        returns: Type[T],
+    ) -> List[Union[T, Exception]]: ...
+
     def ask_many(
         self,
         messages: Iterable[Any],
@@ -648,8 +789,8 @@ class QueryBus(_MessageBus):
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
         return_exceptions: bool = False,
-        progress: Optional[Callable[[int, Optional[int]], None]] = None,
-        returns: Any = None,
+        progress: Optional[Progress] = None,
+        returns: Optional[type] = None,
     ) -> List[Any]:
         """Ask many queries from one thread, pipelined; see :meth:`CommandBus.execute_many`."""
         return self._many(messages, concurrency, timeout, return_exceptions, progress, returns)

@@ -1,7 +1,9 @@
 """The CQRS ports: what application code depends on, not how it is sent.
 
 These are the spec's hexagonal "CQRS ports" layer as :class:`typing.Protocol`
-classes. Write use cases against them; wire in an adapter at the edge::
+classes, as wide as the buses: ``execute``/``ask`` (with ``retry``, and
+``cache`` for queries), ``submit`` and the pipelined ``*_many`` calls. Write
+use cases against them; wire in an adapter at the edge::
 
     from natsbus.ports import CommandBusPort
 
@@ -13,20 +15,25 @@ classes. Write use cases against them; wire in an adapter at the edge::
 
 :class:`~natsbus.CommandBus`, :class:`~natsbus.QueryBus` and the buses of
 :mod:`natsbus.testing` satisfy them structurally (no subclassing), and mypy
-checks that: ``tests/test_ports.py`` runs mypy on exactly such assignments.
+checks that: ``tests/test_ports.py`` runs mypy on such assignments, and on
+misuse it must reject.
 
-A hand-written fake satisfies a port too; one non-overloaded method is
-enough::
+Types: a ``Command[R]`` gives an ``R``; a plain attrs class (no result type
+declared) needs ``returns=SomeType``. A query given to ``execute`` or a
+command given to ``ask``, and anything that is not an attrs instance, are
+type errors.
 
-    class RecordingCommands:
-        def execute(self, command: Any, *, timeout: Any = DEFAULT, returns: Any = None) -> Any: ...
+A hand-written fake is usually simplest as a subclass of the in-memory bus,
+or an object with the methods your code calls, typed against the concrete
+class it replaces.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Type, TypeVar, overload
+from concurrent.futures import Future
+from typing import Iterable, List, Literal, Optional, Protocol, Type, TypeVar, Union, overload
 
-from .cqrs import TimeoutArg
+from .cqrs import Message, Progress, RetryArg, TimeoutArg
 from .messages import Command, Query
 
 __all__ = ["CommandBusPort", "QueryBusPort"]
@@ -36,35 +43,140 @@ T = TypeVar("T")
 
 
 class CommandBusPort(Protocol):
-    """Sends a command (a write) and returns its result.
+    """Sends commands (writes) and returns their results.
 
-    ``execute(cmd)`` on a ``Command[R]`` returns an ``R``; ``returns=`` builds
-    the result as another type; ``timeout`` is seconds for this call
-    (``None``: no limit; default: the bus's own).
+    :class:`~natsbus.CommandBus` is the NATS adapter; see it for the
+    arguments, results and errors.
     """
 
     @overload
-    def execute(self, command: Command[R], *, timeout: TimeoutArg = ...) -> R: ...
+    def execute(self, command: Command[R], *, timeout: TimeoutArg = ..., retry: RetryArg = ...) -> R: ...
 
     @overload
-    def execute(self, command: Any, *, timeout: TimeoutArg = ..., returns: Type[T]) -> T: ...
+    def execute(self, command: Message, *, timeout: TimeoutArg = ..., returns: Type[T], retry: RetryArg = ...) -> T: ...
 
     @overload
-    def execute(self, command: Any, *, timeout: TimeoutArg = ...) -> Any: ...
+    def submit(self, command: Command[R], *, timeout: TimeoutArg = ...) -> Future[R]: ...
+
+    @overload
+    def submit(self, command: Message, *, timeout: TimeoutArg = ..., returns: Type[T]) -> Future[T]: ...
+
+    @overload
+    def execute_many(
+        self,
+        messages: Iterable[Command[R]],
+        *,
+        concurrency: int = ...,
+        timeout: TimeoutArg = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: Optional[Progress] = ...,
+    ) -> List[R]: ...
+
+    @overload
+    def execute_many(
+        self,
+        messages: Iterable[Command[R]],
+        *,
+        concurrency: int = ...,
+        timeout: TimeoutArg = ...,
+        return_exceptions: Literal[True],
+        progress: Optional[Progress] = ...,
+    ) -> List[Union[R, Exception]]: ...
+
+    @overload
+    def execute_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        concurrency: int = ...,
+        timeout: TimeoutArg = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: Optional[Progress] = ...,
+        returns: Type[T],
+    ) -> List[T]: ...
+
+    @overload
+    def execute_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        concurrency: int = ...,
+        timeout: TimeoutArg = ...,
+        return_exceptions: Literal[True],
+        progress: Optional[Progress] = ...,
+        returns: Type[T],
+    ) -> List[Union[T, Exception]]: ...
 
 
 class QueryBusPort(Protocol):
-    """Sends a query (a read) and returns its result.
+    """Asks queries (reads) and returns their results.
 
-    ``ask(query)`` on a ``Query[R]`` returns an ``R``; ``returns=`` and
-    ``timeout`` as for :class:`CommandBusPort`.
+    :class:`~natsbus.QueryBus` is the NATS adapter; see it for the
+    arguments, results and errors.
     """
 
     @overload
-    def ask(self, query: Query[R], *, timeout: TimeoutArg = ...) -> R: ...
+    def ask(self, query: Query[R], *, timeout: TimeoutArg = ..., retry: RetryArg = ..., cache: bool = ...) -> R: ...
 
     @overload
-    def ask(self, query: Any, *, timeout: TimeoutArg = ..., returns: Type[T]) -> T: ...
+    def ask(
+        self,
+        query: Message,
+        *,
+        timeout: TimeoutArg = ...,
+        returns: Type[T],
+        retry: RetryArg = ...,
+        cache: bool = ...,
+    ) -> T: ...
 
     @overload
-    def ask(self, query: Any, *, timeout: TimeoutArg = ...) -> Any: ...
+    def submit(self, query: Query[R], *, timeout: TimeoutArg = ...) -> Future[R]: ...
+
+    @overload
+    def submit(self, query: Message, *, timeout: TimeoutArg = ..., returns: Type[T]) -> Future[T]: ...
+
+    @overload
+    def ask_many(
+        self,
+        messages: Iterable[Query[R]],
+        *,
+        concurrency: int = ...,
+        timeout: TimeoutArg = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: Optional[Progress] = ...,
+    ) -> List[R]: ...
+
+    @overload
+    def ask_many(
+        self,
+        messages: Iterable[Query[R]],
+        *,
+        concurrency: int = ...,
+        timeout: TimeoutArg = ...,
+        return_exceptions: Literal[True],
+        progress: Optional[Progress] = ...,
+    ) -> List[Union[R, Exception]]: ...
+
+    @overload
+    def ask_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        concurrency: int = ...,
+        timeout: TimeoutArg = ...,
+        return_exceptions: Literal[False] = ...,
+        progress: Optional[Progress] = ...,
+        returns: Type[T],
+    ) -> List[T]: ...
+
+    @overload
+    def ask_many(
+        self,
+        messages: Iterable[Message],
+        *,
+        concurrency: int = ...,
+        timeout: TimeoutArg = ...,
+        return_exceptions: Literal[True],
+        progress: Optional[Progress] = ...,
+        returns: Type[T],
+    ) -> List[Union[T, Exception]]: ...

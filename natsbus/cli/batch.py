@@ -194,7 +194,7 @@ def run_batch(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Optiona
     started = time.monotonic()
     try:
         with Bus(args.server, name="natsbus-cli") if args.server else Bus(name="natsbus-cli") as bus:
-            many = CommandBus(bus, timeout=args.timeout, service_id=args.service_id).execute_many
+            many: Any = CommandBus(bus, timeout=args.timeout, service_id=args.service_id).execute_many
             if kind is Kind.QUERY:
                 many = QueryBus(bus, timeout=args.timeout, service_id=args.service_id).ask_many
 

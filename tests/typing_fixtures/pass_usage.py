@@ -1,0 +1,63 @@
+"""Correct use of the public API: mypy --strict must accept all of it (tests/test_typing.py)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any, Dict, List, Union
+
+import attrs
+
+from natsbus import Bus, Command, CommandBus, Query, QueryBus, QueryCache, RetryPolicy
+from natsbus.ports import CommandBusPort, QueryBusPort
+from natsbus.testing import InMemoryBus
+
+
+@attrs.frozen
+class Created:
+    user_id: str
+
+
+@attrs.frozen
+class CreateUser(Command[Created]):
+    name: str
+
+
+@attrs.frozen
+class GetName(Query[str]):
+    user_id: str
+
+
+@attrs.frozen
+class Plain:  # an attrs class that declares no result type
+    n: int
+
+
+def client(bus: Bus) -> None:
+    commands = CommandBus(bus, retry=RetryPolicy(attempts=2))
+    queries = QueryBus(bus, cache=QueryCache(ttl=5))
+    created: Created = commands.execute(CreateUser("a"), timeout=1.0, retry=None)
+    name: str = queries.ask(GetName(created.user_id), cache=False, retry=RetryPolicy())
+    future: Future[Created] = commands.submit(CreateUser("b"))
+    many: List[Created] = commands.execute_many([CreateUser("c"), CreateUser("d")], concurrency=2)
+    mixed: List[Union[Created, Exception]] = commands.execute_many([CreateUser("e")], return_exceptions=True)
+    names: List[str] = queries.ask_many([GetName("1")])
+    as_dict: Dict[str, Any] = commands.execute(Plain(1), returns=dict)
+    plain_many: List[int] = queries.ask_many([Plain(2)], returns=int)
+    plain_future: Future[str] = queries.submit(Plain(3), returns=str)
+    print(name, future, many, mixed, names, as_dict, plain_many, plain_future)
+
+
+def through_ports(commands: CommandBusPort, queries: QueryBusPort) -> str:
+    created = commands.execute(CreateUser("a"), retry=None)
+    results = commands.execute_many([CreateUser("b")], return_exceptions=True)
+    first = queries.submit(GetName(created.user_id)).result()
+    return first + str(len(results)) + queries.ask(GetName("x"), cache=False)
+
+
+def wire(bus: Bus, memory: InMemoryBus) -> None:
+    nats_commands: CommandBusPort = CommandBus(bus)
+    nats_queries: QueryBusPort = QueryBus(bus, timeout=3.0)
+    memory_commands: CommandBusPort = memory.commands
+    memory_queries: QueryBusPort = memory.queries.with_timeout(1.0)
+    through_ports(nats_commands, nats_queries)
+    through_ports(memory_commands, memory_queries)
