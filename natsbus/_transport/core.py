@@ -26,11 +26,15 @@ are empty); whatever the socket does not take becomes the "tail", which
 the loop hands to asyncio before anything else. Otherwise (TLS, websocket,
 a backed-up socket, a reconnect) frames go through the loop as above.
 
-The direct hand-offs use a few nats-py internals (``Client._process_msg``,
-its write buffer and transport) and the socket of asyncio's socket
-transport. :data:`FAST_PATH` says whether this nats-py has them; without
-them (or with ``NATSBUS_FAST_PATH=0``) the transport uses only nats-py's
-public API, with the same behaviour.
+The direct hand-offs use nats-py internals (``Client._process_msg``, its
+write buffer and transport, ``Subscription._id``, ...) and the socket of
+asyncio's socket transport; :mod:`~natsbus._transport.nats_client` lists
+and probes them all. :data:`FAST_PATH` says whether this nats-py has them;
+without them (or with ``NATSBUS_FAST_PATH=0``) the transport takes the
+public-API path: one ``Client.publish`` per frame, the same behaviour.
+That path uses nats-py's public API only, but for the two things no public
+API can do, which both paths do when this nats-py allows it:
+:meth:`Transport.drain_subscriptions` and :meth:`Transport.release_after_fork`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from nats.nuid import NUID
 from ..config import NatsConfig
 from ..errors import (
     BusClosedError,
+    ConfigError,
     ConnectError,
     NoHandlerError,
     NotConnectedError,
@@ -56,7 +61,7 @@ from ..errors import (
     PermissionDeniedError,
 )
 from .errors import PERMISSION_RE, TELLING_ERRORS, map_error
-from .nats_client import FAST_PATH, NatsClient, fast_path_supported
+from .nats_client import DRAIN, FAST, FAST_PATH, WITHOUT, NatsClient, missing_by_use, missing_internals
 from .pending import GatheredReply, PendingReply, Reply
 from .portal import Doorbell, Portal
 from .wire import NO_RESPONDERS, Handler, Headers, check_subject, frame, parse_headers
@@ -78,12 +83,25 @@ class Transport(FrameWriter):
         config: Connection settings.
         portal: The loop thread.
         fast_path: Use the direct hand-offs (default :data:`FAST_PATH`).
+
+    Raises:
+        ConfigError: ``fast_path=True`` and this nats-py lacks an internal
+            the fast path needs (the text names it).
     """
 
     def __init__(self, config: NatsConfig, portal: Portal, *, fast_path: Optional[bool] = None) -> None:
         self.config = config
         self.portal = portal
-        self.fast_path = FAST_PATH if fast_path is None else (fast_path and fast_path_supported())
+        if fast_path:
+            missing = missing_internals(FAST)
+            if missing:
+                raise ConfigError(
+                    f"the fast path needs nats-py internals this nats-py lacks: {', '.join(missing)}; "
+                    "use fast_path=None (or False) for the public-API path"
+                )
+        self.fast_path = FAST_PATH if fast_path is None else fast_path
+        # Whether drain_subscriptions can send its UNSUBs before nats-py's drain.
+        self._ordered_drain = self.fast_path or not missing_internals(DRAIN)
         self._nc = NatsClient(self) if self.fast_path else Client()
         # The direct hand-off table (empty and unused on the public-API path).
         self._direct: Dict[int, Callable[[bytes, bytes, bytes, Optional[bytes]], None]] = (
@@ -151,6 +169,8 @@ class Transport(FrameWriter):
                 servers=cfg.servers,
             ) from cause
         self._loop = asyncio.get_running_loop()
+        for use, names in missing_by_use().items():
+            logger.warning("this nats-py lacks %s, which %s uses: %s", ", ".join(names), use, WITHOUT[use])
         self.max_payload = self._nc.max_payload or self.max_payload
         self._prefix = f"{cfg.inbox_prefix}.{NUID().next().decode()}."
         self._prefix_bytes = self._prefix.encode()
@@ -196,6 +216,11 @@ class Transport(FrameWriter):
         server sees it end when the parent closes it, not when the last
         child exits. Nothing runs on the inherited loop, which has no
         thread here. Idempotent; best effort.
+
+        No public API reaches the socket: this uses ``Client._transport``,
+        ``TcpTransport._bare_io_writer`` and ``TransportSocket._sock``, on
+        both paths (see :data:`~natsbus._transport.nats_client.FORK`);
+        without them the child's copy stays open until it exits.
         """
         self._closed = True
         self._waiters = {}  # the parent's callers; they do not exist here
@@ -430,13 +455,21 @@ class Transport(FrameWriter):
         are read) or queued on its subscription, which nats-py's own drain
         then empties. Its drain alone is not enough: its PING can overtake
         its UNSUB, and messages routed in between would be dropped.
+
+        No public API sends an UNSUB and keeps the subscription, so this
+        uses ``Client._send_unsubscribe`` and ``Subscription._id`` on both
+        paths; with a nats-py lacking them (see
+        :data:`~natsbus._transport.nats_client.DRAIN`) it is nats-py's
+        drain alone.
         """
-        for sub in subs:
-            await self._nc._send_unsubscribe(sub._id)
-        if self._nc.is_connected:
-            await self._barrier()
-        for sub in subs:
-            self._direct.pop(sub._id, None)
+        if self._ordered_drain:
+            for sub in subs:
+                await self._nc._send_unsubscribe(sub._id)
+            if self._nc.is_connected:
+                await self._barrier()
+        if self.fast_path:
+            for sub in subs:
+                self._direct.pop(sub._id, None)
         results = await asyncio.gather(
             *(sub.drain() for sub in subs),  # type: ignore[no-untyped-call]
             return_exceptions=True,
@@ -448,7 +481,8 @@ class Transport(FrameWriter):
     async def unsubscribe(self, subs: List[Subscription]) -> None:
         """Drop ``subs`` at once; undelivered messages are discarded."""
         for sub in subs:
-            self._direct.pop(sub._id, None)
+            if self.fast_path:
+                self._direct.pop(sub._id, None)
             try:
                 await sub.unsubscribe()
             except nerr.Error as exc:

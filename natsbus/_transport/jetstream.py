@@ -299,7 +299,8 @@ class JetStream:
 
     def __init__(self, transport: Transport, timeout: float = 5.0) -> None:
         self._transport = transport
-        self._js: JetStreamContext = transport._nc.jetstream(timeout=timeout)
+        self._api_prefix = api.DEFAULT_PREFIX
+        self._js: JetStreamContext = transport._nc.jetstream(prefix=self._api_prefix, timeout=timeout)
         self._buckets: Dict[str, KeyValue] = {}
         self.timeout = timeout
 
@@ -352,14 +353,25 @@ class JetStream:
     async def streams_capturing(self, subject: str) -> List[str]:
         """The streams whose subjects overlap ``subject`` (wildcards allowed)."""
         try:
-            resp = await self._js._api_request(
-                f"{self._js._prefix}.STREAM.NAMES",
-                json.dumps({"subject": subject}).encode(),
-                timeout=self.timeout,
-            )
+            resp = await self._api_call("STREAM.NAMES", json.dumps({"subject": subject}).encode())
         except (nerr.Error, asyncio.TimeoutError) as exc:
             raise map_js_error(exc, f"list the streams capturing {subject}") from exc
         return list(resp.get("streams") or [])
+
+    async def _api_call(self, what: str, body: bytes) -> Dict[str, Any]:
+        """One JetStream API call nats-py's public API lacks, as nats-py makes them.
+
+        (``STREAM.NAMES`` with a subject: nats-py's manager offers it only
+        as ``find_stream_name_by_subject``, which returns the first name.)
+        """
+        try:
+            msg = await self._transport._nc.request(f"{self._api_prefix}.{what}", body, timeout=self.timeout)
+        except nerr.NoRespondersError:
+            raise jserr.ServiceUnavailableError() from None  # no JetStream, as nats-py's own calls say
+        resp: Dict[str, Any] = json.loads(msg.data)
+        if "error" in resp:
+            jserr.APIError.from_error(resp["error"])  # raises the APIError subclass for its code
+        return resp
 
     async def stream_state(self, name: str) -> Optional[StreamState]:
         """A stream's subjects and counts, or ``None`` when it does not exist."""
