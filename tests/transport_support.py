@@ -27,6 +27,8 @@ def running_transport(url: str, *, fast_path: bool, **config: Any) -> Iterator[T
         finally:
             if not portal._stopped:
                 portal.call(transport.close, 10.0)
+                if not transport._nc.is_closed:  # closed by mark_closed: close() had nothing to do
+                    portal.call(transport._nc.close, 10.0)
     finally:
         portal.stop()
 

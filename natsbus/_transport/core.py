@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 import nats.errors as nerr
@@ -240,7 +241,11 @@ class Transport(FrameWriter):
                 waiter.settle(None, exc)
 
     async def flush(self) -> None:
-        """Wait until everything queued so far has reached the server."""
+        """Wait until everything queued so far has reached the server.
+
+        Raises:
+            BusClosedError: the transport was closed before the server confirmed it.
+        """
         if self._started and not self._closed:
             # A marker through the outbox: once the loop reaches it, everything
             # queued before it has been handed to nats-py.
@@ -263,15 +268,41 @@ class Transport(FrameWriter):
         seen them. A message to our own inbox goes through the same buffer
         in order, so when it comes back the server has processed, and sent
         us, everything that was queued before it.
+
+        Raises:
+            BusClosedError: the transport was closed first (its waiters
+                failed): nothing is confirmed.
+            asyncio.TimeoutError: no answer within ``timeout`` seconds.
         """
         token = f"barrier-{next(self._counter)}".encode()
         waiter = PendingReply(self._prefix, token, self._waiters)
         self._waiters[token] = waiter
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+        done: asyncio.Future[None] = loop.create_future()
 
-        def arrived(_: PendingReply) -> None:
+        def settle(error: Optional[BaseException]) -> None:
             if not done.done():
-                done.set_result(None)
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+        def arrived(settled: PendingReply) -> None:
+            # The message came back, or a closer failed the waiter (then on
+            # its own thread, maybe): only the message confirms the barrier.
+            try:
+                settled.result(0)
+                error: Optional[BaseException] = None
+            except Exception as exc:
+                error = exc
+            if threading.get_ident() == loop_thread:
+                settle(error)
+                return
+            try:
+                loop.call_soon_threadsafe(settle, error)
+            except RuntimeError:  # the loop is closed: nobody waits for the barrier any more
+                pass
 
         waiter._notify = arrived
         try:
@@ -461,6 +492,10 @@ class Transport(FrameWriter):
         paths; with a nats-py lacking them (see
         :data:`~natsbus._transport.nats_client.DRAIN`) it is nats-py's
         drain alone.
+
+        Raises:
+            BusClosedError: the transport was closed before the server
+                confirmed the UNSUBs: the drain is not confirmed.
         """
         if self._ordered_drain:
             for sub in subs:
