@@ -7,6 +7,7 @@ makes there), never by sleeping and hoping.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Dict, Iterator, List
 
@@ -105,3 +106,37 @@ def test_a_barrier_still_confirms_a_drain_when_nothing_closes(transport: Transpo
     transport.portal.call(lambda: transport.drain_subscriptions([sub]), 5.0)
     replies: List[Any] = transport.portal.call(lambda: transport.gather("bugs.drain", b"anyone?", timeout=2, quiet=0.2))
     assert replies == []  # nobody subscribes any more
+
+
+# -- the loop gone before the transport knew: bugs 5 and 6 ---------------------------
+
+
+@contextlib.contextmanager
+def _loop_gone(nats_url: str, fast_path: bool) -> Iterator[Transport]:
+    """A transport whose loop has closed while its ``_closed`` flag is still unset.
+
+    That is the window between a caller's send check and its hand-off to
+    the loop, held open: the connection is closed, then the loop stopped,
+    and nobody told the transport.
+    """
+    with running_transport(nats_url, fast_path=fast_path) as transport:
+        transport.portal.call(transport._nc.close, 10.0)
+        transport.portal.stop()
+        assert transport.portal._loop is not None and transport.portal._loop.is_closed()
+        assert not transport._closed
+        yield transport
+
+
+def test_a_request_on_the_public_api_path_after_the_loop_closed_raises_bus_closed(nats_url: str) -> None:
+    with _loop_gone(nats_url, fast_path=False) as transport:
+        with pytest.raises(BusClosedError):
+            transport.request("bugs.gone", b"x")
+        assert transport._waiters == {}  # nothing waits for a reply that cannot come
+        assert transport._outbox is not None and len(transport._outbox) == 0
+
+
+def test_a_publish_on_the_public_api_path_after_the_loop_closed_raises_bus_closed(nats_url: str) -> None:
+    with _loop_gone(nats_url, fast_path=False) as transport:
+        with pytest.raises(BusClosedError):
+            transport.publish("bugs.gone", b"x")
+        assert transport._outbox is not None and len(transport._outbox) == 0

@@ -421,7 +421,11 @@ class Transport(FrameWriter):
             self._enqueue((data, waiter), len(self._waiters) <= DIRECT_MAX_IN_FLIGHT)
         else:
             assert self._outbox is not None
-            self._outbox.put((subject, payload, self._prefix + token.decode(), headers, waiter))
+            try:
+                self._outbox.put((subject, payload, self._prefix + token.decode(), headers, waiter))
+            except BusClosedError:  # the loop closed before _closed was set: no reply can come
+                self._waiters.pop(token, None)
+                raise
         return waiter
 
     def publish(self, subject: str, payload: bytes, headers: Headers = None, *, direct: bool = True) -> None:
