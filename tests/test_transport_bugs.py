@@ -140,3 +140,22 @@ def test_a_publish_on_the_public_api_path_after_the_loop_closed_raises_bus_close
         with pytest.raises(BusClosedError):
             transport.publish("bugs.gone", b"x")
         assert transport._outbox is not None and len(transport._outbox) == 0
+
+
+@pytest.mark.parametrize("fast_path", PATHS)
+def test_a_request_that_could_not_be_queued_leaves_no_waiter_and_no_frame(nats_url: str, fast_path: bool) -> None:
+    with _loop_gone(nats_url, fast_path) as transport:
+        with pytest.raises(BusClosedError):
+            transport.request("bugs.gone", b"x")
+        assert transport._waiters == {}
+        assert list(transport._out) == []
+        assert transport._outbox is None or len(transport._outbox) == 0
+
+
+@pytest.mark.parametrize("fast_path", PATHS)
+def test_a_publish_that_could_not_be_queued_leaves_no_frame(nats_url: str, fast_path: bool) -> None:
+    with _loop_gone(nats_url, fast_path) as transport:
+        with pytest.raises(BusClosedError):
+            transport.publish("bugs.gone", b"x")
+        assert list(transport._out) == []
+        assert transport._outbox is None or len(transport._outbox) == 0

@@ -417,15 +417,21 @@ class Transport(FrameWriter):
             # Closed between the check above and the registration: the closer
             # set _closed before failing the waiters, so it may have missed us.
             raise BusClosedError("the Bus is closed")
-        if self.fast_path:
-            self._enqueue((data, waiter), len(self._waiters) <= DIRECT_MAX_IN_FLIGHT)
-        else:
-            assert self._outbox is not None
-            try:
-                self._outbox.put((subject, payload, self._prefix + token.decode(), headers, waiter))
-            except BusClosedError:  # the loop closed before _closed was set: no reply can come
-                self._waiters.pop(token, None)
-                raise
+        item: Tuple[Any, ...] = (
+            (data, waiter) if self.fast_path else (subject, payload, self._prefix + token.decode(), headers, waiter)
+        )
+        try:
+            if self.fast_path:
+                self._enqueue(item, len(self._waiters) <= DIRECT_MAX_IN_FLIGHT)
+            else:
+                assert self._outbox is not None
+                self._outbox.put(item)
+        except BaseException:
+            # Not handed over (the loop closed before _closed was set, say):
+            # no reply can come, so nothing of this request may stay behind.
+            self._waiters.pop(token, None)
+            self._discard(item)
+            raise
         return waiter
 
     def publish(self, subject: str, payload: bytes, headers: Headers = None, *, direct: bool = True) -> None:
@@ -437,10 +443,18 @@ class Transport(FrameWriter):
             raise BusClosedError("the Bus is closed")
         if self.fast_path:
             check_subject(subject)
-            self._enqueue((frame(subject.encode(), b"", payload, headers), None), direct)
+            item: Tuple[Any, ...] = (frame(subject.encode(), b"", payload, headers), None)
         else:
-            assert self._outbox is not None
-            self._outbox.put((subject, payload, "", headers, None))
+            item = (subject, payload, "", headers, None)
+        try:
+            if self.fast_path:
+                self._enqueue(item, direct)
+            else:
+                assert self._outbox is not None
+                self._outbox.put(item)
+        except BaseException:
+            self._discard(item)  # not handed over: not to be sent later either
+            raise
 
     def _check_send(self, subject: str, payload: bytes) -> None:
         if self._closed or not self._started:
