@@ -61,7 +61,7 @@ from ..errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
 )
-from .errors import PERMISSION_RE, TELLING_ERRORS, map_error
+from .errors import PERMISSION_RE, TELLING_ERRORS, mapped_core
 from .nats_client import DRAIN, FAST, FAST_PATH, WITHOUT, NatsClient, missing_by_use, missing_internals
 from .pending import GatheredReply, PendingReply, Reply
 from .portal import Doorbell, Portal
@@ -483,10 +483,8 @@ class Transport(FrameWriter):
         async def callback(msg: Msg) -> None:
             handler(msg.subject, msg.reply, msg.data, msg.headers)
 
-        try:
+        with mapped_core(subject):
             sub = await self._nc.subscribe(subject, queue=queue, cb=callback)
-        except nerr.Error as exc:
-            raise map_error(exc, subject) from exc
         if self.fast_path:
 
             def direct(subj: bytes, reply: bytes, data: bytes, headers: Optional[bytes]) -> None:
@@ -543,10 +541,8 @@ class Transport(FrameWriter):
 
     async def request_async(self, subject: str, payload: bytes, timeout: float) -> Reply:
         """A plain request for rare, loop-side work (discovery and the like)."""
-        try:
+        with mapped_core(subject):
             msg = await self._nc.request(subject, payload, timeout=timeout)
-        except nerr.Error as exc:
-            raise map_error(exc, subject) from exc
         return Reply(msg.data, msg.headers)
 
     async def gather(
@@ -579,19 +575,15 @@ class Transport(FrameWriter):
             arrived.put_nowait((loop.time(), msg))
 
         replies: List[GatheredReply] = []
-        try:
+        with mapped_core(subject):
             sub = await self._nc.subscribe(inbox, cb=on_reply)
-        except nerr.Error as exc:
-            raise map_error(exc, subject) from exc
         try:
             sent = loop.time()
             deadline = sent + timeout
-            try:
+            with mapped_core(subject):
                 # SUB and PUB travel in order on one connection, so the
                 # server knows the inbox before any reply can come back.
                 await self._nc.publish(subject, payload, reply=inbox, headers=headers)
-            except nerr.Error as exc:
-                raise map_error(exc, subject) from exc
             while max_count is None or len(replies) < max_count:
                 left = deadline - loop.time()
                 if left <= 0:
