@@ -26,11 +26,15 @@ are empty); whatever the socket does not take becomes the "tail", which
 the loop hands to asyncio before anything else. Otherwise (TLS, websocket,
 a backed-up socket, a reconnect) frames go through the loop as above.
 
-The direct hand-offs use a few nats-py internals (``Client._process_msg``,
-its write buffer and transport) and the socket of asyncio's socket
-transport. :data:`FAST_PATH` says whether this nats-py has them; without
-them (or with ``NATSBUS_FAST_PATH=0``) the transport uses only nats-py's
-public API, with the same behaviour.
+The direct hand-offs use nats-py internals (``Client._process_msg``, its
+write buffer and transport, ``Subscription._id``, ...) and the socket of
+asyncio's socket transport; :mod:`~natsbus._transport.nats_client` lists
+and probes them all. :data:`FAST_PATH` says whether this nats-py has them;
+without them (or with ``NATSBUS_FAST_PATH=0``) the transport takes the
+public-API path: one ``Client.publish`` per frame, the same behaviour.
+That path uses nats-py's public API only, but for the two things no public
+API can do, which both paths do when this nats-py allows it:
+:meth:`Transport.drain_subscriptions` and :meth:`Transport.release_after_fork`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 
 import nats.errors as nerr
@@ -49,14 +54,15 @@ from nats.nuid import NUID
 from ..config import NatsConfig
 from ..errors import (
     BusClosedError,
+    ConfigError,
     ConnectError,
     NoHandlerError,
     NotConnectedError,
     PayloadTooLargeError,
     PermissionDeniedError,
 )
-from .errors import PERMISSION_RE, TELLING_ERRORS, map_error
-from .nats_client import FAST_PATH, NatsClient, fast_path_supported
+from .errors import PERMISSION_RE, TELLING_ERRORS, mapped_core
+from .nats_client import DRAIN, FAST, FAST_PATH, WITHOUT, NatsClient, missing_by_use, missing_internals
 from .pending import GatheredReply, PendingReply, Reply
 from .portal import Doorbell, Portal
 from .wire import NO_RESPONDERS, Handler, Headers, check_subject, frame, parse_headers
@@ -78,12 +84,25 @@ class Transport(FrameWriter):
         config: Connection settings.
         portal: The loop thread.
         fast_path: Use the direct hand-offs (default :data:`FAST_PATH`).
+
+    Raises:
+        ConfigError: ``fast_path=True`` and this nats-py lacks an internal
+            the fast path needs (the text names it).
     """
 
     def __init__(self, config: NatsConfig, portal: Portal, *, fast_path: Optional[bool] = None) -> None:
         self.config = config
         self.portal = portal
-        self.fast_path = FAST_PATH if fast_path is None else (fast_path and fast_path_supported())
+        if fast_path:
+            missing = missing_internals(FAST)
+            if missing:
+                raise ConfigError(
+                    f"the fast path needs nats-py internals this nats-py lacks: {', '.join(missing)}; "
+                    "use fast_path=None (or False) for the public-API path"
+                )
+        self.fast_path = FAST_PATH if fast_path is None else fast_path
+        # Whether drain_subscriptions can send its UNSUBs before nats-py's drain.
+        self._ordered_drain = self.fast_path or not missing_internals(DRAIN)
         self._nc = NatsClient(self) if self.fast_path else Client()
         # The direct hand-off table (empty and unused on the public-API path).
         self._direct: Dict[int, Callable[[bytes, bytes, bytes, Optional[bytes]], None]] = (
@@ -151,6 +170,8 @@ class Transport(FrameWriter):
                 servers=cfg.servers,
             ) from cause
         self._loop = asyncio.get_running_loop()
+        for use, names in missing_by_use().items():
+            logger.warning("this nats-py lacks %s, which %s uses: %s", ", ".join(names), use, WITHOUT[use])
         self.max_payload = self._nc.max_payload or self.max_payload
         self._prefix = f"{cfg.inbox_prefix}.{NUID().next().decode()}."
         self._prefix_bytes = self._prefix.encode()
@@ -196,6 +217,11 @@ class Transport(FrameWriter):
         server sees it end when the parent closes it, not when the last
         child exits. Nothing runs on the inherited loop, which has no
         thread here. Idempotent; best effort.
+
+        No public API reaches the socket: this uses ``Client._transport``,
+        ``TcpTransport._bare_io_writer`` and ``TransportSocket._sock``, on
+        both paths (see :data:`~natsbus._transport.nats_client.FORK`);
+        without them the child's copy stays open until it exits.
         """
         self._closed = True
         self._waiters = {}  # the parent's callers; they do not exist here
@@ -215,7 +241,11 @@ class Transport(FrameWriter):
                 waiter.settle(None, exc)
 
     async def flush(self) -> None:
-        """Wait until everything queued so far has reached the server."""
+        """Wait until everything queued so far has reached the server.
+
+        Raises:
+            BusClosedError: the transport was closed before the server confirmed it.
+        """
         if self._started and not self._closed:
             # A marker through the outbox: once the loop reaches it, everything
             # queued before it has been handed to nats-py.
@@ -238,15 +268,41 @@ class Transport(FrameWriter):
         seen them. A message to our own inbox goes through the same buffer
         in order, so when it comes back the server has processed, and sent
         us, everything that was queued before it.
+
+        Raises:
+            BusClosedError: the transport was closed first (its waiters
+                failed): nothing is confirmed.
+            asyncio.TimeoutError: no answer within ``timeout`` seconds.
         """
         token = f"barrier-{next(self._counter)}".encode()
         waiter = PendingReply(self._prefix, token, self._waiters)
         self._waiters[token] = waiter
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+        done: asyncio.Future[None] = loop.create_future()
 
-        def arrived(_: PendingReply) -> None:
+        def settle(error: Optional[BaseException]) -> None:
             if not done.done():
-                done.set_result(None)
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+        def arrived(settled: PendingReply) -> None:
+            # The message came back, or a closer failed the waiter (then on
+            # its own thread, maybe): only the message confirms the barrier.
+            try:
+                settled.result(0)
+                error: Optional[BaseException] = None
+            except Exception as exc:
+                error = exc
+            if threading.get_ident() == loop_thread:
+                settle(error)
+                return
+            try:
+                loop.call_soon_threadsafe(settle, error)
+            except RuntimeError:  # the loop is closed: nobody waits for the barrier any more
+                pass
 
         waiter._notify = arrived
         try:
@@ -361,11 +417,21 @@ class Transport(FrameWriter):
             # Closed between the check above and the registration: the closer
             # set _closed before failing the waiters, so it may have missed us.
             raise BusClosedError("the Bus is closed")
-        if self.fast_path:
-            self._enqueue((data, waiter), len(self._waiters) <= DIRECT_MAX_IN_FLIGHT)
-        else:
-            assert self._outbox is not None
-            self._outbox.put((subject, payload, self._prefix + token.decode(), headers, waiter))
+        item: Tuple[Any, ...] = (
+            (data, waiter) if self.fast_path else (subject, payload, self._prefix + token.decode(), headers, waiter)
+        )
+        try:
+            if self.fast_path:
+                self._enqueue(item, len(self._waiters) <= DIRECT_MAX_IN_FLIGHT)
+            else:
+                assert self._outbox is not None
+                self._outbox.put(item)
+        except BaseException:
+            # Not handed over (the loop closed before _closed was set, say):
+            # no reply can come, so nothing of this request may stay behind.
+            self._waiters.pop(token, None)
+            self._discard(item)
+            raise
         return waiter
 
     def publish(self, subject: str, payload: bytes, headers: Headers = None, *, direct: bool = True) -> None:
@@ -377,10 +443,18 @@ class Transport(FrameWriter):
             raise BusClosedError("the Bus is closed")
         if self.fast_path:
             check_subject(subject)
-            self._enqueue((frame(subject.encode(), b"", payload, headers), None), direct)
+            item: Tuple[Any, ...] = (frame(subject.encode(), b"", payload, headers), None)
         else:
-            assert self._outbox is not None
-            self._outbox.put((subject, payload, "", headers, None))
+            item = (subject, payload, "", headers, None)
+        try:
+            if self.fast_path:
+                self._enqueue(item, direct)
+            else:
+                assert self._outbox is not None
+                self._outbox.put(item)
+        except BaseException:
+            self._discard(item)  # not handed over: not to be sent later either
+            raise
 
     def _check_send(self, subject: str, payload: bytes) -> None:
         if self._closed or not self._started:
@@ -409,10 +483,8 @@ class Transport(FrameWriter):
         async def callback(msg: Msg) -> None:
             handler(msg.subject, msg.reply, msg.data, msg.headers)
 
-        try:
+        with mapped_core(subject):
             sub = await self._nc.subscribe(subject, queue=queue, cb=callback)
-        except nerr.Error as exc:
-            raise map_error(exc, subject) from exc
         if self.fast_path:
 
             def direct(subj: bytes, reply: bytes, data: bytes, headers: Optional[bytes]) -> None:
@@ -430,13 +502,25 @@ class Transport(FrameWriter):
         are read) or queued on its subscription, which nats-py's own drain
         then empties. Its drain alone is not enough: its PING can overtake
         its UNSUB, and messages routed in between would be dropped.
+
+        No public API sends an UNSUB and keeps the subscription, so this
+        uses ``Client._send_unsubscribe`` and ``Subscription._id`` on both
+        paths; with a nats-py lacking them (see
+        :data:`~natsbus._transport.nats_client.DRAIN`) it is nats-py's
+        drain alone.
+
+        Raises:
+            BusClosedError: the transport was closed before the server
+                confirmed the UNSUBs: the drain is not confirmed.
         """
-        for sub in subs:
-            await self._nc._send_unsubscribe(sub._id)
-        if self._nc.is_connected:
-            await self._barrier()
-        for sub in subs:
-            self._direct.pop(sub._id, None)
+        if self._ordered_drain:
+            for sub in subs:
+                await self._nc._send_unsubscribe(sub._id)
+            if self._nc.is_connected:
+                await self._barrier()
+        if self.fast_path:
+            for sub in subs:
+                self._direct.pop(sub._id, None)
         results = await asyncio.gather(
             *(sub.drain() for sub in subs),  # type: ignore[no-untyped-call]
             return_exceptions=True,
@@ -448,7 +532,8 @@ class Transport(FrameWriter):
     async def unsubscribe(self, subs: List[Subscription]) -> None:
         """Drop ``subs`` at once; undelivered messages are discarded."""
         for sub in subs:
-            self._direct.pop(sub._id, None)
+            if self.fast_path:
+                self._direct.pop(sub._id, None)
             try:
                 await sub.unsubscribe()
             except nerr.Error as exc:
@@ -456,10 +541,8 @@ class Transport(FrameWriter):
 
     async def request_async(self, subject: str, payload: bytes, timeout: float) -> Reply:
         """A plain request for rare, loop-side work (discovery and the like)."""
-        try:
+        with mapped_core(subject):
             msg = await self._nc.request(subject, payload, timeout=timeout)
-        except nerr.Error as exc:
-            raise map_error(exc, subject) from exc
         return Reply(msg.data, msg.headers)
 
     async def gather(
@@ -492,19 +575,15 @@ class Transport(FrameWriter):
             arrived.put_nowait((loop.time(), msg))
 
         replies: List[GatheredReply] = []
-        try:
+        with mapped_core(subject):
             sub = await self._nc.subscribe(inbox, cb=on_reply)
-        except nerr.Error as exc:
-            raise map_error(exc, subject) from exc
         try:
             sent = loop.time()
             deadline = sent + timeout
-            try:
+            with mapped_core(subject):
                 # SUB and PUB travel in order on one connection, so the
                 # server knows the inbox before any reply can come back.
                 await self._nc.publish(subject, payload, reply=inbox, headers=headers)
-            except nerr.Error as exc:
-                raise map_error(exc, subject) from exc
             while max_count is None or len(replies) < max_count:
                 left = deadline - loop.time()
                 if left <= 0:

@@ -9,11 +9,13 @@ through :class:`JetStream` here, which
 * speaks natsbus types: settings as plain dicts with natsbus's names and
   units (seconds, ``"workqueue"``), :class:`JsMessage`,
   :class:`StoredMessage`, :class:`KvEntry`; nats-py's classes stay here;
-* maps every nats and nats JetStream error to a natsbus one
-  (:func:`map_js_error`; ``tests/test_durable.py`` fails when nats-py grows
-  an unmapped JetStream error class), and turns the expected "errors" of
-  optimistic concurrency (a key that exists, a revision that moved, a
-  message that is gone) into return values.
+* maps every nats and nats JetStream error to a natsbus one, each call in
+  a :func:`~natsbus._transport.errors.mapped` block (the map itself,
+  :data:`JS_ERROR_MAP`, lives in :mod:`natsbus._transport.errors`;
+  ``tests/test_durable.py`` fails when nats-py grows an unmapped JetStream
+  error class), and turns the expected "errors" of optimistic concurrency
+  (a key that exists, a revision that moved, a message that is gone) into
+  return values, as the blocks' ``absent`` cases.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import datetime as dt
 import json
 import logging
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Type
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional
 
 import attrs
 import nats.errors as nerr
@@ -33,8 +35,9 @@ from nats.js import api
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from ..errors import ConfigError, JetStreamError, NatsBusError, TransportError
-from . import Headers, Transport, map_error
+from ..errors import JetStreamError
+from . import Headers, Transport
+from .errors import JS_ERROR_MAP, map_js_error, mapped
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -57,77 +60,6 @@ logger = logging.getLogger("natsbus.transport.jetstream")
 
 #: The JetStream header carrying a message's deduplication id.
 MSG_ID_HEADER = api.Header.MSG_ID.value
-
-# Every nats JetStream error class, mapped to the natsbus class raised in
-# its place; the most specific entry on the class's MRO wins.
-JS_ERROR_MAP: Dict[Type[BaseException], Type[NatsBusError]] = {
-    jserr.Error: JetStreamError,
-    jserr.APIError: JetStreamError,
-    jserr.ServiceUnavailableError: JetStreamError,
-    jserr.ServerError: JetStreamError,
-    jserr.NotFoundError: JetStreamError,
-    jserr.BadRequestError: JetStreamError,
-    jserr.ConsumerInvalidResetError: JetStreamError,
-    jserr.NoStreamResponseError: JetStreamError,
-    jserr.TooManyStalledMsgsError: JetStreamError,
-    jserr.FetchTimeoutError: JetStreamError,
-    jserr.ConsumerSequenceMismatchError: JetStreamError,
-    jserr.BucketNotFoundError: JetStreamError,
-    jserr.BadBucketError: JetStreamError,
-    jserr.KeyValueError: JetStreamError,
-    jserr.KeyDeletedError: JetStreamError,
-    jserr.KeyNotFoundError: JetStreamError,
-    jserr.KeyWrongLastSequenceError: JetStreamError,
-    jserr.NoKeysError: JetStreamError,
-    jserr.KeyHistoryTooLargeError: ConfigError,
-    jserr.InvalidKeyError: ConfigError,
-    jserr.InvalidBucketNameError: ConfigError,
-    jserr.InvalidObjectNameError: ConfigError,
-    jserr.BadObjectMetaError: JetStreamError,
-    jserr.LinkIsABucketError: JetStreamError,
-    jserr.DigestMismatchError: JetStreamError,
-    jserr.ObjectNotFoundError: JetStreamError,
-    jserr.ObjectDeletedError: JetStreamError,
-    jserr.ObjectAlreadyExists: JetStreamError,
-    jserr.KeyValueLimitMarkerTTLNotSupportedError: JetStreamError,
-}
-
-
-def map_js_error(exc: BaseException, what: str = "") -> NatsBusError:
-    """The natsbus error for a nats JetStream (or nats, or timeout) error; chain it with ``from``.
-
-    Args:
-        exc: The error raised by nats-py.
-        what: What was being done, for the text (e.g. ``publish to durable.commands.X``).
-    """
-    if isinstance(exc, NatsBusError):
-        return exc
-    prefix = f"{what}: " if what else ""
-    if isinstance(exc, jserr.NoStreamResponseError):
-        return JetStreamError(f"{prefix}no JetStream stream answered; is JetStream enabled on the server?", code=503)
-    if isinstance(exc, jserr.ServiceUnavailableError):
-        return JetStreamError(f"{prefix}JetStream is not available on this server (503)", code=503)
-    if isinstance(exc, jserr.Error):
-        target: Type[NatsBusError] = JetStreamError
-        for klass in type(exc).__mro__:
-            if klass in JS_ERROR_MAP:
-                target = JS_ERROR_MAP[klass]
-                break
-        if isinstance(exc, jserr.APIError):
-            text = exc.description or type(exc).__name__
-            code, err_code = exc.code or 0, exc.err_code or 0
-            detail = f"{text} (code {code}, error {err_code})" if code or err_code else text
-            if issubclass(target, JetStreamError):
-                return target(prefix + detail, code=code, err_code=err_code)
-            return target(prefix + detail)
-        text = exc.description or type(exc).__name__
-        return target(prefix + text)
-    if isinstance(exc, (asyncio.TimeoutError, nerr.TimeoutError)):
-        return JetStreamError(f"{prefix}JetStream did not answer in time", code=408)
-    mapped = map_error(exc)
-    if prefix and isinstance(mapped, TransportError) and type(mapped) is TransportError:
-        return TransportError(prefix + str(mapped))
-    return mapped
 
 
 class KvEntry(NamedTuple):
@@ -242,12 +174,10 @@ class JsMessage:
         await self._reply("term", self._msg.term)
 
     async def _reply(self, what: str, fn: Any) -> None:
-        try:
+        with mapped(f"{what} of a message from {self.subject}", absent=(nerr.MsgAlreadyAckdError,)):
             await fn()
-        except nerr.MsgAlreadyAckdError:
-            logger.debug("%s of %s#%d after it was answered; ignored", what, self.subject, self.stream_seq)
-        except nerr.Error as exc:
-            raise map_js_error(exc, f"{what} of a message from {self.subject}") from exc
+            return
+        logger.debug("%s of %s#%d after it was answered; ignored", what, self.subject, self.stream_seq)
 
 
 class Puller:
@@ -259,12 +189,9 @@ class Puller:
 
     async def fetch(self, batch: int, timeout: float) -> List[JsMessage]:
         """Up to ``batch`` messages; ``[]`` when none came within ``timeout`` seconds."""
-        try:
+        msgs: List[Msg] = []  # none came in time
+        with mapped(f"fetch from consumer {self.consumer}", absent=(asyncio.TimeoutError, nerr.TimeoutError)):
             msgs = await self._sub.fetch(batch, timeout=timeout)
-        except (TimeoutError, nerr.TimeoutError):
-            return []
-        except nerr.Error as exc:
-            raise map_js_error(exc, f"fetch from consumer {self.consumer}") from exc
         return [JsMessage(msg) for msg in msgs]
 
     async def close(self) -> None:
@@ -273,6 +200,16 @@ class Puller:
             await self._sub.unsubscribe()
         except (nerr.Error, ValueError) as exc:
             logger.debug("unsubscribing the pull subscription of %s failed: %r", self.consumer, exc)
+
+
+def _wrong_last_sequence(exc: BaseException) -> bool:
+    """A KV delete at a revision that moved on: a 400 with these codes (kv_update gets a KeyWrongLastSequenceError)."""
+    return isinstance(exc, jserr.BadRequestError) and exc.err_code in (10071, 10164)
+
+
+def _no_message_found(exc: BaseException) -> bool:
+    """A message delete of a message that is not there."""
+    return isinstance(exc, jserr.APIError) and (exc.code == 404 or exc.err_code == 10057)
 
 
 def _seconds(value: Optional[float]) -> float:
@@ -299,7 +236,8 @@ class JetStream:
 
     def __init__(self, transport: Transport, timeout: float = 5.0) -> None:
         self._transport = transport
-        self._js: JetStreamContext = transport._nc.jetstream(timeout=timeout)
+        self._api_prefix = api.DEFAULT_PREFIX
+        self._js: JetStreamContext = transport._nc.jetstream(prefix=self._api_prefix, timeout=timeout)
         self._buckets: Dict[str, KeyValue] = {}
         self.timeout = timeout
 
@@ -307,12 +245,9 @@ class JetStream:
 
     async def _stream_info(self, name: str) -> Any:
         """nats-py's StreamInfo for ``name``, or ``None`` when it does not exist."""
-        try:
+        with mapped(f"read stream {name}", absent=(jserr.NotFoundError,)):
             return await self._js.stream_info(name)
-        except jserr.NotFoundError:
-            return None
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"read stream {name}") from exc
+        return None
 
     async def stream_settings(self, name: str) -> Optional[Dict[str, Any]]:
         """A stream's settings in natsbus's terms, or ``None`` when it does not exist."""
@@ -344,22 +279,29 @@ class JetStream:
             duplicate_window=float(settings.get("duplicate_window") or 0.0),
             discard=api.DiscardPolicy(settings.get("discard", "old")),
         )
-        try:
+        with mapped(f"create stream {name}"):
             await self._js.add_stream(config)
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"create stream {name}") from exc
 
     async def streams_capturing(self, subject: str) -> List[str]:
         """The streams whose subjects overlap ``subject`` (wildcards allowed)."""
-        try:
-            resp = await self._js._api_request(
-                f"{self._js._prefix}.STREAM.NAMES",
-                json.dumps({"subject": subject}).encode(),
-                timeout=self.timeout,
-            )
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"list the streams capturing {subject}") from exc
+        with mapped(f"list the streams capturing {subject}"):
+            resp = await self._api_call("STREAM.NAMES", json.dumps({"subject": subject}).encode())
         return list(resp.get("streams") or [])
+
+    async def _api_call(self, what: str, body: bytes) -> Dict[str, Any]:
+        """One JetStream API call nats-py's public API lacks, as nats-py makes them.
+
+        (``STREAM.NAMES`` with a subject: nats-py's manager offers it only
+        as ``find_stream_name_by_subject``, which returns the first name.)
+        """
+        try:
+            msg = await self._transport._nc.request(f"{self._api_prefix}.{what}", body, timeout=self.timeout)
+        except nerr.NoRespondersError:
+            raise jserr.ServiceUnavailableError() from None  # no JetStream, as nats-py's own calls say
+        resp: Dict[str, Any] = json.loads(msg.data)
+        if "error" in resp:
+            jserr.APIError.from_error(resp["error"])  # raises the APIError subclass for its code
+        return resp
 
     async def stream_state(self, name: str) -> Optional[StreamState]:
         """A stream's subjects and counts, or ``None`` when it does not exist."""
@@ -378,12 +320,9 @@ class JetStream:
 
     async def delete_stream(self, name: str) -> bool:
         """Delete a stream; ``False`` when it did not exist."""
-        try:
+        with mapped(f"delete stream {name}", absent=(jserr.NotFoundError,)):
             return bool(await self._js.delete_stream(name))
-        except jserr.NotFoundError:
-            return False
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"delete stream {name}") from exc
+        return False
 
     # -- consumers ---------------------------------------------------------------
 
@@ -396,12 +335,11 @@ class JetStream:
 
     async def consumer_settings(self, stream: str, name: str) -> Optional[Dict[str, Any]]:
         """A durable consumer's settings in natsbus's terms, or ``None`` when it does not exist."""
-        try:
+        info = None
+        with mapped(f"read consumer {name} of stream {stream}", absent=(jserr.NotFoundError,)):
             info = await self._js.consumer_info(stream, name)
-        except jserr.NotFoundError:
+        if info is None:
             return None
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"read consumer {name} of stream {stream}") from exc
         cfg = info.config
         return {
             "filter_subjects": self._consumer_filters(cfg),
@@ -428,19 +366,14 @@ class JetStream:
             filter_subject=filters[0] if len(filters) == 1 else None,
             filter_subjects=filters if len(filters) > 1 else None,
         )
-        try:
+        with mapped(f"create consumer {name} on stream {stream}"):
             await self._js.add_consumer(stream, config)
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"create consumer {name} on stream {stream}") from exc
 
     async def consumers(self, stream: str) -> List[ConsumerState]:
         """Every consumer of ``stream`` with its progress."""
-        try:
+        infos: List[api.ConsumerInfo] = []  # no such stream
+        with mapped(f"list the consumers of stream {stream}", absent=(jserr.NotFoundError,)):
             infos = await self._js.consumers_info(stream)
-        except jserr.NotFoundError:
-            return []
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"list the consumers of stream {stream}") from exc
         return [
             ConsumerState(
                 name=info.name,
@@ -457,19 +390,14 @@ class JetStream:
 
     async def delete_consumer(self, stream: str, name: str) -> bool:
         """Delete a consumer; ``False`` when it did not exist."""
-        try:
+        with mapped(f"delete consumer {name} of stream {stream}", absent=(jserr.NotFoundError,)):
             return bool(await self._js.delete_consumer(stream, name))
-        except jserr.NotFoundError:
-            return False
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"delete consumer {name} of stream {stream}") from exc
+        return False
 
     async def pull(self, stream: str, consumer: str) -> Puller:
         """Bind a pull subscription to an existing durable consumer."""
-        try:
+        with mapped(f"bind to consumer {consumer} of stream {stream}"):
             sub = await self._js.pull_subscribe_bind(consumer, stream=stream)
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"bind to consumer {consumer} of stream {stream}") from exc
         return Puller(sub, consumer)
 
     # -- key-value buckets ------------------------------------------------------------
@@ -496,21 +424,14 @@ class JetStream:
             replicas=int(settings["replicas"]),
             storage=api.StorageType(settings["storage"]),
         )
-        try:
+        with mapped(f"create key-value bucket {bucket}"):
             self._buckets[bucket] = await self._js.create_key_value(config)
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"create key-value bucket {bucket}") from exc
 
     async def _bucket(self, bucket: str) -> Optional[KeyValue]:
         kv = self._buckets.get(bucket)
         if kv is None:
-            try:
-                kv = await self._js.key_value(bucket)
-            except jserr.BucketNotFoundError:
-                return None
-            except (TimeoutError, nerr.Error) as exc:
-                raise map_js_error(exc, f"open key-value bucket {bucket}") from exc
-            self._buckets[bucket] = kv
+            with mapped(f"open key-value bucket {bucket}", absent=(jserr.BucketNotFoundError,)):
+                kv = self._buckets[bucket] = await self._js.key_value(bucket)
         return kv
 
     async def _kv(self, bucket: str) -> KeyValue:
@@ -524,57 +445,44 @@ class JetStream:
         kv = await self._bucket(bucket)
         if kv is None:
             return None
-        try:
+        with mapped(f"read {key} from bucket {bucket}", absent=(jserr.KeyNotFoundError,)):
             entry = await kv.get(key)
-        except jserr.KeyNotFoundError:
-            return None
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"read {key} from bucket {bucket}") from exc
-        return KvEntry(entry.value or b"", entry.revision or 0)
+            return KvEntry(entry.value or b"", entry.revision or 0)
+        return None
 
     async def kv_create(self, bucket: str, key: str, value: bytes) -> Optional[int]:
         """Store ``value`` only if ``key`` has none; its revision, or ``None`` when the key exists."""
         kv = await self._kv(bucket)
-        try:
+        with mapped(f"create {key} in bucket {bucket}", absent=(jserr.KeyWrongLastSequenceError,)):
             return int(await kv.create(key, value))
-        except jserr.KeyWrongLastSequenceError:
-            return None
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"create {key} in bucket {bucket}") from exc
+        return None
 
     async def kv_update(self, bucket: str, key: str, value: bytes, revision: int) -> Optional[int]:
         """Store ``value`` only if ``key`` is still at ``revision``; the new one, or ``None``."""
         kv = await self._kv(bucket)
-        try:
+        with mapped(f"update {key} in bucket {bucket}", absent=(jserr.KeyWrongLastSequenceError,)):
             return int(await kv.update(key, value, last=revision))
-        except jserr.KeyWrongLastSequenceError:
-            return None
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"update {key} in bucket {bucket}") from exc
+        return None
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
         """Store ``value`` whatever is there; the new revision."""
         kv = await self._kv(bucket)
-        try:
-            return int(await kv.put(key, value))
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"put {key} in bucket {bucket}") from exc
+        with mapped(f"put {key} in bucket {bucket}"):
+            revision = int(await kv.put(key, value))
+        return revision
 
     async def kv_delete(self, bucket: str, key: str, revision: Optional[int] = None) -> bool:
         """Delete ``key`` (only if still at ``revision`` when given); ``False`` if it moved on."""
         kv = await self._kv(bucket)
-        try:
+        with mapped(
+            f"delete {key} from bucket {bucket}",
+            absent=(jserr.KeyWrongLastSequenceError,),
+            absent_if=_wrong_last_sequence,
+        ):
             if revision is None:
                 return bool(await kv.delete(key))
             return bool(await kv.delete(key, last=revision))
-        except jserr.KeyWrongLastSequenceError:
-            return False
-        except jserr.BadRequestError as exc:
-            if exc.err_code in (10071, 10164):  # wrong last sequence, as for kv_update
-                return False
-            raise map_js_error(exc, f"delete {key} from bucket {bucket}") from exc
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"delete {key} from bucket {bucket}") from exc
+        return False
 
     # -- messages --------------------------------------------------------------------
 
@@ -603,12 +511,10 @@ class JetStream:
         hdrs = dict(headers or {})
         if msg_id:
             hdrs[MSG_ID_HEADER] = msg_id
-        try:
+        with mapped(f"publish to {subject}"):
             ack = await self._js.publish(
                 subject, data, timeout=timeout or self.timeout, stream=stream, headers=hdrs or None
             )
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"publish to {subject}") from exc
         return PubAck(ack.stream, ack.seq, bool(ack.duplicate))
 
     async def get_message(self, stream: str, seq: int) -> Optional[StoredMessage]:
@@ -620,15 +526,14 @@ class JetStream:
         return await self._get(stream, seq, subject)
 
     async def _get(self, stream: str, seq: int, subject: Optional[str]) -> Optional[StoredMessage]:
-        try:
+        raw = None
+        with mapped(f"read message {seq} of stream {stream}", absent=(jserr.NotFoundError,)):
             if subject is None:
                 raw = await self._js.get_msg(stream, seq=seq)
             else:
                 raw = await self._js.get_msg(stream, seq=seq, subject=subject, next=True)
-        except jserr.NotFoundError:
+        if raw is None:
             return None
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"read message {seq} of stream {stream}") from exc
         return StoredMessage(
             stream=stream,
             seq=int(raw.seq or 0),
@@ -640,16 +545,11 @@ class JetStream:
 
     async def delete_message(self, stream: str, seq: int) -> bool:
         """Delete one message from a stream; ``False`` when it was not there."""
-        try:
+        with mapped(
+            f"delete message {seq} of stream {stream}", absent=(jserr.NotFoundError,), absent_if=_no_message_found
+        ):
             return bool(await self._js.delete_msg(stream, seq))
-        except jserr.NotFoundError:
-            return False
-        except jserr.APIError as exc:
-            if exc.code == 404 or exc.err_code == 10057:  # no message found
-                return False
-            raise map_js_error(exc, f"delete message {seq} of stream {stream}") from exc
-        except (TimeoutError, nerr.Error) as exc:
-            raise map_js_error(exc, f"delete message {seq} of stream {stream}") from exc
+        return False
 
 
 _CONTEXTS: weakref.WeakKeyDictionary[Transport, JetStream] = weakref.WeakKeyDictionary()

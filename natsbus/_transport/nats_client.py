@@ -1,22 +1,47 @@
-"""Every nats-py internal natsbus touches, and the probe that checks them.
+"""Every nats-py internal natsbus touches, and the one probe that checks them.
 
 natsbus subclasses nats-py's ``Client`` (to hand chosen subscriptions'
 messages straight from the parser to a function) and its TCP transport (to
-write under natsbus's write lock), and writes past asyncio's socket
-transport. :func:`fast_path_supported` checks, once, that this nats-py and
-asyncio still have what those rely on; without it (or with
-``NATSBUS_FAST_PATH=0``) the transport uses nats-py's public API only.
+write under natsbus's write lock), writes into nats-py's write buffer, and
+writes past asyncio's socket transport. Each private attribute of a
+nats-py or asyncio object that natsbus uses is listed in
+:data:`INTERNALS`, with what needs it; :func:`missing_internals` checks
+them all against this nats-py and this Python.
+
+* The fast path (:data:`FAST`) needs most of them. Without any one of them
+  (or with ``NATSBUS_FAST_PATH=0``) the transport takes the public-API
+  path; asking for the fast path explicitly
+  (``Transport(..., fast_path=True)``) then fails, naming what is missing.
+* Two uses have no public equivalent, so both paths make them, when their
+  internals are there, and do without them (with a warning at connect,
+  naming what is missing) when not:
+
+  - the ordered drain (:data:`DRAIN`): an UNSUB sent while nats-py keeps
+    the subscription until the server confirmed it. nats-py's own
+    ``Subscription.drain()`` forgets the subscription once its PING is
+    answered, and that PING overtakes its UNSUB: a message the server
+    routes in between is dropped (a rolling restart then loses calls);
+  - releasing a forked child's copy of the socket (:data:`FORK`).
+
+  Everything else on the public-API path is nats-py's public API.
+
+``tests/test_nats_internals.py`` takes each internal away in turn and
+expects the probe to name it, and fails when the transport uses a private
+name that is neither natsbus's own nor listed here.
 """
 
 from __future__ import annotations
 
+import dis
 import inspect
 import logging
 import os
 from asyncio import selector_events
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from asyncio.trsock import TransportSocket
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
 from nats.nuid import NUID
 
@@ -28,19 +53,127 @@ logger = logging.getLogger("natsbus.transport")
 #: asyncio's plain socket transport, the one natsbus writes past (see Transport._set_target).
 SOCKET_TRANSPORT: Optional[type] = getattr(selector_events, "_SelectorSocketTransport", None)
 
+#: What needs an internal: the fast path (without it: the public-API path) ...
+FAST = "the fast path"
+#: ... the ordered drain of subscriptions, on both paths (without it: nats-py's own drain) ...
+DRAIN = "the ordered drain"
+#: ... or releasing a forked child's copy of the socket, on both paths (without it: skipped).
+FORK = "releasing a forked child's copy of the socket"
+
+#: What natsbus does without the internals each use needs.
+WITHOUT = {
+    FAST: "the transport uses the public-API path",
+    DRAIN: (
+        "subscriptions are drained with nats-py's own Subscription.drain(), which can drop "
+        "a message the server routes while it runs"
+    ),
+    FORK: "a forked child keeps its copy of the parent's socket open until it exits",
+}
+
+
+class Internal(NamedTuple):
+    """One private attribute of a nats-py or asyncio object that natsbus uses.
+
+    Attributes:
+        name: How errors and logs name it, e.g. ``Client._pending``.
+        needed_for: The uses (:data:`FAST`, :data:`DRAIN`, :data:`FORK`) that need it.
+        present: Whether this nats-py / Python has it as natsbus expects.
+    """
+
+    name: str
+    needed_for: Tuple[str, ...]
+    present: Callable[[], bool]
+
+
+def _parameters(function: Any) -> List[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def _accepts(function: Any, *args: Any) -> bool:
+    try:
+        inspect.signature(function).bind(*args)
+    except TypeError:
+        return False
+    return True
+
+
+def _fresh_has(cls: Callable[[], Any], attr: str, kind: type = object) -> bool:
+    """Whether a freshly built ``cls()`` has ``attr``, of type ``kind`` (for classes cheap to build)."""
+    return isinstance(getattr(cls(), attr), kind)
+
+
+def _init_sets(cls: Optional[type], attr: str) -> bool:
+    """Whether an ``__init__`` in ``cls``'s MRO assigns ``self.<attr>`` (for classes costly to build)."""
+    if cls is None:
+        return False
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is not None and any(
+            ins.opname == "STORE_ATTR" and ins.argval == attr for ins in dis.get_instructions(init)
+        ):
+            return True
+    return False
+
+
+# The names below are read when the probe runs, so a test can take one away.
+INTERNALS: Tuple[Internal, ...] = (
+    # NatsClient overrides it: nats-py's parser calls it with these arguments.
+    Internal(
+        "Client._process_msg",
+        (FAST,),
+        lambda: _parameters(Client._process_msg) == ["self", "sid", "subject", "reply", "data", "headers"],
+    ),
+    # drain_subscriptions sends each UNSUB through nats-py's buffer, then a barrier.
+    Internal("Client._send_unsubscribe", (FAST, DRAIN), lambda: _accepts(Client._send_unsubscribe, None, 1)),
+    # nats-py assigns its transport here; NatsClient swaps in LockedTcpTransport.
+    Internal("Client._transport", (FAST, FORK), lambda: _fresh_has(Client, "_transport")),
+    # FrameWriter writes into nats-py's buffer, in order with nats-py's own commands.
+    Internal("Client._pending", (FAST,), lambda: _fresh_has(Client, "_pending", list)),
+    Internal("Client._pending_data_size", (FAST,), lambda: _fresh_has(Client, "_pending_data_size", int)),
+    Internal("Client._max_pending_size", (FAST,), lambda: _fresh_has(Client, "_max_pending_size", int)),
+    Internal("Client._flush_queue", (FAST,), lambda: _fresh_has(Client, "_flush_queue")),
+    # The sid: the key of the direct hand-off table, and of the UNSUB.
+    Internal("Subscription._id", (FAST, DRAIN), lambda: _init_sets(Subscription, "_id")),
+    # LockedTcpTransport overrides connect and writes with its stream writer.
+    Internal(
+        "TcpTransport.connect",
+        (FAST,),
+        lambda: _parameters(TcpTransport.connect) == ["self", "uri", "buffer_size", "connect_timeout"],
+    ),
+    Internal("TcpTransport._io_writer", (FAST,), lambda: _fresh_has(TcpTransport, "_io_writer")),
+    # The plain-TCP stream writer, under TLS too: the way to the socket after a fork.
+    Internal("TcpTransport._bare_io_writer", (FORK,), lambda: _fresh_has(TcpTransport, "_bare_io_writer")),
+    # Direct writes go to the socket of asyncio's plain socket transport.
+    Internal("asyncio _SelectorSocketTransport._sock", (FAST,), lambda: _init_sets(SOCKET_TRANSPORT, "_sock")),
+    # get_extra_info("socket") gives a TransportSocket; after a fork its socket is closed.
+    Internal("asyncio TransportSocket._sock", (FORK,), lambda: _init_sets(TransportSocket, "_sock")),
+)
+
+
+def missing_internals(needed_for: Optional[str] = None) -> List[str]:
+    """The names of the internals (those ``needed_for`` one use, or all) this nats-py or Python lacks."""
+    missing = []
+    for internal in INTERNALS:
+        if needed_for is not None and needed_for not in internal.needed_for:
+            continue
+        try:
+            present = internal.present()
+        except Exception:  # another nats-py: whatever went wrong, it is not what we expect
+            present = False
+        if not present:
+            missing.append(internal.name)
+    return missing
+
+
+def missing_by_use() -> Dict[str, List[str]]:
+    """For each use (:data:`FAST`, :data:`DRAIN`, :data:`FORK`) whose internals are not all there: the missing ones."""
+    report = {use: missing_internals(use) for use in WITHOUT}
+    return {use: names for use, names in report.items() if names}
+
 
 def fast_path_supported() -> bool:
-    try:
-        params = list(inspect.signature(Client._process_msg).parameters)
-        connect = list(inspect.signature(TcpTransport.connect).parameters)
-        fresh = TcpTransport()  # type: ignore[no-untyped-call]
-    except (AttributeError, TypeError, ValueError):  # pragma: no cover - another nats-py
-        return False
-    return (
-        params == ["self", "sid", "subject", "reply", "data", "headers"]
-        and connect == ["self", "uri", "buffer_size", "connect_timeout"]
-        and hasattr(fresh, "_io_writer")
-    )
+    """Whether this nats-py and Python have every internal the fast path uses."""
+    return not missing_internals(FAST)
 
 
 #: Whether the direct hand-offs are used (see the module docstring).

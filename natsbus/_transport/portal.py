@@ -176,11 +176,31 @@ class Doorbell(Generic[Item]):
         self._event = asyncio.Event()
 
     def put(self, item: Item) -> None:
-        """Append ``item`` and make sure the loop will look (any thread)."""
+        """Append ``item`` and make sure the loop will look (any thread).
+
+        Raises:
+            BusClosedError: the loop is closed (``item`` is not kept: no
+                one would ever take it).
+        """
         self._items.append(item)
-        if not self._rung:
-            self._rung = True
-            self._loop.call_soon_threadsafe(self._event.set)
+        try:
+            if not self._rung:
+                self._rung = True
+                self._loop.call_soon_threadsafe(self._event.set)
+            elif self._loop.is_closed():  # rung before it closed: the bell is never answered
+                raise RuntimeError("Event loop is closed")
+        except RuntimeError:
+            self._rung = False
+            self.discard(item)
+            raise BusClosedError("the natsbus event loop is stopped") from None
+
+    def discard(self, item: Item) -> bool:
+        """Take ``item`` back out if it is still queued (any thread); whether it was."""
+        try:
+            self._items.remove(item)
+        except ValueError:
+            return False
+        return True
 
     def __len__(self) -> int:
         return len(self._items)

@@ -72,6 +72,19 @@ class FrameWriter:
         else:
             self._ring()
 
+    def _discard(self, item: Any) -> None:
+        """Take back an item whose hand-over failed, from whichever outbox holds it (any thread).
+
+        Items are matched by value: an equal item queued earlier (the same
+        frame, published twice) may go instead, which sends the same bytes.
+        """
+        try:
+            self._out.remove(item)
+        except ValueError:  # sent already, or never queued
+            pass
+        if self._outbox is not None:
+            self._outbox.discard(item)
+
     def _drain_out(self) -> None:
         """Send what the outbox holds straight to the socket when that is safe (any thread).
 
