@@ -230,7 +230,6 @@ class _MessageBus:
         pending = self.bus.begin_request(request.route.subject, request.body, headers)
         return await_reply(pending, limit, self._timeout_text)
 
-    # -- begin
     def _call_in_chain(
         self, message: Any, request: _Request, timeout: TimeoutArg, returns: Any, retry: Any
     ) -> Tuple[Any, Reply]:
@@ -246,8 +245,6 @@ class _MessageBus:
             return self._call(sent, timeout, returns, retry)
 
         return run_client(self.middleware, call, send, lambda pair: pair[0])  # after-hooks get the result
-
-    # -- end
 
     def _result(self, reply: Reply, route: _Route, message_id: str, returns: Any) -> Any:
         target = returns if returns is not None else route.result

@@ -539,12 +539,6 @@ class Transport(FrameWriter):
             except nerr.Error as exc:
                 logger.debug("unsubscribe failed: %r", exc)
 
-    async def request_async(self, subject: str, payload: bytes, timeout: float) -> Reply:
-        """A plain request for rare, loop-side work (discovery and the like)."""
-        with mapped_core(subject):
-            msg = await self._nc.request(subject, payload, timeout=timeout)
-        return Reply(msg.data, msg.headers)
-
     async def gather(
         self,
         subject: str,

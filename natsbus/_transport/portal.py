@@ -211,9 +211,3 @@ class Doorbell(Generic[Item]):
         self._event.clear()
         self._rung = False
         return self._items
-
-    def drain_now(self) -> list[Any]:
-        """Take every queued item at once (for shutdown)."""
-        items = list(self._items)
-        self._items.clear()
-        return items
