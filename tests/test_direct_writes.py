@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from typing import Any, Dict, List
 
 import attrs
@@ -165,18 +164,22 @@ def test_a_frame_left_for_the_loop_goes_before_the_threads_later_loop_writes(nat
         listening.run(transport.flush)
         sending = publishing._transport
         holder_has_it = threading.Event()
+        let_go = threading.Event()
 
         def hold_the_lock() -> None:
-            with sending._wlock:
+            with sending._wlock:  # a long write by another thread
                 holder_has_it.set()
-                time.sleep(0.2)  # a long write by another thread
+                let_go.wait(5)
 
         holder = threading.Thread(target=hold_the_lock)
         holder.start()
         assert holder_has_it.wait(5)
         publishing.publish("direct.paths", b"A")  # the lock is taken: A stays queued
-        publishing.run(lambda: sending._nc.publish("direct.paths", b"B"))
+        assert any(b"A" in item[0] for item in sending._out if isinstance(item, tuple)), "A was not left for the loop"
+        let_go.set()
         holder.join()
+        # B goes through nats-py on the loop; without the ring A would follow it.
+        publishing.run(lambda: sending._nc.publish("direct.paths", b"B"))
         publishing.flush()
         assert both_in.wait(5), got
     assert got == [b"A", b"B"]

@@ -267,7 +267,10 @@ def test_after_a_reconnect_no_request_overtakes_the_replayed_subscriptions(
 
         caller = threading.Thread(target=call)
         caller.start()
-        time.sleep(0.1)  # the request is made while the loop is still inside the replay
-        release.set()
+        made = time.monotonic() + 5
+        while not bus._transport._waiters and time.monotonic() < made:  # the request is made...
+            time.sleep(0.005)
+        assert bus._transport._waiters, "the request was never made"
+        release.set()  # ...while the loop is still inside the replay
         caller.join(10)
     assert len(outcome) == 1 and isinstance(outcome[0], NoHandlerError), outcome
