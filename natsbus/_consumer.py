@@ -224,10 +224,6 @@ class DurableConsumer:
 
     # -- a worker thread ------------------------------------------------------------
 
-    def _count(self, counter: str) -> None:
-        with self._lock:
-            setattr(self, counter, getattr(self, counter) + 1)
-
     def _run(self, fn: Any) -> Any:
         assert self._bus is not None
         return self._bus.run(fn, API_TIMEOUT + 1.0)
@@ -279,7 +275,8 @@ class DurableConsumer:
                 msg.num_delivered,
             )
             self._run(msg.ack)
-            self._count("skipped")
+            with self._lock:
+                self.skipped += 1
             return
         if route is None:
             error, code = f"No handler available for {msg.subject} in {self.pool.service_id}", "404"
@@ -292,7 +289,8 @@ class DurableConsumer:
                 record_bytes = done_record(command_id, msg.subject, reply)
                 self._run(lambda: js.kv_put(cfg.results_bucket, key, record_bytes))
                 self._run(msg.ack)
-                self._count("executed")
+                with self._lock:
+                    self.executed += 1
                 return
             error = headers.get(ERROR_HEADER, "") or "handler failed"
         if msg.num_delivered >= cfg.max_deliveries:
@@ -309,7 +307,8 @@ class DurableConsumer:
             delay,
         )
         self._run(lambda: msg.nak(delay))
-        self._count("retried")
+        with self._lock:
+            self.retried += 1
 
     def _dead_letter(
         self,
@@ -343,7 +342,8 @@ class DurableConsumer:
             record_bytes = done_record(command_id, msg.subject, reply)
             self._run(lambda: js.kv_put(cfg.results_bucket, record_key(command_id), record_bytes))
         self._run(msg.ack)
-        self._count("dead_lettered")
+        with self._lock:
+            self.dead_lettered += 1
         logger.error(
             "%s %s dead-lettered to %s after %d deliveries: %s",
             msg.subject,
