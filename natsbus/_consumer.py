@@ -55,6 +55,11 @@ class DurableConsumer:
     and the heartbeat run on the Bus's loop; each command runs on a worker
     thread the loop reserved before pulling it.
 
+    The pool stops it in two steps (see ``WorkerPool.stop``): :meth:`stop`
+    before the pool drains (no more pulls), :meth:`abandon_unstarted` after
+    (commands pulled and not started are handed back). The heartbeat keeps
+    a command that still runs alive until it is answered, then ends.
+
     Attributes:
         executed: Commands whose handler ran and whose reply was stored.
         skipped: Deliveries acknowledged without running (reply already stored).
@@ -71,11 +76,14 @@ class DurableConsumer:
         self._js: Optional[JetStream] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
+        self._beat_wake: Optional[asyncio.Event] = None
+        # The loop keeps only weak references to tasks: these keep them running.
         self._pull_task: Optional[asyncio.Task[None]] = None
         self._beat_task: Optional[asyncio.Task[None]] = None
         self._stopping = False
         self._lock = threading.Lock()
-        self._delivered: Set[JsMessage] = set()  # handed to a thread and not answered yet
+        self._delivered: Set[JsMessage] = set()  # handed to the pool and not answered yet: the heartbeat's
+        self._queued: Set[JsMessage] = set()  # handed to the pool and not started yet
         self.filter_subjects: List[str] = []
         self.executed = 0
         self.skipped = 0
@@ -128,6 +136,7 @@ class DurableConsumer:
             loop = asyncio.get_running_loop()
             self._loop = loop
             self._wake = asyncio.Event()
+            self._beat_wake = asyncio.Event()
             puller = await js.pull(self.config.stream, self.name)
             self._pull_task = loop.create_task(self._pull_loop(puller))
             self._beat_task = loop.create_task(self._heartbeat())
@@ -142,7 +151,14 @@ class DurableConsumer:
         )
 
     def stop(self, timeout: float) -> None:
-        """Stop pulling; commands already pulled still run (the pool drains them)."""
+        """Stop pulling, within ``timeout`` seconds (the pool's thread, before it drains).
+
+        A pull in progress may end by itself (it lasts ``fetch_timeout`` at
+        most); whatever it brings now is handed back (nak) for another
+        instance. Past ``timeout`` the pull is cancelled and its
+        subscription closed, so the server sends it nothing more. Commands
+        already handed to the pool still run (the pool drains them).
+        """
         self._stopping = True
         bus, task = self._bus, self._pull_task
         if bus is None or task is None or bus.closed:
@@ -152,14 +168,57 @@ class DurableConsumer:
             if self._wake is not None:
                 self._wake.set()
             try:
-                await asyncio.wait_for(task, timeout)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
+                await asyncio.wait_for(task, timeout)  # cancelled past the timeout
+            except TimeoutError:
+                logger.debug("%s: the pull in progress was cancelled", self.pool.service_id)
 
         try:
-            bus.run(wait, timeout + 1.0)
+            bus.run(wait, timeout + API_TIMEOUT)
         except Exception as exc:  # stopping anyway
             logger.warning("stopping the durable consumer of %s: %s", self.pool.service_id, exc)
+
+    def abandon_unstarted(self) -> int:
+        """Hand back (nak) the commands pulled and not started yet (the pool's thread, after it drained).
+
+        JetStream delivers them again at once, to this service's other
+        instances or its next start; a thread that gets to one of them
+        later skips it. The heartbeat ends once no command runs.
+
+        Returns:
+            How many were handed back.
+        """
+        with self._lock:
+            unstarted = list(self._queued)
+            self._queued.clear()
+            self._delivered.difference_update(unstarted)
+            idle = not self._delivered
+        bus = self._bus
+        if bus is None or bus.closed:
+            return len(unstarted)
+
+        async def hand_back() -> None:
+            for msg in unstarted:
+                await self._quiet(msg.nak())
+            beat = self._beat_task
+            if self._beat_wake is not None:
+                self._beat_wake.set()
+            if idle and beat is not None:
+                try:  # nothing runs: the heartbeat ends now
+                    await asyncio.wait_for(asyncio.shield(beat), 1.0)
+                except TimeoutError:
+                    pass
+
+        try:
+            bus.run(hand_back, API_TIMEOUT + 2.0)
+        except Exception as exc:  # redelivered after ack_wait anyway
+            logger.warning("handing back the unstarted durable commands of %s: %s", self.pool.service_id, exc)
+        if unstarted:
+            logger.info(
+                "%s: %d durable command(s) pulled and not started were handed back",
+                self.pool.service_id,
+                len(unstarted),
+            )
+        return len(unstarted)
 
     # -- the loop thread ----------------------------------------------------------
 
@@ -192,28 +251,48 @@ class DurableConsumer:
                 failures = 0
                 if len(msgs) < wanted:
                     pool._release_workers(wanted - len(msgs))
-                for msg in msgs:
-                    if self._stopping:
-                        pool._release_workers(1)
-                        await self._quiet(msg.nak())  # another instance may take it now
-                        continue
+                for i, msg in enumerate(msgs):
+                    if self._stopping:  # pulled as the pool stops: another instance may take them now
+                        pool._release_workers(len(msgs) - i)
+                        for unwanted in msgs[i:]:
+                            await self._quiet(unwanted.nak())
+                        break
                     with self._lock:
                         self._delivered.add(msg)
+                        self._queued.add(msg)
                     route = self._routes.get(msg.subject)
                     pool._run_reserved(route or next(iter(self._routes.values())), partial(self._job, msg, route))
         finally:
             await puller.close()
 
     async def _heartbeat(self) -> None:
+        """Keep the commands handed to the pool alive (in progress) until answered; end once stopped and idle."""
+        loop = asyncio.get_running_loop()
+        wake = self._beat_wake
+        assert wake is not None
         period = max(0.05, self.config.ack_wait / 3)
+        next_beat = loop.time() + period
         while True:
-            await asyncio.sleep(period)
+            try:  # woken early only when stopping, to end as soon as nothing runs
+                await asyncio.wait_for(wake.wait(), max(0.0, next_beat - loop.time()))
+            except TimeoutError:
+                pass
+            wake.clear()
             with self._lock:
                 running = list(self._delivered)
-            for msg in running:
-                await self._quiet(msg.in_progress())
             if self._stopping and not running and self._pull_task is not None and self._pull_task.done():
                 return
+            if loop.time() >= next_beat:
+                for msg in running:
+                    await self._quiet(msg.in_progress())
+                next_beat = loop.time() + period
+
+    def _answered(self) -> None:
+        """Loop thread: a command was answered; pull again, and end the heartbeat if that was the last."""
+        if self._wake is not None:
+            self._wake.set()
+        if self._stopping and self._beat_wake is not None:
+            self._beat_wake.set()
 
     @staticmethod
     async def _quiet(coro: Any) -> None:
@@ -229,6 +308,10 @@ class DurableConsumer:
         return self._bus.run(fn, API_TIMEOUT + 1.0)
 
     def _job(self, msg: JsMessage, route: Optional[HandlerRoute]) -> None:
+        with self._lock:
+            if msg not in self._queued:  # handed back by abandon_unstarted(): not ours to run
+                return
+            self._queued.discard(msg)
         try:
             self._handle(msg, route)
         except BaseException as exc:  # the delivery must be answered whatever happened
@@ -240,10 +323,10 @@ class DurableConsumer:
         finally:
             with self._lock:
                 self._delivered.discard(msg)
-            loop, wake = self._loop, self._wake
-            if loop is not None and wake is not None:
+            loop = self._loop
+            if loop is not None:
                 try:
-                    loop.call_soon_threadsafe(wake.set)
+                    loop.call_soon_threadsafe(self._answered)
                 except RuntimeError:  # the loop is closed
                     pass
 

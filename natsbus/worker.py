@@ -247,6 +247,9 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._inflight = 0
+        # Threads reserved for a durable pull that got no command yet: counted
+        # in _inflight (the pool's capacity) but not as work in flight.
+        self._reserved = 0
         self._completed = 0
         self._queue = _Jobs()
         self._threads: List[threading.Thread] = []
@@ -343,8 +346,11 @@ class WorkerPool:
 
     @property
     def inflight(self) -> int:
-        """Requests admitted and not yet answered."""
-        return self._inflight
+        """Requests admitted and durable commands pulled, not yet answered.
+
+        Threads reserved for a durable pull that brought nothing yet are not counted.
+        """
+        return self._inflight - self._reserved
 
     @property
     def expired(self) -> int:
@@ -535,16 +541,25 @@ class WorkerPool:
                 with self._lock:
                     self._inflight -= 1
                     self._completed += 1
-                    if self._inflight <= 1:  # stop() from a handler waits for 1
+                    if self._inflight - self._reserved <= 1:  # stop() from a handler waits for 1
                         self._idle.notify_all()
 
     def stop(self, drain_timeout: float = 30.0) -> bool:
         """Stop gracefully: no new requests, finish admitted ones, reply, return.
 
-        In order: drain the subscriptions (the server stops sending to us,
-        so queue-group peers get the new requests, and what it already sent
-        is still admitted); wait for every admitted request to be answered;
-        end the threads; flush the replies to the server. The Bus stays open.
+        In this order, within ``drain_timeout``:
+
+        1. take no new work: the durable consumer stops pulling (see
+           :class:`~natsbus.DurableConfig` ``fetch_timeout``) and the
+           subscriptions drain (the server stops sending to us, so
+           queue-group peers get the new requests; what it already sent is
+           still admitted);
+        2. wait for every admitted request and every started durable
+           command to be answered;
+        3. hand back (nak) the durable commands pulled and not started, so
+           that another instance runs them at once;
+        4. end the threads;
+        5. flush the replies to the server. The Bus stays open.
 
         Args:
             drain_timeout: Seconds for the whole drain.
@@ -569,9 +584,19 @@ class WorkerPool:
         return self._stop(was_running, completed_before, drain_timeout)
 
     def _stop(self, was_running: bool, completed_before: int, drain_timeout: float) -> bool:
+        # The order of stop()'s docstring, as dramatiq's Worker.stop. Why:
+        # nothing new may arrive while we wait for what runs, or the drain
+        # would have no end (1 before 2); a pulled command is handed back only
+        # once no thread got to it within the drain (3 after 2) and before the
+        # threads end (3 before 4), so a late thread skips it rather than
+        # running a command JetStream is giving to another instance; the
+        # replies are flushed once the last one is written (5 last). The Bus
+        # stays open throughout: every step but 4 needs it.
         deadline = time.monotonic() + drain_timeout
         bus = self.bus
-        if was_running and bus is not None and not bus.closed:
+        serving = was_running and bus is not None and not bus.closed
+        if serving:
+            assert bus is not None
             subs, self._subs = self._subs, []
             transport = bus.live_transport()
             try:
@@ -582,19 +607,26 @@ class WorkerPool:
                     bus.run(lambda: transport.unsubscribe(subs), 2.0)
                 except Exception as again:
                     logger.warning("unsubscribing %s failed: %s", self.service_id, again)
+        durable = self.durable if was_running else None
+        if durable is not None:  # a pull in progress ends (fetch_timeout) or is cancelled at the deadline
+            durable.stop(max(0.0, min(deadline - time.monotonic(), durable.config.fetch_timeout + 0.5)))
         self._accepting = False
         # A handler may call stop() (or Bus.close()): its own request counts
         # as in flight until it returns, so it is not waited for.
         own = 1 if threading.current_thread() in self._threads else 0
         with self._lock:
-            while self._inflight > own and time.monotonic() < deadline:
+            while self._inflight - self._reserved > own and time.monotonic() < deadline:
                 self._idle.wait(deadline - time.monotonic())
-            left = self._inflight - own
+            left = self._inflight - self._reserved - own
             drained = self._completed - completed_before
+        if durable is not None:
+            # Counted in `left` until now; no thread started them, none will.
+            left -= durable.abandon_unstarted()
         self._halt_threads(max(0.0, deadline - time.monotonic()))
         if self._watchdog is not None:
             self._watchdog.stop(1.0)
-        if was_running and bus is not None and not bus.closed:
+        if serving:
+            assert bus is not None
             try:
                 bus.run(bus._transport.flush, max(0.1, deadline - time.monotonic()))
             except Exception as exc:
@@ -604,7 +636,7 @@ class WorkerPool:
         self._stopped.set()
         if left:
             logger.warning(
-                "worker pool %s stopped: drained %d request(s); %d still running after %.1fs were abandoned",
+                "worker pool %s stopped: drained %d request(s); %d still running after %gs were abandoned",
                 self.service_id,
                 drained,
                 left,
@@ -617,23 +649,25 @@ class WorkerPool:
     # -- durable commands borrow idle worker threads (natsbus.durable) ----
 
     def _reserve_workers(self, wanted: int) -> int:
-        """Reserve up to ``wanted`` idle threads (counted in flight); return how many."""
+        """Reserve up to ``wanted`` idle threads (counted in the capacity, not as work); return how many."""
         with self._lock:
             if self._state is not _State.RUNNING:
                 return 0
             count = max(0, min(wanted, self.max_workers - self._inflight))
             self._inflight += count
+            self._reserved += count
             return count
 
     def _release_workers(self, count: int) -> None:
         """Give back reserved threads that got no work."""
         with self._lock:
             self._inflight -= count
-            if self._inflight == 0:
-                self._idle.notify_all()
+            self._reserved -= count
 
     def _run_reserved(self, route: HandlerRoute, job: Callable[[], None]) -> None:
         """Run ``job`` on a reserved thread; it answers for itself (no reply subject)."""
+        with self._lock:
+            self._reserved -= 1  # work in flight from now on
         self._queue.put((route, job, b"", None, None))
 
     def _halt_threads(self, timeout: float) -> None:
