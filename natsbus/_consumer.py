@@ -320,6 +320,8 @@ class DurableConsumer:
                 self._run(lambda: msg.nak(self.config.delay(msg.num_delivered)))
             except Exception as nak_exc:  # redelivered after ack_wait anyway
                 logger.debug("nak failed: %s", nak_exc)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: never swallowed; the pool stops (WorkerPool.run)
         finally:
             with self._lock:
                 self._delivered.discard(msg)

@@ -196,11 +196,18 @@ class Dispatcher:
     ) -> Tuple[bytes, Headers]:
         """Handle one request body; return the reply body and headers.
 
-        Never raises: every failure becomes an error envelope. A request
-        whose ``deadline`` (``time.monotonic()``) has passed is not started
-        and gets a 504 error. A reply over ``max_payload`` (when > 0)
+        Every failure (an ``Exception``) becomes an error envelope. A
+        request whose ``deadline`` (``time.monotonic()``) has passed is not
+        started and gets a 504 error. A reply over ``max_payload`` (when > 0)
         becomes an error envelope too. The handler can read the request
         through :func:`natsbus.current_request`.
+
+        Raises:
+            BaseException: what the handler raised when it is no
+                ``Exception`` (``KeyboardInterrupt``, ``SystemExit``, ...):
+                never swallowed, as in handler middleware. It is counted as
+                an error in the handler's stats; the caller of ``dispatch``
+                decides what happens (see ``WorkerPool``).
         """
         started = time.perf_counter_ns()
         kind = route.kind
@@ -242,10 +249,13 @@ class Dispatcher:
         except ServiceError as exc:
             logger.info("%s %s failed: %s", route.label, message_id, exc)
             return self._error(route, kind, message_id, exc, started)
-        except BaseException as exc:  # a handler must never take the pool down
+        except Exception as exc:  # a handler failure must never take the pool down
             logger.error("handler %s failed on %s", route.label, message_id, exc_info=True)
             text = str(exc) or type(exc).__name__
             return self._error(route, kind, message_id, HandlerError(text), started)
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit, ...: never swallowed
+            self._count(route, started, f"the handler raised {type(exc).__name__}")
+            raise
         finally:
             _leave(token)
         try:

@@ -50,6 +50,7 @@ from .errors import (
     BusyError,
     ConfigError,
     DeadlineExceededError,
+    HandlerError,
     LifecycleError,
     PermissionDeniedError,
     RegistrationError,
@@ -207,6 +208,13 @@ class WorkerPool:
         durable: ``True`` or a :class:`~natsbus.DurableConfig`: also run
             the commands sent with ``CommandBus.send()`` (see :mod:`natsbus.durable`).
 
+    A handler that raises an ``Exception`` answers its caller with an error
+    reply and the thread serves on. One that raises ``KeyboardInterrupt``,
+    ``SystemExit`` (``sys.exit()``) or another non-``Exception`` stops the
+    service, as it would a one-threaded server: its caller still gets an
+    error reply (500) at once, the pool drains and stops, and :meth:`run`
+    then re-raises that exception in its own thread.
+
     A running pool is a NATS micro service named ``service_id``: it
     answers ``$SRV.PING`` / ``$SRV.INFO`` / ``$SRV.STATS`` (see
     ``natsbus.discovery`` for the client side); ``pool.micro.id`` is this
@@ -263,6 +271,8 @@ class WorkerPool:
         self._served = False  # start() succeeded at some point
         self._stopped = threading.Event()  # set once stop() has finished
         self._stop_result = True
+        self._in_run = False  # run() serves: it re-raises a handler's KeyboardInterrupt / SystemExit
+        self._interruption: Optional[BaseException] = None  # the first one a handler raised
         #: Requests refused at once because the pool was full.
         self.refused_busy = 0
         #: Messages dropped because they had no reply subject.
@@ -517,11 +527,11 @@ class WorkerPool:
             if item is _STOP:
                 return
             route, reply, data, raw_headers, received = item
+            claim: Optional[threading.Lock] = None
             try:
                 if not isinstance(reply, str):  # a durable command; the job runs, stores and acks it
                     reply()
                     continue
-                claim: Optional[threading.Lock] = None
                 if route.time_limit is not None and self._watchdog is not None:
                     claim = threading.Lock()
                     self._watchdog.watch(time.monotonic() + route.time_limit, claim, route, reply, data)
@@ -535,14 +545,66 @@ class WorkerPool:
                     logger.warning("%s: a handler finished after its time limit; its result was dropped", route.subject)
             except BusClosedError:
                 logger.warning("the Bus closed before the reply to %s could be sent", route.subject)
-            except BaseException:  # keep the thread alive whatever happens
+            except Exception:  # keep the thread alive whatever happens
                 logger.exception("unexpected failure serving %s", route.subject)
+            except BaseException as exc:  # a handler raised KeyboardInterrupt, SystemExit, ...
+                self._interrupted(exc, route, reply, data, claim, transport)
             finally:
                 with self._lock:
                     self._inflight -= 1
                     self._completed += 1
                     if self._inflight - self._reserved <= 1:  # stop() from a handler waits for 1
                         self._idle.notify_all()
+
+    def _interrupted(
+        self,
+        exc: BaseException,
+        route: HandlerRoute,
+        reply: Any,
+        data: bytes,
+        claim: Optional[threading.Lock],
+        transport: Any,
+    ) -> None:
+        """A worker thread: a handler raised ``exc``, which is no ``Exception``; the pool stops.
+
+        What a one-threaded server would do with a ``KeyboardInterrupt`` or
+        ``SystemExit`` from its handler, short of losing requests: the
+        caller gets a 500 error reply now; the pool drains and stops; then
+        :meth:`run` re-raises ``exc`` in its own thread (``natsbus worker``
+        exits as ``sys.exit()`` asked). A pool served with :meth:`start`
+        stops the same way, from a thread of its own (nothing of the
+        caller's can receive ``exc``). This thread serves on until the stop
+        ends every thread, so the drain keeps its full capacity.
+        """
+        what = type(exc).__name__
+        if isinstance(reply, str):  # request-reply; a durable command's job logged and nak'd it already
+            message_id = peek_id(data)[0] or ""
+            logger.error(
+                "handler %s raised %s on %s %s: stopping the pool",
+                route.label,
+                what,
+                route.subject,
+                message_id,
+                exc_info=exc,
+            )
+            if claim is None or claim.acquire(blocking=False):  # not answered by the watchdog yet
+                error = HandlerError(
+                    f"Handler for {route.name} raised {what}; {self.service_id} is stopping", subject=route.subject
+                )
+                body, headers = error_reply(route.kind, message_id, error)
+                try:
+                    transport.publish(reply, body, headers)
+                except BusClosedError:
+                    logger.warning("the Bus closed before the reply to %s could be sent", route.subject)
+        else:
+            logger.error("a durable command's handler raised %s: stopping the pool", what)
+        with self._lock:
+            first = self._interruption is None
+            if first:
+                self._interruption = exc
+        self._stop_requested.set()  # run() drains, then re-raises it
+        if first and not self._in_run:
+            threading.Thread(target=self.stop, name=f"natsbus-stop-{self.service_id}", daemon=True).start()
 
     def stop(self, drain_timeout: float = 30.0) -> bool:
         """Stop gracefully: no new requests, finish admitted ones, reply, return.
@@ -693,11 +755,18 @@ class WorkerPool:
         that arrives as soon as it serves drains it instead of killing the
         process.
 
+        A handler that raises ``KeyboardInterrupt`` or ``SystemExit`` (e.g.
+        calls ``sys.exit(3)``) stops the pool too: its caller gets a 500
+        error reply, the pool drains, and then ``run()`` re-raises that
+        exception here, as a one-threaded server would have.
+
         Returns:
             What :meth:`stop` returned: True when everything was drained.
 
         Raises:
             NatsBusError: :meth:`start` failed (nothing was served).
+            BaseException: the ``KeyboardInterrupt`` / ``SystemExit`` a
+                handler raised, once the pool has drained.
         """
         previous: Dict[signal.Signals, Any] = {}
         signals: List[int] = []
@@ -712,6 +781,7 @@ class WorkerPool:
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
+        self._in_run = True
         try:
             if self._state is _State.NEW:
                 self.start()
@@ -720,12 +790,16 @@ class WorkerPool:
                     break
             if signals:
                 logger.info("signal %d: draining (send it again to stop at once)", signals[0])
-            return self.stop(drain_timeout)
+            drained = self.stop(drain_timeout)
+            if self._interruption is not None:  # a handler's KeyboardInterrupt / SystemExit, after the drain
+                raise self._interruption
+            return drained
         except SystemExit:
             if len(signals) >= 2:
                 logger.warning("second signal: stopping at once (signal %d)", signals[-1])
             raise
         finally:
+            self._in_run = False
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
