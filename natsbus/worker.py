@@ -623,6 +623,13 @@ class WorkerPool:
         4. end the threads;
         5. flush the replies to the server. The Bus stays open.
 
+        Safe to call again, from any thread: a second call waits (up to
+        its own ``drain_timeout``) for the first one to finish and returns
+        the first one's result; False when the first is still draining by
+        then. Called by a handler of this pool, it does not wait (the first
+        call is waiting for that very handler) and so returns False unless
+        the first call has finished.
+
         Args:
             drain_timeout: Seconds for the whole drain.
 
@@ -642,7 +649,7 @@ class WorkerPool:
             # handler, whose own request that drain is waiting for).
             if threading.current_thread() not in self._threads:
                 self._stopped.wait(drain_timeout)
-            return self._stop_result
+            return self._stop_result if self._stopped.is_set() else False  # not drained (yet)
         return self._stop(was_running, completed_before, drain_timeout)
 
     def _stop(self, was_running: bool, completed_before: int, drain_timeout: float) -> bool:

@@ -182,3 +182,59 @@ def test_a_command_pulled_and_never_started_is_handed_back_at_once(bus: Bus, con
     ):
         assert CommandBus(bus).result(command_id, wait=10, durable=config) == 8
     assert effects.per_command(db) == {command_id: 1}
+
+
+# -- stop() twice -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class StopAgain(Command[bool]):
+    pass
+
+
+def test_a_second_stop_from_a_handler_reports_false_while_the_first_still_drains(bus: Bus) -> None:
+    pool = WorkerPool(bus, service_id="stopper", max_workers=2)
+    entered = threading.Event()
+
+    @pool.register
+    def stop_again(cmd: StopAgain) -> bool:
+        entered.set()
+        wait_until(lambda: not pool.running, what="the first stop() begun")
+        return pool.stop(drain_timeout=5)  # cannot wait: the first one waits for this very request
+
+    pool.start()
+    future = CommandBus(bus, timeout=10).submit(StopAgain())
+    assert entered.wait(10)
+    first: List[bool] = []
+    stopper = threading.Thread(target=lambda: first.append(pool.stop(drain_timeout=10)))
+    stopper.start()
+    assert future.result(10) is False  # the first stop() had not finished
+    stopper.join(10)
+    assert first == [True]
+    assert pool.stop() is True  # once finished, its result
+
+
+def test_a_second_stop_that_gives_up_waiting_for_the_first_reports_false(bus: Bus) -> None:
+    pool = WorkerPool(bus, service_id="stopper", max_workers=2)
+    gate = threading.Event()
+
+    @pool.register
+    def hold(cmd: Hold) -> int:
+        gate.wait(10)
+        return cmd.n
+
+    pool.start()
+    try:
+        future = CommandBus(bus, timeout=10).submit(Hold(2))
+        wait_until(lambda: pool.inflight == 1, what="the handler running")
+        first: List[bool] = []
+        stopper = threading.Thread(target=lambda: first.append(pool.stop(drain_timeout=10)))
+        stopper.start()
+        wait_until(lambda: not pool.running, what="the first stop() begun")
+        assert pool.stop(drain_timeout=0.05) is False  # still draining when it gave up
+    finally:
+        gate.set()
+    assert future.result(10) == 2
+    stopper.join(10)
+    assert first == [True]
+    assert pool.stop(drain_timeout=0.05) is True
