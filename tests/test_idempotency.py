@@ -298,21 +298,36 @@ def test_a_repeat_on_another_instance_waits_then_answers_busy_then_the_reply(
     assert effects.count(db) == 1
 
 
-def test_a_claim_older_than_the_lease_is_taken_over(nats_url: str, bus: Bus, db: Path) -> None:
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0], ids=["since-an-hour-early", "since-an-hour-late"])
+def test_the_lease_runs_on_the_servers_clock_whatever_since_the_claiming_host_wrote(
+    bus: Bus, db: Path, skew: float
+) -> None:
     bucket = f"idem_{uuid.uuid4().hex[:8]}"
-    store = KeyValueIdempotencyStore(bucket=bucket, lease=1.0)
+    store = KeyValueIdempotencyStore(bucket=bucket, lease=1.0, wait=0.2, poll=0.02)
     pool = WorkerPool(bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", idempotency=store)
     pool.register(tally_handler(db))
     js = jetstream_for(bus)
-    with pool:
-        # A claim left by a process that died 10 s ago, mid-handler.
-        record = json.loads(running_record("cmd-orphan", "a-dead-owner"))
-        record["since"] -= 10
-        bus.run(lambda: js.kv_put(bucket, record_key("cmd-orphan"), json.dumps(record).encode()))
-        reply = bus.request("commands.Tally", command_body("Tally", "cmd-orphan", {"n": 4}), timeout=5)
-    assert b'"payload":8' in reply.data
-    assert effects.count(db) == 1
-    bus.run(lambda: js.delete_stream(f"KV_{bucket}"))
+    body = command_body("Tally", "cmd-orphan", {"n": 4})
+    try:
+        with pool:
+            # A claim left by a process that died mid-handler, on a host whose clock is an hour off.
+            record = json.loads(running_record("cmd-orphan", "a-dead-owner"))
+            record["since"] += skew
+            written = time.monotonic()
+            bus.run(lambda: js.kv_put(bucket, record_key("cmd-orphan"), json.dumps(record).encode()))
+            # Within the lease by the server's clock: still running, not taken over.
+            early = bus.request("commands.Tally", body, timeout=5)
+            assert early.headers is not None and early.headers["Nats-Service-Error-Code"] == "503"
+            assert b"still running" in early.data
+            assert effects.count(db, "invocations") == 0
+            # Past the lease by the server's clock: taken over, and run once.
+            store.wait = 10.0
+            late = bus.request("commands.Tally", body, timeout=15)
+            assert time.monotonic() - written > store.lease
+        assert b'"payload":8' in late.data
+        assert effects.count(db, "invocations") == 1
+    finally:
+        bus.run(lambda: js.delete_stream(f"KV_{bucket}"))
 
 
 def test_an_existing_bucket_with_another_ttl_is_refused_at_start(bus: Bus) -> None:
