@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import enum
 import logging
 import threading
 import time
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Claim",
+    "ClaimState",
     "IdempotencyStore",
     "KeyValueIdempotencyStore",
     "MemoryIdempotencyStore",
@@ -83,19 +85,33 @@ Dispatch = Callable[..., ReplyPair]
 _NOT_STARTED = "Deadline exceeded: the caller gave up before"  # Dispatcher.dispatch's "not started" text
 
 
+class ClaimState(str, enum.Enum):
+    """What :meth:`IdempotencyStore.begin` found for a ``command_id``.
+
+    A ``str`` too: ``ClaimState.OWNED == "owned"``.
+    """
+
+    #: This request claimed it: run the handler, then
+    #: :meth:`~IdempotencyStore.finish` (or :meth:`~IdempotencyStore.abandon`).
+    OWNED = "owned"
+    #: It was answered: answer with :attr:`Claim.reply`.
+    DONE = "done"
+    #: Another request runs it now.
+    RUNNING = "running"
+
+
 @attrs.frozen
 class Claim:
     """What :meth:`IdempotencyStore.begin` found for a ``command_id``.
 
     Attributes:
-        state: ``"owned"``: run the handler, then :meth:`~IdempotencyStore.finish`
-            (or :meth:`~IdempotencyStore.abandon`); ``"done"``: answer with
-            ``reply``; ``"running"``: another request runs it now.
+        state: A :class:`ClaimState` (its value, e.g. ``"owned"``, is
+            converted to it).
         token: The owner's proof (a revision, an event), for ``finish``/``abandon``.
-        reply: The remembered reply when ``state`` is ``"done"``.
+        reply: The remembered reply when ``state`` is :attr:`ClaimState.DONE`.
     """
 
-    state: str
+    state: ClaimState = attrs.field(converter=ClaimState)
     token: Any = None
     reply: Optional[ReplyPair] = None
 
@@ -173,12 +189,12 @@ class IdempotencyStore(abc.ABC):
                         f"Service busy: cannot check whether command {command_id} already ran ({exc}); retry later",
                         route.subject,
                     )
-                if claim.state == "done" and claim.reply is not None:
+                if claim.state is ClaimState.DONE and claim.reply is not None:
                     with store._counter_lock:
                         store.replayed += 1
                     logger.info("%s %s: a repeat; answered with the reply already sent", route.subject, command_id)
                     return claim.reply
-                if claim.state == "owned":
+                if claim.state is ClaimState.OWNED:
                     break
                 left = give_up - time.monotonic()
                 if left <= 0:
@@ -269,11 +285,11 @@ class MemoryIdempotencyStore(IdempotencyStore):
             self._expire(time.monotonic())
             entry = self._done.get(command_id)
             if entry is not None:
-                return Claim("done", reply=entry[1])
+                return Claim(ClaimState.DONE, reply=entry[1])
             if command_id in self._running:
-                return Claim("running")
+                return Claim(ClaimState.RUNNING)
             event = self._running[command_id] = threading.Event()
-            return Claim("owned", token=event)
+            return Claim(ClaimState.OWNED, token=event)
 
     def finish(self, bus: Connection, command_id: str, token: Any, reply: ReplyPair) -> None:
         """See :meth:`IdempotencyStore.finish`."""
@@ -389,7 +405,7 @@ class KeyValueIdempotencyStore(IdempotencyStore):
             marker = running_record(command_id, self._owner)
             revision = self._run(bus, partial(js.kv_create, self.bucket, key, marker))
             if revision is not None:
-                return Claim("owned", token=revision)
+                return Claim(ClaimState.OWNED, token=revision)
             entry = self._run(bus, lambda: js.kv_get(self.bucket, key))
             if entry is None:
                 continue
@@ -397,7 +413,7 @@ class KeyValueIdempotencyStore(IdempotencyStore):
             if record is None:
                 raise JetStreamError(f"bucket {self.bucket} holds something else under key {key}")
             if record.get("state") == "done":
-                return Claim("done", reply=record_reply(record))
+                return Claim(ClaimState.DONE, reply=record_reply(record))
             age = self._claim_age(bus, entry.revision)
             if age is not None and age > self.lease:
                 taken = self._run(bus, partial(js.kv_update, self.bucket, key, marker, entry.revision))
@@ -407,9 +423,9 @@ class KeyValueIdempotencyStore(IdempotencyStore):
                         command_id,
                         self.lease,
                     )
-                    return Claim("owned", token=taken)
-            return Claim("running")
-        return Claim("running")
+                    return Claim(ClaimState.OWNED, token=taken)
+            return Claim(ClaimState.RUNNING)
+        return Claim(ClaimState.RUNNING)
 
     def _claim_age(self, bus: Connection, revision: int) -> Optional[float]:
         """Seconds since the server stored ``revision``, at least (its clock); ``None`` when unknown.

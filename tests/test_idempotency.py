@@ -33,6 +33,7 @@ from natsbus import (
 )
 from natsbus._records import record_key, running_record
 from natsbus._transport.jetstream import jetstream_for
+from natsbus.idempotency import Claim, ClaimState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,13 +100,19 @@ def test_memory_store_forgets_after_its_ttl(monkeypatch: pytest.MonkeyPatch) -> 
     store = MemoryIdempotencyStore(ttl=60.0)
     bus: Any = None
     claim = store.begin(bus, "cmd-1")
-    assert claim.state == "owned"
+    assert claim.state is ClaimState.OWNED
     store.finish(bus, "cmd-1", claim.token, (b"reply", {"h": "v"}))
     clock.now += 59.0
     assert store.begin(bus, "cmd-1").reply == (b"reply", {"h": "v"})
     clock.now += 2.0
-    assert store.begin(bus, "cmd-1").state == "owned"  # forgotten: runs again
+    assert store.begin(bus, "cmd-1").state is ClaimState.OWNED  # forgotten: runs again
     assert len(store) == 0
+
+
+def test_a_claim_state_given_as_its_string_becomes_the_enum() -> None:
+    # Stores written before ClaimState return Claim("owned", ...): still understood.
+    assert [Claim(text).state for text in ("owned", "done", "running")] == list(ClaimState)
+    assert Claim(ClaimState.DONE, reply=(b"r", None)).state == "done"
 
 
 def test_memory_store_keeps_at_most_max_entries_dropping_the_oldest() -> None:
@@ -115,15 +122,15 @@ def test_memory_store_keeps_at_most_max_entries_dropping_the_oldest() -> None:
         claim = store.begin(bus, f"cmd-{i}")
         store.finish(bus, f"cmd-{i}", claim.token, (str(i).encode(), None))
     assert len(store) == 3
-    assert [store.begin(bus, f"cmd-{i}").state for i in (2, 3, 4)] == ["done"] * 3
-    assert store.begin(bus, "cmd-0").state == "owned"
+    assert [store.begin(bus, f"cmd-{i}").state for i in (2, 3, 4)] == [ClaimState.DONE] * 3
+    assert store.begin(bus, "cmd-0").state is ClaimState.OWNED
 
 
 def test_memory_store_repeat_waits_for_the_first_to_finish() -> None:
     store = MemoryIdempotencyStore()
     bus: Any = None
     first = store.begin(bus, "cmd-x")
-    assert store.begin(bus, "cmd-x").state == "running"
+    assert store.begin(bus, "cmd-x").state is ClaimState.RUNNING
     seen: List[Any] = []
 
     def repeat() -> None:
