@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import typing
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import attrs
 
@@ -31,7 +31,7 @@ from .errors import (
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
 from .middleware import HandlerRequest, Middleware, run_handler
 
-__all__ = ["Dispatcher", "EndpointStats", "HandlerRoute"]
+__all__ = ["Dispatcher", "EndpointStats", "HandlerRoute", "NotStarted"]
 
 logger = logging.getLogger("natsbus.worker")
 
@@ -82,6 +82,21 @@ class HandlerRoute:
     label: str
     time_limit: Optional[float] = None
     stats: EndpointStats = attrs.Factory(EndpointStats)
+
+
+class NotStarted(NamedTuple):
+    """The reply to a request whose handler was never started: a ``(body, headers)`` pair like any other.
+
+    :meth:`Dispatcher.dispatch` answers a request whose caller had already
+    given up (its deadline passed before it started) with a 504 error in
+    this type: ``isinstance(reply, NotStarted)`` tells that the handler did
+    not run, without reading the error text. The idempotency store forgets
+    such a request, so that its retry runs. It unpacks, compares and is
+    sent as the plain 2-tuple.
+    """
+
+    body: bytes
+    headers: Headers
 
 
 def _resolve(handler: Any, message_type: Optional[type]) -> Tuple[Callable[[Any], Any], type, str]:
@@ -198,7 +213,7 @@ class Dispatcher:
 
         Every failure (an ``Exception``) becomes an error envelope. A
         request whose ``deadline`` (``time.monotonic()``) has passed is not
-        started and gets a 504 error. A reply over ``max_payload`` (when > 0)
+        started and gets a 504 error, as a :class:`NotStarted` pair. A reply over ``max_payload`` (when > 0)
         becomes an error envelope too. The handler can read the request
         through :func:`natsbus.current_request`.
 
@@ -236,7 +251,7 @@ class Dispatcher:
             late = DeadlineExceededError(
                 f"Deadline exceeded: the caller gave up before {route.subject} started", subject=route.subject
             )
-            return self._error(route, kind, message_id, late, started)
+            return NotStarted(*self._error(route, kind, message_id, late, started))
         context = RequestContext(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline)
         token = _enter(context)
         try:

@@ -52,7 +52,7 @@ import time
 import uuid
 from collections import OrderedDict
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import attrs
 
@@ -61,12 +61,10 @@ from ._resources import BucketSpec, check_bucket_name, check_replicas, check_sto
 from ._transport import Headers
 from ._transport.connection import Connection
 from ._transport.jetstream import jetstream_for
-from .envelope import ERROR_CODE_HEADER, ERROR_HEADER, error_reply, peek_id
+from .dispatch import HandlerRoute, NotStarted
+from .envelope import error_reply, peek_id
 from .errors import BusyError, ConfigError, JetStreamError, NatsBusError
 from .messages import Kind
-
-if TYPE_CHECKING:
-    from .dispatch import HandlerRoute
 
 __all__ = [
     "Claim",
@@ -81,8 +79,6 @@ logger = logging.getLogger("natsbus.idempotency")
 #: A reply as the worker sends it: the body and the headers.
 #: ``Dispatcher.dispatch``'s signature.
 Dispatch = Callable[..., ReplyPair]
-
-_NOT_STARTED = "Deadline exceeded: the caller gave up before"  # Dispatcher.dispatch's "not started" text
 
 
 class ClaimState(str, enum.Enum):
@@ -210,7 +206,7 @@ class IdempotencyStore(abc.ABC):
             except BaseException:
                 _quietly(store.abandon, bus, command_id, claim.token)
                 raise
-            if _not_started(reply):
+            if isinstance(reply, NotStarted):  # its caller gave up before it started: nothing ran
                 _quietly(store.abandon, bus, command_id, claim.token)
             else:
                 try:
@@ -236,13 +232,6 @@ def _quietly(fn: Callable[..., None], *args: Any) -> None:
 
 def _busy(command_id: str, text: str, subject: str) -> ReplyPair:
     return error_reply(Kind.COMMAND, command_id, BusyError(text, subject=subject))
-
-
-def _not_started(reply: ReplyPair) -> bool:
-    headers = reply[1]
-    return bool(
-        headers and headers.get(ERROR_CODE_HEADER) == "504" and headers.get(ERROR_HEADER, "").startswith(_NOT_STARTED)
-    )
 
 
 class MemoryIdempotencyStore(IdempotencyStore):

@@ -33,6 +33,7 @@ from natsbus import (
 )
 from natsbus._records import record_key, running_record
 from natsbus._transport.jetstream import jetstream_for
+from natsbus.dispatch import Dispatcher, NotStarted
 from natsbus.idempotency import Claim, ClaimState
 
 pytestmark = pytest.mark.timeout(60)
@@ -142,6 +143,31 @@ def test_memory_store_repeat_waits_for_the_first_to_finish() -> None:
     store.finish(bus, "cmd-x", first.token, (b"the reply", None))
     waiter.join(10)
     assert [claim.reply for claim in seen] == [(b"the reply", None)]
+
+
+def test_wrap_forgets_a_not_started_reply_whatever_its_text_but_remembers_a_handlers_own_504() -> None:
+    store = MemoryIdempotencyStore()
+    route = Dispatcher("svc").register(lambda cmd: cmd.n, message_type=Tally)
+    body = command_body("Tally", "cmd-504", {"n": 1})
+    not_started = NotStarted(b"late", {"Nats-Service-Error-Code": "504", "Nats-Service-Error": "any text at all"})
+    # A handler's own 504, worded as the dispatcher words "not started": it ran, so it is remembered.
+    ran = (
+        b"ran",
+        {"Nats-Service-Error-Code": "504", "Nats-Service-Error": "Deadline exceeded: the caller gave up before I did"},
+    )
+    replies = [not_started, ran]
+    calls: List[bytes] = []
+
+    def dispatch(route: Any, data: bytes, max_payload: int = 0, **options: Any) -> Any:
+        calls.append(data)
+        return replies.pop(0)
+
+    guarded = store.wrap(dispatch, None)  # type: ignore[arg-type]  # the memory store never uses the bus
+    assert guarded(route, body) is not_started
+    assert len(store) == 0  # not remembered: the retry runs
+    assert guarded(route, body) == ran
+    assert guarded(route, body) == ran  # remembered: answered without dispatching
+    assert len(calls) == 2
 
 
 # -- request-reply with a store ------------------------------------------------------------
