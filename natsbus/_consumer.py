@@ -261,7 +261,7 @@ class DurableConsumer:
                         self._delivered.add(msg)
                         self._queued.add(msg)
                     route = self._routes.get(msg.subject)
-                    pool._run_reserved(route or next(iter(self._routes.values())), partial(self._job, msg, route))
+                    pool._run_reserved(partial(self._job, msg, route))
         finally:
             await puller.close()
 

@@ -63,11 +63,48 @@ if TYPE_CHECKING:
     from .durable import DurableConfig
     from .idempotency import IdempotencyStore
 
+# Work items are frozen to the type checker (assigning a field is a mypy
+# error) and a plain slotted class at run time. They are built on the loop
+# thread for every request: attrs' frozen __init__ stores each field through
+# object.__setattr__ (a bound method and an argument tuple per field), about
+# 1.5 us where the 5-tuple they replace took 0.06 us; the plain slotted class
+# takes 0.3 us and, like the tuple, one allocation.
+if TYPE_CHECKING:
+    from attrs import frozen as _work_item_class
+else:
+    from attrs import define as _work_item_class
+
 __all__ = ["Dispatcher", "HandlerRoute", "WorkerPool"]  # Dispatcher, HandlerRoute: from natsbus.dispatch
 
 logger = logging.getLogger("natsbus.worker")
 
 F = TypeVar("F")
+
+
+@_work_item_class(slots=True, weakref_slot=False, eq=False)
+class _Work:
+    """One item of the pool's work queue: a request to answer, or a durable command to run.
+
+    Attributes:
+        route: The handler of a request (``None`` for a durable command).
+        reply: Where the request's reply goes.
+        data: The request body.
+        headers: Its headers, as the transport got them (parsed on the worker thread).
+        received: ``time.monotonic()`` when it was admitted.
+        job: A durable command's job: it runs, stores and acknowledges the
+            command itself (see :meth:`WorkerPool._run_reserved`); ``None`` for a request.
+    """
+
+    route: Optional[HandlerRoute]
+    reply: str
+    data: bytes
+    headers: RawHeaders
+    received: float
+    job: Optional[Callable[[], None]] = None
+
+    def describe(self) -> str:
+        """What it is, for logs."""
+        return self.route.subject if self.route is not None else "a durable command"
 
 
 class _Jobs:
@@ -455,6 +492,7 @@ class WorkerPool:
     def _admitter(self, route: HandlerRoute) -> Callable[[str, str, bytes, RawHeaders], None]:
         capacity = self.max_workers + self.max_pending
         put = self._queue.put
+        work = _Work
         lock = self._lock
         monotonic = time.monotonic
 
@@ -473,7 +511,7 @@ class WorkerPool:
             if busy:
                 self._refuse_busy(route, reply, data)
             else:
-                put((route, reply, data, headers, monotonic()))
+                put(work(route, reply, data, headers, monotonic()))
 
         return admit
 
@@ -526,17 +564,19 @@ class WorkerPool:
             item = get(park)
             if item is _STOP:
                 return
-            route, reply, data, raw_headers, received = item
+            job = item.job
             claim: Optional[threading.Lock] = None
             try:
-                if not isinstance(reply, str):  # a durable command; the job runs, stores and acks it
-                    reply()
+                if job is not None:  # a durable command: the job runs, stores and acks it
+                    job()
                     continue
+                route, reply, data = item.route, item.reply, item.data
+                assert route is not None  # a request always has its route
                 if route.time_limit is not None and self._watchdog is not None:
                     claim = threading.Lock()
                     self._watchdog.watch(time.monotonic() + route.time_limit, claim, route, reply, data)
-                headers = as_headers(raw_headers)  # parsed here, off the loop
-                deadline = parse_deadline(headers, received)
+                headers = as_headers(item.headers)  # parsed here, off the loop
+                deadline = parse_deadline(headers, item.received)
                 body, reply_headers = dispatch(route, data, transport.max_payload, headers=headers, deadline=deadline)
                 if claim is None or claim.acquire(blocking=False):
                     # Write it now when idle; under load, let the loop batch the replies.
@@ -544,11 +584,11 @@ class WorkerPool:
                 else:
                     logger.warning("%s: a handler finished after its time limit; its result was dropped", route.subject)
             except BusClosedError:
-                logger.warning("the Bus closed before the reply to %s could be sent", route.subject)
+                logger.warning("the Bus closed before the reply to %s could be sent", item.describe())
             except Exception:  # keep the thread alive whatever happens
-                logger.exception("unexpected failure serving %s", route.subject)
+                logger.exception("unexpected failure serving %s", item.describe())
             except BaseException as exc:  # a handler raised KeyboardInterrupt, SystemExit, ...
-                self._interrupted(exc, route, reply, data, claim, transport)
+                self._interrupted(exc, item, claim, transport)
             finally:
                 with self._lock:
                     self._inflight -= 1
@@ -556,15 +596,7 @@ class WorkerPool:
                     if self._inflight - self._reserved <= 1:  # stop() from a handler waits for 1
                         self._idle.notify_all()
 
-    def _interrupted(
-        self,
-        exc: BaseException,
-        route: HandlerRoute,
-        reply: Any,
-        data: bytes,
-        claim: Optional[threading.Lock],
-        transport: Any,
-    ) -> None:
+    def _interrupted(self, exc: BaseException, item: _Work, claim: Optional[threading.Lock], transport: Any) -> None:
         """A worker thread: a handler raised ``exc``, which is no ``Exception``; the pool stops.
 
         What a one-threaded server would do with a ``KeyboardInterrupt`` or
@@ -577,8 +609,9 @@ class WorkerPool:
         ends every thread, so the drain keeps its full capacity.
         """
         what = type(exc).__name__
-        if isinstance(reply, str):  # request-reply; a durable command's job logged and nak'd it already
-            message_id = peek_id(data)[0] or ""
+        route = item.route
+        if route is not None:  # a request; a durable command's job logged and nak'd it already
+            message_id = peek_id(item.data)[0] or ""
             logger.error(
                 "handler %s raised %s on %s %s: stopping the pool",
                 route.label,
@@ -593,7 +626,7 @@ class WorkerPool:
                 )
                 body, headers = error_reply(route.kind, message_id, error)
                 try:
-                    transport.publish(reply, body, headers)
+                    transport.publish(item.reply, body, headers)
                 except BusClosedError:
                     logger.warning("the Bus closed before the reply to %s could be sent", route.subject)
         else:
@@ -733,11 +766,11 @@ class WorkerPool:
             self._inflight -= count
             self._reserved -= count
 
-    def _run_reserved(self, route: HandlerRoute, job: Callable[[], None]) -> None:
+    def _run_reserved(self, job: Callable[[], None]) -> None:
         """Run ``job`` on a reserved thread; it answers for itself (no reply subject)."""
         with self._lock:
             self._reserved -= 1  # work in flight from now on
-        self._queue.put((route, job, b"", None, None))
+        self._queue.put(_Work(None, "", b"", None, 0.0, job))
 
     def _halt_threads(self, timeout: float) -> None:
         for _ in self._threads:

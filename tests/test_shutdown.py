@@ -160,8 +160,7 @@ class HeldPool:
     _reserve_workers = reserve_workers
     _release_workers = release_workers
 
-    def _run_reserved(self, route: Any, job: Callable[[], None]) -> None:
-        self.run_reserved(job)
+    _run_reserved = run_reserved
 
 
 def test_a_command_pulled_and_never_started_is_handed_back_at_once(bus: Bus, config: DurableConfig, db: Path) -> None:
