@@ -7,7 +7,7 @@ import logging
 import re
 import threading
 from functools import partial
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Set
 
 from ._records import ReplyPair, done_record, read_record, record_key
 from ._resources import ConsumerSpec
@@ -42,10 +42,44 @@ from .messages import Kind
 
 if TYPE_CHECKING:
     from .bus import Bus
-    from .dispatch import HandlerRoute
-    from .worker import WorkerPool
+    from .dispatch import Dispatcher, HandlerRoute
 
 logger = logging.getLogger("natsbus.durable")
+
+
+class WorkerThreads(Protocol):
+    """What the durable consumer needs of the pool whose threads run its commands.
+
+    :class:`~natsbus.WorkerPool` is one; the consumer knows it only as this.
+    The loop thread reserves idle threads before it pulls (so it never
+    pulls more than can start at once), gives back those that got nothing,
+    and hands each command pulled to a reserved thread.
+    """
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Its handlers (decode, run, encode)."""
+
+    @property
+    def max_workers(self) -> int:
+        """Its threads."""
+
+    @property
+    def queue_group(self) -> str:
+        """Its queue group: the consumer's default name."""
+
+    @property
+    def service_id(self) -> str:
+        """Its service's name."""
+
+    def reserve_workers(self, wanted: int) -> int:
+        """Reserve up to ``wanted`` idle threads; return how many (0 once it stops)."""
+
+    def release_workers(self, count: int) -> None:
+        """Give back ``count`` reserved threads that got no command."""
+
+    def run_reserved(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on a reserved thread (it answers for itself: acks, naks, stores)."""
 
 
 class DurableConsumer:
@@ -67,7 +101,7 @@ class DurableConsumer:
         dead_lettered: Commands moved to the dead-letter stream.
     """
 
-    def __init__(self, pool: WorkerPool, config: DurableConfig) -> None:
+    def __init__(self, pool: WorkerThreads, config: DurableConfig) -> None:
         self.pool = pool
         self.config = config
         self.name = config.consumer or ""
@@ -227,7 +261,7 @@ class DurableConsumer:
         failures = 0
         try:
             while not self._stopping:
-                wanted = pool._reserve_workers(pool.max_workers)
+                wanted = pool.reserve_workers(pool.max_workers)
                 if not wanted:
                     assert self._wake is not None
                     self._wake.clear()
@@ -239,10 +273,10 @@ class DurableConsumer:
                 try:
                     msgs = await puller.fetch(wanted, self.config.fetch_timeout)
                 except asyncio.CancelledError:
-                    pool._release_workers(wanted)
+                    pool.release_workers(wanted)
                     raise
                 except NatsBusError as exc:
-                    pool._release_workers(wanted)
+                    pool.release_workers(wanted)
                     failures += 1
                     log = logger.warning if failures == 1 else logger.debug
                     log("%s: pulling durable commands failed: %s; trying again", pool.service_id, exc)
@@ -250,10 +284,10 @@ class DurableConsumer:
                     continue
                 failures = 0
                 if len(msgs) < wanted:
-                    pool._release_workers(wanted - len(msgs))
+                    pool.release_workers(wanted - len(msgs))
                 for i, msg in enumerate(msgs):
                     if self._stopping:  # pulled as the pool stops: another instance may take them now
-                        pool._release_workers(len(msgs) - i)
+                        pool.release_workers(len(msgs) - i)
                         for unwanted in msgs[i:]:
                             await self._quiet(unwanted.nak())
                         break
@@ -261,7 +295,7 @@ class DurableConsumer:
                         self._delivered.add(msg)
                         self._queued.add(msg)
                     route = self._routes.get(msg.subject)
-                    pool._run_reserved(partial(self._job, msg, route))
+                    pool.run_reserved(partial(self._job, msg, route))
         finally:
             await puller.close()
 

@@ -92,7 +92,7 @@ class _Work:
         headers: Its headers, as the transport got them (parsed on the worker thread).
         received: ``time.monotonic()`` when it was admitted.
         job: A durable command's job: it runs, stores and acknowledges the
-            command itself (see :meth:`WorkerPool._run_reserved`); ``None`` for a request.
+            command itself (see :meth:`WorkerPool.run_reserved`); ``None`` for a request.
     """
 
     route: Optional[HandlerRoute]
@@ -749,9 +749,14 @@ class WorkerPool:
         return not left
 
     # -- durable commands borrow idle worker threads (natsbus.durable) ----
+    # The pool's side of _consumer.WorkerThreads: for the durable consumer only.
 
-    def _reserve_workers(self, wanted: int) -> int:
-        """Reserve up to ``wanted`` idle threads (counted in the capacity, not as work); return how many."""
+    def reserve_workers(self, wanted: int) -> int:
+        """For the durable consumer: reserve up to ``wanted`` idle threads; return how many.
+
+        Reserved threads count in the pool's capacity, not as work in
+        flight. None once the pool stops.
+        """
         with self._lock:
             if self._state is not _State.RUNNING:
                 return 0
@@ -760,14 +765,14 @@ class WorkerPool:
             self._reserved += count
             return count
 
-    def _release_workers(self, count: int) -> None:
-        """Give back reserved threads that got no work."""
+    def release_workers(self, count: int) -> None:
+        """For the durable consumer: give back ``count`` reserved threads that got no command."""
         with self._lock:
             self._inflight -= count
             self._reserved -= count
 
-    def _run_reserved(self, job: Callable[[], None]) -> None:
-        """Run ``job`` on a reserved thread; it answers for itself (no reply subject)."""
+    def run_reserved(self, job: Callable[[], None]) -> None:
+        """For the durable consumer: run ``job`` on a reserved thread; it answers for itself (no reply subject)."""
         with self._lock:
             self._reserved -= 1  # work in flight from now on
         self._queue.put(_Work(None, "", b"", None, 0.0, job))

@@ -156,17 +156,11 @@ class HeldPool:
             self.reserved -= 1
             self.jobs.append(job)
 
-    # The names before they were public.
-    _reserve_workers = reserve_workers
-    _release_workers = release_workers
-
-    _run_reserved = run_reserved
-
 
 def test_a_command_pulled_and_never_started_is_handed_back_at_once(bus: Bus, config: DurableConfig, db: Path) -> None:
     template = WorkerPool(bus, service_id="appliers", durable=config, handlers=[applier(db)])
     held = HeldPool(template)
-    consumer = DurableConsumer(held, config)  # type: ignore[arg-type]
+    consumer = DurableConsumer(held, config)
     consumer.prepare(bus)
     consumer.start()
     command_id = CommandBus(bus).send(Apply(4), durable=config)
