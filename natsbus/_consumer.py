@@ -7,7 +7,7 @@ import logging
 import re
 import threading
 from functools import partial
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Set
 
 from ._records import ReplyPair, done_record, read_record, record_key
 from ._resources import ConsumerSpec
@@ -42,10 +42,44 @@ from .messages import Kind
 
 if TYPE_CHECKING:
     from .bus import Bus
-    from .dispatch import HandlerRoute
-    from .worker import WorkerPool
+    from .dispatch import Dispatcher, HandlerRoute
 
 logger = logging.getLogger("natsbus.durable")
+
+
+class WorkerThreads(Protocol):
+    """What the durable consumer needs of the pool whose threads run its commands.
+
+    :class:`~natsbus.WorkerPool` is one; the consumer knows it only as this.
+    The loop thread reserves idle threads before it pulls (so it never
+    pulls more than can start at once), gives back those that got nothing,
+    and hands each command pulled to a reserved thread.
+    """
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Its handlers (decode, run, encode)."""
+
+    @property
+    def max_workers(self) -> int:
+        """Its threads."""
+
+    @property
+    def queue_group(self) -> str:
+        """Its queue group: the consumer's default name."""
+
+    @property
+    def service_id(self) -> str:
+        """Its service's name."""
+
+    def reserve_workers(self, wanted: int) -> int:
+        """Reserve up to ``wanted`` idle threads; return how many (0 once it stops)."""
+
+    def release_workers(self, count: int) -> None:
+        """Give back ``count`` reserved threads that got no command."""
+
+    def run_reserved(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on a reserved thread (it answers for itself: acks, naks, stores)."""
 
 
 class DurableConsumer:
@@ -55,6 +89,11 @@ class DurableConsumer:
     and the heartbeat run on the Bus's loop; each command runs on a worker
     thread the loop reserved before pulling it.
 
+    The pool stops it in two steps (see ``WorkerPool.stop``): :meth:`stop`
+    before the pool drains (no more pulls), :meth:`abandon_unstarted` after
+    (commands pulled and not started are handed back). The heartbeat keeps
+    a command that still runs alive until it is answered, then ends.
+
     Attributes:
         executed: Commands whose handler ran and whose reply was stored.
         skipped: Deliveries acknowledged without running (reply already stored).
@@ -62,7 +101,7 @@ class DurableConsumer:
         dead_lettered: Commands moved to the dead-letter stream.
     """
 
-    def __init__(self, pool: WorkerPool, config: DurableConfig) -> None:
+    def __init__(self, pool: WorkerThreads, config: DurableConfig) -> None:
         self.pool = pool
         self.config = config
         self.name = config.consumer or ""
@@ -71,11 +110,14 @@ class DurableConsumer:
         self._js: Optional[JetStream] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wake: Optional[asyncio.Event] = None
+        self._beat_wake: Optional[asyncio.Event] = None
+        # The loop keeps only weak references to tasks: these keep them running.
         self._pull_task: Optional[asyncio.Task[None]] = None
         self._beat_task: Optional[asyncio.Task[None]] = None
         self._stopping = False
         self._lock = threading.Lock()
-        self._delivered: Set[JsMessage] = set()  # handed to a thread and not answered yet
+        self._delivered: Set[JsMessage] = set()  # handed to the pool and not answered yet: the heartbeat's
+        self._queued: Set[JsMessage] = set()  # handed to the pool and not started yet
         self.filter_subjects: List[str] = []
         self.executed = 0
         self.skipped = 0
@@ -128,6 +170,7 @@ class DurableConsumer:
             loop = asyncio.get_running_loop()
             self._loop = loop
             self._wake = asyncio.Event()
+            self._beat_wake = asyncio.Event()
             puller = await js.pull(self.config.stream, self.name)
             self._pull_task = loop.create_task(self._pull_loop(puller))
             self._beat_task = loop.create_task(self._heartbeat())
@@ -142,7 +185,14 @@ class DurableConsumer:
         )
 
     def stop(self, timeout: float) -> None:
-        """Stop pulling; commands already pulled still run (the pool drains them)."""
+        """Stop pulling, within ``timeout`` seconds (the pool's thread, before it drains).
+
+        A pull in progress may end by itself (it lasts ``fetch_timeout`` at
+        most); whatever it brings now is handed back (nak) for another
+        instance. Past ``timeout`` the pull is cancelled and its
+        subscription closed, so the server sends it nothing more. Commands
+        already handed to the pool still run (the pool drains them).
+        """
         self._stopping = True
         bus, task = self._bus, self._pull_task
         if bus is None or task is None or bus.closed:
@@ -152,14 +202,57 @@ class DurableConsumer:
             if self._wake is not None:
                 self._wake.set()
             try:
-                await asyncio.wait_for(task, timeout)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
+                await asyncio.wait_for(task, timeout)  # cancelled past the timeout
+            except TimeoutError:
+                logger.debug("%s: the pull in progress was cancelled", self.pool.service_id)
 
         try:
-            bus.run(wait, timeout + 1.0)
+            bus.run(wait, timeout + API_TIMEOUT)
         except Exception as exc:  # stopping anyway
             logger.warning("stopping the durable consumer of %s: %s", self.pool.service_id, exc)
+
+    def abandon_unstarted(self) -> int:
+        """Hand back (nak) the commands pulled and not started yet (the pool's thread, after it drained).
+
+        JetStream delivers them again at once, to this service's other
+        instances or its next start; a thread that gets to one of them
+        later skips it. The heartbeat ends once no command runs.
+
+        Returns:
+            How many were handed back.
+        """
+        with self._lock:
+            unstarted = list(self._queued)
+            self._queued.clear()
+            self._delivered.difference_update(unstarted)
+            idle = not self._delivered
+        bus = self._bus
+        if bus is None or bus.closed:
+            return len(unstarted)
+
+        async def hand_back() -> None:
+            for msg in unstarted:
+                await self._quiet(msg.nak())
+            beat = self._beat_task
+            if self._beat_wake is not None:
+                self._beat_wake.set()
+            if idle and beat is not None:
+                try:  # nothing runs: the heartbeat ends now
+                    await asyncio.wait_for(asyncio.shield(beat), 1.0)
+                except TimeoutError:
+                    pass
+
+        try:
+            bus.run(hand_back, API_TIMEOUT + 2.0)
+        except Exception as exc:  # redelivered after ack_wait anyway
+            logger.warning("handing back the unstarted durable commands of %s: %s", self.pool.service_id, exc)
+        if unstarted:
+            logger.info(
+                "%s: %d durable command(s) pulled and not started were handed back",
+                self.pool.service_id,
+                len(unstarted),
+            )
+        return len(unstarted)
 
     # -- the loop thread ----------------------------------------------------------
 
@@ -168,7 +261,7 @@ class DurableConsumer:
         failures = 0
         try:
             while not self._stopping:
-                wanted = pool._reserve_workers(pool.max_workers)
+                wanted = pool.reserve_workers(pool.max_workers)
                 if not wanted:
                     assert self._wake is not None
                     self._wake.clear()
@@ -180,10 +273,10 @@ class DurableConsumer:
                 try:
                     msgs = await puller.fetch(wanted, self.config.fetch_timeout)
                 except asyncio.CancelledError:
-                    pool._release_workers(wanted)
+                    pool.release_workers(wanted)
                     raise
                 except NatsBusError as exc:
-                    pool._release_workers(wanted)
+                    pool.release_workers(wanted)
                     failures += 1
                     log = logger.warning if failures == 1 else logger.debug
                     log("%s: pulling durable commands failed: %s; trying again", pool.service_id, exc)
@@ -191,29 +284,49 @@ class DurableConsumer:
                     continue
                 failures = 0
                 if len(msgs) < wanted:
-                    pool._release_workers(wanted - len(msgs))
-                for msg in msgs:
-                    if self._stopping:
-                        pool._release_workers(1)
-                        await self._quiet(msg.nak())  # another instance may take it now
-                        continue
+                    pool.release_workers(wanted - len(msgs))
+                for i, msg in enumerate(msgs):
+                    if self._stopping:  # pulled as the pool stops: another instance may take them now
+                        pool.release_workers(len(msgs) - i)
+                        for unwanted in msgs[i:]:
+                            await self._quiet(unwanted.nak())
+                        break
                     with self._lock:
                         self._delivered.add(msg)
+                        self._queued.add(msg)
                     route = self._routes.get(msg.subject)
-                    pool._run_reserved(route or next(iter(self._routes.values())), partial(self._job, msg, route))
+                    pool.run_reserved(partial(self._job, msg, route))
         finally:
             await puller.close()
 
     async def _heartbeat(self) -> None:
+        """Keep the commands handed to the pool alive (in progress) until answered; end once stopped and idle."""
+        loop = asyncio.get_running_loop()
+        wake = self._beat_wake
+        assert wake is not None
         period = max(0.05, self.config.ack_wait / 3)
+        next_beat = loop.time() + period
         while True:
-            await asyncio.sleep(period)
+            try:  # woken early only when stopping, to end as soon as nothing runs
+                await asyncio.wait_for(wake.wait(), max(0.0, next_beat - loop.time()))
+            except TimeoutError:
+                pass
+            wake.clear()
             with self._lock:
                 running = list(self._delivered)
-            for msg in running:
-                await self._quiet(msg.in_progress())
             if self._stopping and not running and self._pull_task is not None and self._pull_task.done():
                 return
+            if loop.time() >= next_beat:
+                for msg in running:
+                    await self._quiet(msg.in_progress())
+                next_beat = loop.time() + period
+
+    def _answered(self) -> None:
+        """Loop thread: a command was answered; pull again, and end the heartbeat if that was the last."""
+        if self._wake is not None:
+            self._wake.set()
+        if self._stopping and self._beat_wake is not None:
+            self._beat_wake.set()
 
     @staticmethod
     async def _quiet(coro: Any) -> None:
@@ -224,15 +337,15 @@ class DurableConsumer:
 
     # -- a worker thread ------------------------------------------------------------
 
-    def _count(self, counter: str) -> None:
-        with self._lock:
-            setattr(self, counter, getattr(self, counter) + 1)
-
     def _run(self, fn: Any) -> Any:
         assert self._bus is not None
         return self._bus.run(fn, API_TIMEOUT + 1.0)
 
     def _job(self, msg: JsMessage, route: Optional[HandlerRoute]) -> None:
+        with self._lock:
+            if msg not in self._queued:  # handed back by abandon_unstarted(): not ours to run
+                return
+            self._queued.discard(msg)
         try:
             self._handle(msg, route)
         except BaseException as exc:  # the delivery must be answered whatever happened
@@ -241,13 +354,15 @@ class DurableConsumer:
                 self._run(lambda: msg.nak(self.config.delay(msg.num_delivered)))
             except Exception as nak_exc:  # redelivered after ack_wait anyway
                 logger.debug("nak failed: %s", nak_exc)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: never swallowed; the pool stops (WorkerPool.run)
         finally:
             with self._lock:
                 self._delivered.discard(msg)
-            loop, wake = self._loop, self._wake
-            if loop is not None and wake is not None:
+            loop = self._loop
+            if loop is not None:
                 try:
-                    loop.call_soon_threadsafe(wake.set)
+                    loop.call_soon_threadsafe(self._answered)
                 except RuntimeError:  # the loop is closed
                     pass
 
@@ -279,7 +394,8 @@ class DurableConsumer:
                 msg.num_delivered,
             )
             self._run(msg.ack)
-            self._count("skipped")
+            with self._lock:
+                self.skipped += 1
             return
         if route is None:
             error, code = f"No handler available for {msg.subject} in {self.pool.service_id}", "404"
@@ -292,7 +408,8 @@ class DurableConsumer:
                 record_bytes = done_record(command_id, msg.subject, reply)
                 self._run(lambda: js.kv_put(cfg.results_bucket, key, record_bytes))
                 self._run(msg.ack)
-                self._count("executed")
+                with self._lock:
+                    self.executed += 1
                 return
             error = headers.get(ERROR_HEADER, "") or "handler failed"
         if msg.num_delivered >= cfg.max_deliveries:
@@ -309,7 +426,8 @@ class DurableConsumer:
             delay,
         )
         self._run(lambda: msg.nak(delay))
-        self._count("retried")
+        with self._lock:
+            self.retried += 1
 
     def _dead_letter(
         self,
@@ -343,7 +461,8 @@ class DurableConsumer:
             record_bytes = done_record(command_id, msg.subject, reply)
             self._run(lambda: js.kv_put(cfg.results_bucket, record_key(command_id), record_bytes))
         self._run(msg.ack)
-        self._count("dead_lettered")
+        with self._lock:
+            self.dead_lettered += 1
         logger.error(
             "%s %s dead-lettered to %s after %d deliveries: %s",
             msg.subject,

@@ -47,7 +47,12 @@ def done_record(command_id: str, subject: str, reply: ReplyPair) -> bytes:
 
 
 def running_record(command_id: str, owner: str) -> bytes:
-    """An "in progress" marker, as JSON."""
+    """An "in progress" marker, as JSON.
+
+    Its ``since`` is the writing host's clock, for people reading the
+    bucket; the idempotency lease never reads it (it runs on the server's
+    clock, see :class:`~natsbus.KeyValueIdempotencyStore`).
+    """
     return codec.dumps({"v": 1, "state": "running", "command_id": command_id, "owner": owner, "since": time.time()})
 
 

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import typing
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import attrs
 
@@ -31,7 +31,7 @@ from .errors import (
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
 from .middleware import HandlerRequest, Middleware, run_handler
 
-__all__ = ["Dispatcher", "EndpointStats", "HandlerRoute"]
+__all__ = ["Dispatcher", "EndpointStats", "HandlerRoute", "NotStarted"]
 
 logger = logging.getLogger("natsbus.worker")
 
@@ -82,6 +82,21 @@ class HandlerRoute:
     label: str
     time_limit: Optional[float] = None
     stats: EndpointStats = attrs.Factory(EndpointStats)
+
+
+class NotStarted(NamedTuple):
+    """The reply to a request whose handler was never started: a ``(body, headers)`` pair like any other.
+
+    :meth:`Dispatcher.dispatch` answers a request whose caller had already
+    given up (its deadline passed before it started) with a 504 error in
+    this type: ``isinstance(reply, NotStarted)`` tells that the handler did
+    not run, without reading the error text. The idempotency store forgets
+    such a request, so that its retry runs. It unpacks, compares and is
+    sent as the plain 2-tuple.
+    """
+
+    body: bytes
+    headers: Headers
 
 
 def _resolve(handler: Any, message_type: Optional[type]) -> Tuple[Callable[[Any], Any], type, str]:
@@ -196,11 +211,18 @@ class Dispatcher:
     ) -> Tuple[bytes, Headers]:
         """Handle one request body; return the reply body and headers.
 
-        Never raises: every failure becomes an error envelope. A request
-        whose ``deadline`` (``time.monotonic()``) has passed is not started
-        and gets a 504 error. A reply over ``max_payload`` (when > 0)
+        Every failure (an ``Exception``) becomes an error envelope. A
+        request whose ``deadline`` (``time.monotonic()``) has passed is not
+        started and gets a 504 error, as a :class:`NotStarted` pair. A reply over ``max_payload`` (when > 0)
         becomes an error envelope too. The handler can read the request
         through :func:`natsbus.current_request`.
+
+        Raises:
+            BaseException: what the handler raised when it is no
+                ``Exception`` (``KeyboardInterrupt``, ``SystemExit``, ...):
+                never swallowed, as in handler middleware. It is counted as
+                an error in the handler's stats; the caller of ``dispatch``
+                decides what happens (see ``WorkerPool``).
         """
         started = time.perf_counter_ns()
         kind = route.kind
@@ -229,7 +251,7 @@ class Dispatcher:
             late = DeadlineExceededError(
                 f"Deadline exceeded: the caller gave up before {route.subject} started", subject=route.subject
             )
-            return self._error(route, kind, message_id, late, started)
+            return NotStarted(*self._error(route, kind, message_id, late, started))
         context = RequestContext(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline)
         token = _enter(context)
         try:
@@ -242,10 +264,13 @@ class Dispatcher:
         except ServiceError as exc:
             logger.info("%s %s failed: %s", route.label, message_id, exc)
             return self._error(route, kind, message_id, exc, started)
-        except BaseException as exc:  # a handler must never take the pool down
+        except Exception as exc:  # a handler failure must never take the pool down
             logger.error("handler %s failed on %s", route.label, message_id, exc_info=True)
             text = str(exc) or type(exc).__name__
             return self._error(route, kind, message_id, HandlerError(text), started)
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit, ...: never swallowed
+            self._count(route, started, f"the handler raised {type(exc).__name__}")
+            raise
         finally:
             _leave(token)
         try:

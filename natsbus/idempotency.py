@@ -34,7 +34,8 @@ write only one can win) runs the handler; the others poll the key.
 What this does not do: if a process dies after the handler's side effect
 and before the reply was stored, a retry runs the handler again (the
 in-memory store forgets everything on a restart; the key-value store
-hands the command to a retry once ``lease`` seconds have passed). For
+hands the command to a retry once ``lease`` seconds have passed, by the
+NATS server's clock). For
 effects that must happen exactly once, the handler also records the
 ``command_id`` in the same transaction as its effect; see the README,
 "Exactly once: execute vs send".
@@ -43,13 +44,15 @@ effects that must happen exactly once, the handler also records the
 from __future__ import annotations
 
 import abc
+import datetime as dt
+import enum
 import logging
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import attrs
 
@@ -58,15 +61,14 @@ from ._resources import BucketSpec, check_bucket_name, check_replicas, check_sto
 from ._transport import Headers
 from ._transport.connection import Connection
 from ._transport.jetstream import jetstream_for
-from .envelope import ERROR_CODE_HEADER, ERROR_HEADER, error_reply, peek_id
+from .dispatch import HandlerRoute, NotStarted
+from .envelope import error_reply, peek_id
 from .errors import BusyError, ConfigError, JetStreamError, NatsBusError
 from .messages import Kind
 
-if TYPE_CHECKING:
-    from .dispatch import HandlerRoute
-
 __all__ = [
     "Claim",
+    "ClaimState",
     "IdempotencyStore",
     "KeyValueIdempotencyStore",
     "MemoryIdempotencyStore",
@@ -78,7 +80,20 @@ logger = logging.getLogger("natsbus.idempotency")
 #: ``Dispatcher.dispatch``'s signature.
 Dispatch = Callable[..., ReplyPair]
 
-_NOT_STARTED = "Deadline exceeded: the caller gave up before"  # Dispatcher.dispatch's "not started" text
+
+class ClaimState(str, enum.Enum):
+    """What :meth:`IdempotencyStore.begin` found for a ``command_id``.
+
+    A ``str`` too: ``ClaimState.OWNED == "owned"``.
+    """
+
+    #: This request claimed it: run the handler, then
+    #: :meth:`~IdempotencyStore.finish` (or :meth:`~IdempotencyStore.abandon`).
+    OWNED = "owned"
+    #: It was answered: answer with :attr:`Claim.reply`.
+    DONE = "done"
+    #: Another request runs it now.
+    RUNNING = "running"
 
 
 @attrs.frozen
@@ -86,14 +101,13 @@ class Claim:
     """What :meth:`IdempotencyStore.begin` found for a ``command_id``.
 
     Attributes:
-        state: ``"owned"``: run the handler, then :meth:`~IdempotencyStore.finish`
-            (or :meth:`~IdempotencyStore.abandon`); ``"done"``: answer with
-            ``reply``; ``"running"``: another request runs it now.
+        state: A :class:`ClaimState` (its value, e.g. ``"owned"``, is
+            converted to it).
         token: The owner's proof (a revision, an event), for ``finish``/``abandon``.
-        reply: The remembered reply when ``state`` is ``"done"``.
+        reply: The remembered reply when ``state`` is :attr:`ClaimState.DONE`.
     """
 
-    state: str
+    state: ClaimState = attrs.field(converter=ClaimState)
     token: Any = None
     reply: Optional[ReplyPair] = None
 
@@ -171,12 +185,12 @@ class IdempotencyStore(abc.ABC):
                         f"Service busy: cannot check whether command {command_id} already ran ({exc}); retry later",
                         route.subject,
                     )
-                if claim.state == "done" and claim.reply is not None:
+                if claim.state is ClaimState.DONE and claim.reply is not None:
                     with store._counter_lock:
                         store.replayed += 1
                     logger.info("%s %s: a repeat; answered with the reply already sent", route.subject, command_id)
                     return claim.reply
-                if claim.state == "owned":
+                if claim.state is ClaimState.OWNED:
                     break
                 left = give_up - time.monotonic()
                 if left <= 0:
@@ -192,7 +206,7 @@ class IdempotencyStore(abc.ABC):
             except BaseException:
                 _quietly(store.abandon, bus, command_id, claim.token)
                 raise
-            if _not_started(reply):
+            if isinstance(reply, NotStarted):  # its caller gave up before it started: nothing ran
                 _quietly(store.abandon, bus, command_id, claim.token)
             else:
                 try:
@@ -218,13 +232,6 @@ def _quietly(fn: Callable[..., None], *args: Any) -> None:
 
 def _busy(command_id: str, text: str, subject: str) -> ReplyPair:
     return error_reply(Kind.COMMAND, command_id, BusyError(text, subject=subject))
-
-
-def _not_started(reply: ReplyPair) -> bool:
-    headers = reply[1]
-    return bool(
-        headers and headers.get(ERROR_CODE_HEADER) == "504" and headers.get(ERROR_HEADER, "").startswith(_NOT_STARTED)
-    )
 
 
 class MemoryIdempotencyStore(IdempotencyStore):
@@ -267,11 +274,11 @@ class MemoryIdempotencyStore(IdempotencyStore):
             self._expire(time.monotonic())
             entry = self._done.get(command_id)
             if entry is not None:
-                return Claim("done", reply=entry[1])
+                return Claim(ClaimState.DONE, reply=entry[1])
             if command_id in self._running:
-                return Claim("running")
+                return Claim(ClaimState.RUNNING)
             event = self._running[command_id] = threading.Event()
-            return Claim("owned", token=event)
+            return Claim(ClaimState.OWNED, token=event)
 
     def finish(self, bus: Connection, command_id: str, token: Any, reply: ReplyPair) -> None:
         """See :meth:`IdempotencyStore.finish`."""
@@ -317,6 +324,17 @@ class KeyValueIdempotencyStore(IdempotencyStore):
             above the handler's longest run: a repeat past it runs the
             handler a second time.
         poll: Seconds between looks at the key while waiting.
+
+    The lease runs on the NATS server's clock, never on the clocks of the
+    hosts that claim and take over (they may disagree by any amount): the
+    claim's age is the time the server stamped on it, against the time it
+    stamps on a write of this store's own (one small key per process,
+    ``natsbus.clock.{id}``, kept for ``ttl``), carried forward on this
+    host's monotonic clock. The server stamps whole seconds, so a claim is
+    taken over between ``lease`` and about ``lease + 2`` seconds after it
+    was written. In a cluster the stamps come from the bucket's stream
+    leader; a leader change makes the lease as precise as the servers'
+    clocks agree.
     """
 
     def __init__(
@@ -345,6 +363,10 @@ class KeyValueIdempotencyStore(IdempotencyStore):
         self.poll = poll
         self._owner = uuid.uuid4().hex
         self._timeout = 5.0
+        self._clock_key = f"natsbus.clock.{self._owner}"  # never a record key: those have no "."
+        # The server's clock: (a time it stamped, time.monotonic() just after), re-read after a while.
+        self._clock: Optional[Tuple[float, float]] = None
+        self._clock_refresh = 60.0
 
     def open(self, bus: Connection) -> None:
         """Create the bucket, or check the existing one's settings."""
@@ -372,7 +394,7 @@ class KeyValueIdempotencyStore(IdempotencyStore):
             marker = running_record(command_id, self._owner)
             revision = self._run(bus, partial(js.kv_create, self.bucket, key, marker))
             if revision is not None:
-                return Claim("owned", token=revision)
+                return Claim(ClaimState.OWNED, token=revision)
             entry = self._run(bus, lambda: js.kv_get(self.bucket, key))
             if entry is None:
                 continue
@@ -380,9 +402,9 @@ class KeyValueIdempotencyStore(IdempotencyStore):
             if record is None:
                 raise JetStreamError(f"bucket {self.bucket} holds something else under key {key}")
             if record.get("state") == "done":
-                return Claim("done", reply=record_reply(record))
-            since = record.get("since")
-            if isinstance(since, (int, float)) and time.time() - since > self.lease:
+                return Claim(ClaimState.DONE, reply=record_reply(record))
+            age = self._claim_age(bus, entry.revision)
+            if age is not None and age > self.lease:
                 taken = self._run(bus, partial(js.kv_update, self.bucket, key, marker, entry.revision))
                 if taken is not None:
                     logger.warning(
@@ -390,9 +412,46 @@ class KeyValueIdempotencyStore(IdempotencyStore):
                         command_id,
                         self.lease,
                     )
-                    return Claim("owned", token=taken)
-            return Claim("running")
-        return Claim("running")
+                    return Claim(ClaimState.OWNED, token=taken)
+            return Claim(ClaimState.RUNNING)
+        return Claim(ClaimState.RUNNING)
+
+    def _claim_age(self, bus: Connection, revision: int) -> Optional[float]:
+        """Seconds since the server stored ``revision``, at least (its clock); ``None`` when unknown.
+
+        The server stamps whole seconds: a stamp ``t`` means a time in
+        ``[t, t + 1)``, so the age is counted from ``t + 1``, and "now" is
+        the lower end of what the server's clock can read (see
+        :meth:`_server_now`). Never more than the real age, so a lease is
+        never cut short; at most about 2 s less.
+        """
+        stored = self._run(bus, partial(jetstream_for(bus).get_message, f"KV_{self.bucket}", revision))
+        written = _server_seconds(stored.time) if stored is not None else None
+        if written is None:  # replaced since it was read (looked at again), or no stamp
+            return None
+        now = self._server_now(bus)
+        return None if now is None else now - (written + 1.0)
+
+    def _server_now(self, bus: Connection) -> Optional[float]:
+        """The server's clock now, at least: a write of our own, stamped by the server, carried forward.
+
+        A write stamped ``t`` happened at a server time ``>= t``, before
+        ``time.monotonic()`` read ``m``; at ``m' >= m`` the server's clock
+        reads at least ``t + (m' - m)`` (this host's monotonic clock
+        measures the time elapsed, not the time of day). Re-read every
+        minute, so a server whose clock was set meanwhile is followed.
+        """
+        clock = self._clock
+        if clock is None or time.monotonic() - clock[1] > self._clock_refresh:
+            js = jetstream_for(bus)
+            revision = self._run(bus, partial(js.kv_put, self.bucket, self._clock_key, b""))
+            stored = self._run(bus, partial(js.get_message, f"KV_{self.bucket}", revision))
+            after = time.monotonic()
+            stamped = _server_seconds(stored.time) if stored is not None else None
+            if stamped is None:
+                return None
+            clock = self._clock = (stamped, after)
+        return clock[0] + (time.monotonic() - clock[1])
 
     def finish(self, bus: Connection, command_id: str, token: Any, reply: ReplyPair) -> None:
         """See :meth:`IdempotencyStore.finish`: a write checked against our claim's revision."""
@@ -411,3 +470,12 @@ class KeyValueIdempotencyStore(IdempotencyStore):
     def wait_for(self, bus: Connection, command_id: str, timeout: float) -> None:
         """See :meth:`IdempotencyStore.wait_for`: the key is polled every ``poll`` seconds."""
         time.sleep(min(timeout, self.poll))
+
+
+def _server_seconds(stamp: str) -> Optional[float]:
+    """A time the server stamped (RFC 3339, UTC) as POSIX seconds; ``None`` when there is none."""
+    try:
+        parsed = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()

@@ -518,3 +518,24 @@ def test_sigkill_mid_batch_then_restart_loses_nothing_and_applies_nothing_twice(
 
 def test_durable_app_config_is_the_tests_config(tag: str) -> None:
     assert durable_app.config_for(tag) == config_for(tag)
+
+
+def test_the_durable_consumer_knows_the_pool_only_through_its_protocol() -> None:
+    import ast
+
+    import natsbus._consumer as consumer_module
+    from natsbus._consumer import WorkerThreads
+
+    tree = ast.parse(Path(consumer_module.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "worker" not in imported and "natsbus.worker" not in imported  # not even for type checking
+    members = {name for name in vars(WorkerThreads) if not name.startswith("_")}
+    assert members == {
+        "dispatcher",
+        "max_workers",
+        "queue_group",
+        "service_id",
+        "release_workers",
+        "reserve_workers",
+        "run_reserved",
+    }

@@ -33,6 +33,8 @@ from natsbus import (
 )
 from natsbus._records import record_key, running_record
 from natsbus._transport.jetstream import jetstream_for
+from natsbus.dispatch import Dispatcher, NotStarted
+from natsbus.idempotency import Claim, ClaimState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,13 +101,19 @@ def test_memory_store_forgets_after_its_ttl(monkeypatch: pytest.MonkeyPatch) -> 
     store = MemoryIdempotencyStore(ttl=60.0)
     bus: Any = None
     claim = store.begin(bus, "cmd-1")
-    assert claim.state == "owned"
+    assert claim.state is ClaimState.OWNED
     store.finish(bus, "cmd-1", claim.token, (b"reply", {"h": "v"}))
     clock.now += 59.0
     assert store.begin(bus, "cmd-1").reply == (b"reply", {"h": "v"})
     clock.now += 2.0
-    assert store.begin(bus, "cmd-1").state == "owned"  # forgotten: runs again
+    assert store.begin(bus, "cmd-1").state is ClaimState.OWNED  # forgotten: runs again
     assert len(store) == 0
+
+
+def test_a_claim_state_given_as_its_string_becomes_the_enum() -> None:
+    # Stores written before ClaimState return Claim("owned", ...): still understood.
+    assert [Claim(text).state for text in ("owned", "done", "running")] == list(ClaimState)
+    assert Claim(ClaimState.DONE, reply=(b"r", None)).state == "done"
 
 
 def test_memory_store_keeps_at_most_max_entries_dropping_the_oldest() -> None:
@@ -115,15 +123,15 @@ def test_memory_store_keeps_at_most_max_entries_dropping_the_oldest() -> None:
         claim = store.begin(bus, f"cmd-{i}")
         store.finish(bus, f"cmd-{i}", claim.token, (str(i).encode(), None))
     assert len(store) == 3
-    assert [store.begin(bus, f"cmd-{i}").state for i in (2, 3, 4)] == ["done"] * 3
-    assert store.begin(bus, "cmd-0").state == "owned"
+    assert [store.begin(bus, f"cmd-{i}").state for i in (2, 3, 4)] == [ClaimState.DONE] * 3
+    assert store.begin(bus, "cmd-0").state is ClaimState.OWNED
 
 
 def test_memory_store_repeat_waits_for_the_first_to_finish() -> None:
     store = MemoryIdempotencyStore()
     bus: Any = None
     first = store.begin(bus, "cmd-x")
-    assert store.begin(bus, "cmd-x").state == "running"
+    assert store.begin(bus, "cmd-x").state is ClaimState.RUNNING
     seen: List[Any] = []
 
     def repeat() -> None:
@@ -135,6 +143,31 @@ def test_memory_store_repeat_waits_for_the_first_to_finish() -> None:
     store.finish(bus, "cmd-x", first.token, (b"the reply", None))
     waiter.join(10)
     assert [claim.reply for claim in seen] == [(b"the reply", None)]
+
+
+def test_wrap_forgets_a_not_started_reply_whatever_its_text_but_remembers_a_handlers_own_504() -> None:
+    store = MemoryIdempotencyStore()
+    route = Dispatcher("svc").register(lambda cmd: cmd.n, message_type=Tally)
+    body = command_body("Tally", "cmd-504", {"n": 1})
+    not_started = NotStarted(b"late", {"Nats-Service-Error-Code": "504", "Nats-Service-Error": "any text at all"})
+    # A handler's own 504, worded as the dispatcher words "not started": it ran, so it is remembered.
+    ran = (
+        b"ran",
+        {"Nats-Service-Error-Code": "504", "Nats-Service-Error": "Deadline exceeded: the caller gave up before I did"},
+    )
+    replies = [not_started, ran]
+    calls: List[bytes] = []
+
+    def dispatch(route: Any, data: bytes, max_payload: int = 0, **options: Any) -> Any:
+        calls.append(data)
+        return replies.pop(0)
+
+    guarded = store.wrap(dispatch, None)  # type: ignore[arg-type]  # the memory store never uses the bus
+    assert guarded(route, body) is not_started
+    assert len(store) == 0  # not remembered: the retry runs
+    assert guarded(route, body) == ran
+    assert guarded(route, body) == ran  # remembered: answered without dispatching
+    assert len(calls) == 2
 
 
 # -- request-reply with a store ------------------------------------------------------------
@@ -298,21 +331,36 @@ def test_a_repeat_on_another_instance_waits_then_answers_busy_then_the_reply(
     assert effects.count(db) == 1
 
 
-def test_a_claim_older_than_the_lease_is_taken_over(nats_url: str, bus: Bus, db: Path) -> None:
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0], ids=["since-an-hour-early", "since-an-hour-late"])
+def test_the_lease_runs_on_the_servers_clock_whatever_since_the_claiming_host_wrote(
+    bus: Bus, db: Path, skew: float
+) -> None:
     bucket = f"idem_{uuid.uuid4().hex[:8]}"
-    store = KeyValueIdempotencyStore(bucket=bucket, lease=1.0)
+    store = KeyValueIdempotencyStore(bucket=bucket, lease=1.0, wait=0.2, poll=0.02)
     pool = WorkerPool(bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", idempotency=store)
     pool.register(tally_handler(db))
     js = jetstream_for(bus)
-    with pool:
-        # A claim left by a process that died 10 s ago, mid-handler.
-        record = json.loads(running_record("cmd-orphan", "a-dead-owner"))
-        record["since"] -= 10
-        bus.run(lambda: js.kv_put(bucket, record_key("cmd-orphan"), json.dumps(record).encode()))
-        reply = bus.request("commands.Tally", command_body("Tally", "cmd-orphan", {"n": 4}), timeout=5)
-    assert b'"payload":8' in reply.data
-    assert effects.count(db) == 1
-    bus.run(lambda: js.delete_stream(f"KV_{bucket}"))
+    body = command_body("Tally", "cmd-orphan", {"n": 4})
+    try:
+        with pool:
+            # A claim left by a process that died mid-handler, on a host whose clock is an hour off.
+            record = json.loads(running_record("cmd-orphan", "a-dead-owner"))
+            record["since"] += skew
+            written = time.monotonic()
+            bus.run(lambda: js.kv_put(bucket, record_key("cmd-orphan"), json.dumps(record).encode()))
+            # Within the lease by the server's clock: still running, not taken over.
+            early = bus.request("commands.Tally", body, timeout=5)
+            assert early.headers is not None and early.headers["Nats-Service-Error-Code"] == "503"
+            assert b"still running" in early.data
+            assert effects.count(db, "invocations") == 0
+            # Past the lease by the server's clock: taken over, and run once.
+            store.wait = 10.0
+            late = bus.request("commands.Tally", body, timeout=15)
+            assert time.monotonic() - written > store.lease
+        assert b'"payload":8' in late.data
+        assert effects.count(db, "invocations") == 1
+    finally:
+        bus.run(lambda: js.delete_stream(f"KV_{bucket}"))
 
 
 def test_an_existing_bucket_with_another_ttl_is_refused_at_start(bus: Bus) -> None:

@@ -6,7 +6,16 @@ import threading
 import time
 from typing import Any, List
 
-from natsbus.worker import _Jobs
+import attrs
+
+from natsbus import Command
+from natsbus.dispatch import Dispatcher
+from natsbus.worker import _Jobs, _Work
+
+
+@attrs.frozen
+class Ping(Command[int]):
+    n: int
 
 
 class _CountingLock:
@@ -112,3 +121,12 @@ def test_a_put_racing_a_worker_that_is_parking_still_wakes_it() -> None:
     jobs._mutex.release()
     putter.join(5)
     assert park.wakes == 1, "the item was queued next to a parked worker and nobody woke it"
+
+
+def test_a_work_item_is_a_slotted_object_and_a_durable_job_has_no_route() -> None:
+    route = Dispatcher("svc").register(lambda cmd: cmd.n, message_type=Ping)
+    request = _Work(route, "_INBOX.x", b"{}", None, 1.0)
+    job = _Work(None, "", b"", None, 0.0, job=lambda: None)
+    assert not hasattr(request, "__dict__")  # one allocation per request, as the tuple it replaced
+    assert (request.job, request.describe()) == (None, "commands.Ping")
+    assert (job.route, job.describe()) == (None, "a durable command")

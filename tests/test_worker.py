@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from typing import Dict, List
 
@@ -23,7 +24,7 @@ from natsbus import (
     WorkerPool,
 )
 from natsbus.demo import CreateUserCommand, UserCreated
-from natsbus.dispatch import Dispatcher
+from natsbus.dispatch import Dispatcher, NotStarted
 
 
 @attrs.frozen
@@ -253,6 +254,26 @@ def test_dispatcher_never_raises_on_unencodable_result() -> None:
     assert response["success"] is False and response["command_id"] == "cmd-1"
     assert response["error"].startswith("could not encode the result of Add")
     assert headers == {"Nats-Service-Error": response["error"], "Nats-Service-Error-Code": "500"}
+
+
+def test_a_request_past_its_deadline_is_answered_with_a_not_started_504_pair() -> None:
+    dispatcher = Dispatcher("svc")
+    runs: List[int] = []
+
+    def add(cmd: Add) -> int:
+        runs.append(cmd.a)
+        return cmd.a + cmd.b
+
+    route = dispatcher.register(add)
+    body = b'{"command_type":"Add","command_id":"cmd-1","payload":{"a":1,"b":2}}'
+    late = dispatcher.dispatch(route, body, deadline=time.monotonic() - 1)
+    assert isinstance(late, NotStarted)
+    reply_body, headers = late  # still the (body, headers) pair every caller unpacks
+    assert headers is not None and headers["Nats-Service-Error-Code"] == "504"
+    assert json.loads(reply_body)["success"] is False
+    on_time = dispatcher.dispatch(route, body, deadline=time.monotonic() + 60)
+    assert not isinstance(on_time, NotStarted) and on_time == (on_time[0], None)
+    assert runs == [1]
 
 
 def test_reply_over_max_payload_becomes_an_error_envelope() -> None:
