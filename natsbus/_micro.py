@@ -176,22 +176,20 @@ class MicroResponder:
         response = self._identity(STATS_RESPONSE_TYPE)
         response["started"] = format_rfc3339(self.started_ns)
         endpoints = []
-        with self._dispatcher._stats_lock:  # a consistent snapshot of each route's counters
-            for route in self._dispatcher.routes:
-                stats = route.stats
-                endpoints.append(
-                    {
-                        "name": route.name,
-                        "subject": route.subject,
-                        "queue_group": self.queue_group,
-                        "num_requests": stats.num_requests,
-                        "num_errors": stats.num_errors,
-                        "last_error": stats.last_error,
-                        "processing_time": stats.processing_time_ns,
-                        "average_processing_time": stats.average_processing_time_ns,
-                        "data": None,
-                    }
-                )
+        for route, stats in self._dispatcher.snapshot():  # a consistent snapshot of each route's counters
+            endpoints.append(
+                {
+                    "name": route.name,
+                    "subject": route.subject,
+                    "queue_group": self.queue_group,
+                    "num_requests": stats.num_requests,
+                    "num_errors": stats.num_errors,
+                    "last_error": stats.last_error,
+                    "processing_time": stats.processing_time_ns,
+                    "average_processing_time": stats.average_processing_time_ns,
+                    "data": None,
+                }
+            )
         response["endpoints"] = endpoints
         return response
 

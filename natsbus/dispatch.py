@@ -269,7 +269,7 @@ class Dispatcher:
             text = str(exc) or type(exc).__name__
             return self._error(route, kind, message_id, HandlerError(text), started)
         except BaseException as exc:  # KeyboardInterrupt, SystemExit, ...: never swallowed
-            self._count(route, started, f"the handler raised {type(exc).__name__}")
+            self.count(route, started, f"the handler raised {type(exc).__name__}")
             raise
         finally:
             _leave(token)
@@ -293,16 +293,17 @@ class Dispatcher:
             )
             logger.error("%s %s: %s", route.label, message_id, error)
             return self._error(route, kind, message_id, error, started)
-        self._count(route, started, None)
+        self.count(route, started, None)
         return body, None
 
     def _error(
         self, route: HandlerRoute, kind: Kind, message_id: str, error: ServiceError, started: int
     ) -> Tuple[bytes, Headers]:
-        self._count(route, started, error.message)
+        self.count(route, started, error.message)
         return error_reply(kind, message_id, error)
 
-    def _count(self, route: HandlerRoute, started: int, error: Optional[str]) -> None:
+    def count(self, route: HandlerRoute, started: int, error: Optional[str]) -> None:
+        """Count a reply to ``route``: a request, the time since ``started`` (``perf_counter_ns``), its error."""
         elapsed = time.perf_counter_ns() - started
         stats = route.stats
         with self._stats_lock:
@@ -311,6 +312,11 @@ class Dispatcher:
             if error is not None:
                 stats.num_errors += 1
                 stats.last_error = error
+
+    def snapshot(self) -> List[Tuple[HandlerRoute, EndpointStats]]:
+        """Each route with a copy of its counters, all read at one moment (for ``$SRV.STATS``)."""
+        with self._stats_lock:
+            return [(route, attrs.evolve(route.stats)) for route in self._routes.values()]
 
     def count_error(self, route: HandlerRoute, error: str) -> None:
         """Count an error reply sent for ``route`` outside :meth:`dispatch`."""

@@ -34,7 +34,6 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
-    TypeVar,
     Union,
 )
 
@@ -77,8 +76,6 @@ else:
 __all__ = ["Dispatcher", "HandlerRoute", "WorkerPool"]  # Dispatcher, HandlerRoute: from natsbus.dispatch
 
 logger = logging.getLogger("natsbus.worker")
-
-F = TypeVar("F")
 
 
 @_work_item_class(slots=True, weakref_slot=False, eq=False)
@@ -524,7 +521,7 @@ class WorkerPool:
             subject=route.subject,
         )
         body, headers = error_reply(route.kind, message_id or "", error)
-        self.dispatcher._count(route, time.perf_counter_ns(), error.message)  # an error reply, in the stats too
+        self.dispatcher.count(route, time.perf_counter_ns(), error.message)  # an error reply, in the stats too
         logger.debug("refused %s %s: busy", route.subject, message_id)
         self._bus()._transport.publish(reply, body, headers)
 
