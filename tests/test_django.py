@@ -16,15 +16,29 @@ from webserver import CLOSED, OPENED, gunicorn, stop, terminate, wait_for_output
 
 from natsbus import (
     Bus,
+    BusyError,
+    CommandBus,
     ConfigError,
     MessageTypeError,
     NatsServer,
     NoHandlerError,
     Query,
     QueryBus,
+    QueryCache,
+    RetryPolicy,
     WorkerPool,
+    current_request,
 )
-from natsbus.demo import CreateUserCommand, CreateUserHandler, GetUserHandler, GetUserQuery, UserCreated, UserRepository
+from natsbus.demo import (
+    CreateUserCommand,
+    CreateUserHandler,
+    GetUserHandler,
+    GetUserQuery,
+    User,
+    UserCreated,
+    UserRepository,
+)
+from natsbus.middleware import ClientCall, ClientMiddleware, TraceContextMiddleware
 from natsbus.testing import InMemoryBus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,32 +84,52 @@ def test_checks_report_every_bad_setting(django_setup: None) -> None:
         "QUERY_TIMEOUT": -1,
         "SERVICE_ID": "",
         "OPTIONS": {"conect_timeout": 1},
+        "RETRY": RetryPolicy,
+        "MIDDLEWARE": [TraceContextMiddleware(), "natsbus.middleware.LoggingMiddleware"],
+        "QUERY_CACHE": 30,
         "POOL": "no_such_module:build_pool",
     }
     with override_settings(NATSBUS=bad):
         errors = check_settings()
     assert [(e.id, e.msg) for e in errors] == [
-        (
-            "natsbus.E002",
-            "NATSBUS['TIMOUT'] is not a natsbus setting; "
-            "known: IN_MEMORY, OPTIONS, POOL, QUERY_TIMEOUT, SERVERS, SERVICE_ID, TIMEOUT",
-        ),
+        ("natsbus.E002", "NATSBUS['TIMOUT'] is not a natsbus setting; did you mean NATSBUS['TIMEOUT']?"),
         ("natsbus.E003", "NATSBUS['QUERY_TIMEOUT'] must be a number of seconds > 0, or None for no limit; got -1"),
         ("natsbus.E003", "NATSBUS['SERVICE_ID'] must be a non-empty string, got ''"),
-        ("natsbus.E003", errors[3].msg),
+        ("natsbus.E003", "NATSBUS['RETRY'] is the class RetryPolicy; give an instance, e.g. RetryPolicy(attempts=3)"),
+        (
+            "natsbus.E003",
+            "NATSBUS['MIDDLEWARE'][1] must be client middleware (a natsbus.middleware.ClientMiddleware, or a "
+            "built-in such as TraceContextMiddleware()), got 'natsbus.middleware.LoggingMiddleware'",
+        ),
+        (
+            "natsbus.E003",
+            "NATSBUS['QUERY_CACHE'] must be a natsbus.QueryCache (e.g. QueryCache(ttl=30)) or None, got 30",
+        ),
+        (
+            "natsbus.E003",
+            "NATSBUS['OPTIONS'] has 'conect_timeout', which NatsConfig does not take; did you mean 'connect_timeout'?",
+        ),
+        # A bad OPTIONS entry does not hide a bad SERVERS value.
+        ("natsbus.E003", "NATSBUS['SERVERS']: server URL 'b:4222' has no scheme; expected e.g. nats://host:4222"),
         (
             "natsbus.E004",
             "NATSBUS['POOL'] = 'no_such_module:build_pool' does not import: No module named 'no_such_module'",
         ),
     ]
-    assert errors[3].msg.startswith("NATSBUS['OPTIONS'] has 'conect_timeout', which NatsConfig does not take")
     with override_settings(NATSBUS={"SERVERS": ["nats://a:4222", "b:4222"]}):
         assert [e.msg for e in check_settings()] == [
             "NATSBUS['SERVERS']: server URL 'b:4222' has no scheme; expected e.g. nats://host:4222"
         ]
     with override_settings(NATSBUS="nats://x:4222"):
         assert [(e.id, e.msg) for e in check_settings()] == [("natsbus.E001", "NATSBUS must be a dict, got str")]
-    with override_settings(NATSBUS={"POOL": "natsbus.demo:build_pool", "OPTIONS": {"connect_timeout": 2}}):
+    good = {
+        "POOL": "natsbus.demo:build_pool",
+        "OPTIONS": {"connect_timeout": 2},
+        "RETRY": RetryPolicy(attempts=2),
+        "MIDDLEWARE": [TraceContextMiddleware()],
+        "QUERY_CACHE": QueryCache(ttl=5),
+    }
+    with override_settings(NATSBUS=good):
         assert check_settings() == []
 
 
@@ -191,6 +225,64 @@ def test_the_process_bus_follows_setting_changes(django_setup: None, nats_url: s
             with pytest.raises(ConfigError, match="in-memory bus"):
                 natsbus_django.get_bus()
     natsbus_django.close_bus()
+
+
+def test_retry_middleware_and_query_cache_settings_reach_the_buses(django_setup: None) -> None:
+    from django.test import override_settings
+
+    from natsbus.contrib.django import get_query_bus
+
+    class Recorder(ClientMiddleware):
+        def __init__(self) -> None:
+            self.seen: List[str] = []
+
+        def before(self, call: ClientCall) -> None:
+            self.seen.append(call.subject)
+
+    traces: List[str] = []
+
+    def get_user(query: GetUserQuery) -> User:
+        request = current_request()
+        assert request is not None
+        traces.append(request.headers.get("traceparent", ""))
+        if len(traces) == 1:
+            raise BusyError("Service busy")  # the first try; the retry policy tries again
+        return User(id=query.user_id, name="N", email="n@example.com", created_at="2025-01-01T00:00:00Z")
+
+    recorder, cache, policy = Recorder(), QueryCache(ttl=60), RetryPolicy(attempts=2, backoff=0)
+    settings = {
+        "IN_MEMORY": InMemoryBus([get_user]),
+        "SERVICE_ID": "web",
+        "RETRY": policy,
+        "MIDDLEWARE": [recorder, TraceContextMiddleware()],
+        "QUERY_CACHE": cache,
+    }
+    with override_settings(NATSBUS=settings):
+        queries = get_query_bus()
+        assert queries.ask(GetUserQuery("u-7")).id == "u-7"  # busy, retried, answered
+        assert queries.ask(GetUserQuery("u-7")).id == "u-7"  # from the cache
+        assert isinstance(queries, QueryBus)
+        assert (queries.retry, queries.cache, queries.service_id) == (policy, cache, "web")
+    assert len(traces) == 2 and all(t.startswith("00-") for t in traces)
+    assert recorder.seen == ["queries.GetUserQuery"]
+    assert cache.hits == 1
+
+
+def test_retry_middleware_and_query_cache_settings_over_nats(django_setup: None, nats_url: str) -> None:
+    from django.test import override_settings
+
+    from natsbus.contrib import django as natsbus_django
+
+    policy, cache, tracing = RetryPolicy(attempts=2), QueryCache(ttl=60), TraceContextMiddleware()
+    settings = {"SERVERS": nats_url, "RETRY": policy, "MIDDLEWARE": [tracing], "QUERY_CACHE": cache}
+    try:
+        with override_settings(NATSBUS=settings):
+            commands, queries = natsbus_django.get_command_bus(), natsbus_django.get_query_bus()
+            assert isinstance(commands, CommandBus) and isinstance(queries, QueryBus)
+            assert (commands.retry, commands.middleware) == (policy, (tracing,))
+            assert (queries.retry, queries.middleware, queries.cache) == (policy, (tracing,), cache)
+    finally:
+        natsbus_django.close_bus()
 
 
 # -- the example project: gunicorn, the worker command, sqlite --------------------

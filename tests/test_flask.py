@@ -13,9 +13,21 @@ import pytest
 from flask import Flask
 from webserver import CLOSED, OPENED, gunicorn, stop
 
-from natsbus import Bus, ConfigError, NatsServer, WorkerPool
+from natsbus import (
+    Bus,
+    BusyError,
+    CommandBus,
+    ConfigError,
+    NatsServer,
+    QueryBus,
+    QueryCache,
+    RetryPolicy,
+    WorkerPool,
+    current_request,
+)
 from natsbus.contrib.flask import NatsBus
-from natsbus.demo import CreateUserHandler, GetUserHandler, UserRepository
+from natsbus.demo import CreateUserHandler, GetUserHandler, GetUserQuery, User, UserRepository
+from natsbus.middleware import ClientCall, ClientMiddleware, TraceContextMiddleware
 from natsbus.testing import InMemoryBus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,21 +124,108 @@ def test_one_bus_per_app_shared_by_threads(make_app: Any, nats_url: str, example
         assert example.cqrs.bus is not seen[0]  # reopened on next use
 
 
-def test_config_typos_and_bad_values_are_reported(make_app: Any, example: ModuleType) -> None:
-    app = make_app({"NATSBUS_TIMOUT": 2, "NATSBUS_QUERY_TIMEOUT": "3", "NATSBUS_SERVERS": "localhost:4222"})
-    assert example.cqrs.problems(app) == [
-        "NATSBUS_TIMOUT is not a natsbus setting; "
-        "known: IN_MEMORY, OPTIONS, QUERY_TIMEOUT, SERVERS, SERVICE_ID, TIMEOUT",
-        "NATSBUS_QUERY_TIMEOUT must be a number of seconds > 0, or None for no limit; got '3'",
-        "NATSBUS_SERVERS: server URL 'localhost:4222' has no scheme; expected e.g. nats://host:4222",
-    ]
-    with app.app_context(), pytest.raises(ConfigError, match="NATSBUS_TIMOUT is not a natsbus setting"):
+def test_init_app_reports_every_config_problem_at_once(make_app: Any, example: ModuleType) -> None:
+    bad = {
+        "NATSBUS_TIMOUT": 2,
+        "NATSBUS_QUERY_TIMEOUT": "3",
+        "NATSBUS_SERVERS": "localhost:4222",
+        "NATSBUS_OPTIONS": {"conect_timeout": 1},
+        "NATSBUS_MIDDLEWARE": [TraceContextMiddleware],
+    }
+    with pytest.raises(ConfigError) as caught:
+        make_app(bad)
+    assert str(caught.value) == (
+        "5 problems in the NATSBUS_* config of Flask app 'natsbus_flask_example':\n"
+        "- NATSBUS_TIMOUT is not a natsbus setting; did you mean NATSBUS_TIMEOUT?\n"
+        "- NATSBUS_QUERY_TIMEOUT must be a number of seconds > 0, or None for no limit; got '3'\n"
+        "- NATSBUS_MIDDLEWARE[0] is the class TraceContextMiddleware; give an instance: TraceContextMiddleware()\n"
+        "- NATSBUS_OPTIONS has 'conect_timeout', which NatsConfig does not take; did you mean 'connect_timeout'?\n"
+        "- NATSBUS_SERVERS: server URL 'localhost:4222' has no scheme; expected e.g. nats://host:4222"
+    )
+    app = Flask("later")
+    app.config.update(NATSBUS_TIMOUT=2)  # problems() is the same list, for an app not initialised yet
+    assert NatsBus().problems(app) == ["NATSBUS_TIMOUT is not a natsbus setting; did you mean NATSBUS_TIMEOUT?"]
+
+
+def test_config_broken_after_init_app_fails_the_first_use(make_app: Any, example: ModuleType) -> None:
+    app = make_app({"NATSBUS_SERVERS": "nats://127.0.0.1:9"})
+    app.config["NATSBUS_TIMEOUT"] = -1  # after init_app: checked again when the Bus opens
+    with app.app_context(), pytest.raises(ConfigError, match=r"NATSBUS_TIMEOUT must be a number of seconds > 0"):
         example.cqrs.commands  # noqa: B018
+    assert not app.extensions["natsbus"].opened
+
+
+def test_nats_url_is_read_when_the_bus_opens_not_at_init_app(
+    monkeypatch: pytest.MonkeyPatch, make_app: Any, example: ModuleType, nats_url: str, user_pool: WorkerPool
+) -> None:
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:9")  # what a pre-fork master might see
+    app = make_app({"NATSBUS_SERVERS": None})
+    monkeypatch.setenv("NATS_URL", nats_url)  # what the worker process sees
+    created = app.test_client().post("/users", json={"name": "Eve", "email": "eve@example.com"})
+    assert created.status_code == 201
+    with app.app_context():
+        assert example.cqrs.bus.connected_url == nats_url
 
 
 def test_an_app_without_init_app_says_so() -> None:
     with Flask("bare").app_context(), pytest.raises(RuntimeError, match=r"call NatsBus\.init_app"):
         NatsBus().commands  # noqa: B018
+
+
+def test_retry_middleware_and_query_cache_settings_reach_the_buses(make_app: Any, example: ModuleType) -> None:
+    class Recorder(ClientMiddleware):
+        def __init__(self) -> None:
+            self.seen: List[str] = []
+
+        def before(self, call: ClientCall) -> None:
+            self.seen.append(call.subject)
+
+    traces: List[str] = []
+
+    def get_user(query: GetUserQuery) -> User:
+        request = current_request()
+        assert request is not None
+        traces.append(request.headers.get("traceparent", ""))
+        if len(traces) == 1:
+            raise BusyError("Service busy")  # the first try; the retry policy tries again
+        return User(id=query.user_id, name="N", email="n@example.com", created_at="2025-01-01T00:00:00Z")
+
+    recorder, cache, policy = Recorder(), QueryCache(ttl=60), RetryPolicy(attempts=2, backoff=0)
+    app = make_app(
+        {
+            "NATSBUS_IN_MEMORY": InMemoryBus([get_user]),
+            "NATSBUS_RETRY": policy,
+            "NATSBUS_MIDDLEWARE": [recorder, TraceContextMiddleware()],
+            "NATSBUS_QUERY_CACHE": cache,
+        }
+    )
+    client = app.test_client()
+    assert client.get("/users/u-7").status_code == 200  # busy, retried, answered
+    assert client.get("/users/u-7").get_json()["id"] == "u-7"  # from the cache
+    assert len(traces) == 2 and all(t.startswith("00-") for t in traces)  # a traceparent reached the handler
+    assert recorder.seen == ["queries.GetUserQuery"]  # middleware around the call (not the cache hit)
+    assert (cache.hits, len(cache)) == (1, 1)
+    with app.app_context():
+        commands, queries = example.cqrs.commands, example.cqrs.queries
+    assert (commands.retry, queries.retry, queries.cache) == (policy, policy, cache)
+    assert commands.middleware[-2:] == (recorder, app.config["NATSBUS_MIDDLEWARE"][1])
+
+
+def test_retry_middleware_and_query_cache_settings_over_nats(make_app: Any, nats_url: str, example: ModuleType) -> None:
+    policy, cache, tracing = RetryPolicy(attempts=2), QueryCache(ttl=60), TraceContextMiddleware()
+    app = make_app(
+        {
+            "NATSBUS_SERVERS": nats_url,
+            "NATSBUS_RETRY": policy,
+            "NATSBUS_MIDDLEWARE": [tracing],
+            "NATSBUS_QUERY_CACHE": cache,
+        }
+    )
+    with app.app_context():
+        commands, queries = example.cqrs.commands, example.cqrs.queries
+    assert isinstance(commands, CommandBus) and isinstance(queries, QueryBus)
+    assert (commands.retry, commands.middleware, commands.service_id) == (policy, (tracing,), "flask-example")
+    assert (queries.retry, queries.middleware, queries.cache) == (policy, (tracing,), cache)
 
 
 # -- the example app under gunicorn ------------------------------------------------

@@ -20,22 +20,26 @@
 
 Config keys (all optional):
 
-=========================  ================================================================
-``NATSBUS_SERVERS``        URL(s); default ``None``: ``NATS_URL`` (else nats://127.0.0.1:4222)
-``NATSBUS_TIMEOUT``        default seconds for commands (5.0); ``None``: no limit
-``NATSBUS_QUERY_TIMEOUT``  default seconds for queries (3.0)
-``NATSBUS_SERVICE_ID``     ``service_id`` in request envelopes; default the app's name
-``NATSBUS_OPTIONS``        other :class:`~natsbus.NatsConfig` fields, e.g. ``{"connect_timeout": 2}``
-``NATSBUS_IN_MEMORY``      a :class:`~natsbus.testing.InMemoryBus`: views run handlers
-                           in-process, no server (for testing views)
-=========================  ================================================================
+===========================  ==============================================================
+``NATSBUS_SERVERS``          URL(s); default ``None``: ``NATS_URL`` (else nats://127.0.0.1:4222)
+``NATSBUS_TIMEOUT``          default seconds for commands (5.0); ``None``: no limit
+``NATSBUS_QUERY_TIMEOUT``    default seconds for queries (3.0)
+``NATSBUS_SERVICE_ID``       ``service_id`` in request envelopes; default the app's name
+``NATSBUS_OPTIONS``          other :class:`~natsbus.NatsConfig` fields, e.g. ``{"connect_timeout": 2}``
+``NATSBUS_RETRY``            a :class:`~natsbus.RetryPolicy` for commands and queries
+``NATSBUS_MIDDLEWARE``       client middleware for both, e.g. ``[TraceContextMiddleware()]``
+``NATSBUS_QUERY_CACHE``      a :class:`~natsbus.QueryCache` (each process has its own copy)
+``NATSBUS_IN_MEMORY``        a :class:`~natsbus.testing.InMemoryBus`: views run handlers
+                             in-process, no server (for testing views)
+===========================  ==============================================================
 
-One Bus per app per process, opened the first time a view uses it — never
-at import, so a gunicorn ``--preload`` master forks without a connection
-and every worker opens its own. Its threads share it. It is closed when
-the process exits (or by :meth:`NatsBus.close`). Settings are read, and
-checked, when the Bus is opened; a typo such as ``NATSBUS_TIMOUT`` is an
-error, not ignored.
+``init_app`` checks the config and raises :class:`~natsbus.ConfigError`
+listing every problem (a misspelt key gets a "did you mean"); it connects
+nothing. One Bus per app per process is opened the first time a view uses
+it — never at import, so a gunicorn ``--preload`` master forks without a
+connection and every worker opens its own, reading ``NATS_URL`` then. Its
+threads share it. It is closed when the process exits (or by
+:meth:`NatsBus.close`).
 """
 
 from __future__ import annotations
@@ -45,13 +49,15 @@ from typing import Any, Dict, List, Optional
 from flask import Flask, current_app
 
 from ..bus import Bus
+from ..errors import ConfigError
 from ..ports import CommandBusPort, QueryBusPort
-from ._common import DEFAULTS, BusSettings, LazyBus, find_problems, parse_settings
+from ._common import DEFAULTS, BusSettings, LazyBus, find_problems, parse_settings, problems_text
 
 __all__ = ["NatsBus"]
 
 PREFIX = "NATSBUS_"
 EXTENSION_KEY = "natsbus"
+HINTS = {"POOL": "Flask has no worker command; run the pool with `natsbus worker module:factory`"}
 
 
 def _label(key: str) -> str:
@@ -77,13 +83,20 @@ class NatsBus:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Set the config defaults and attach a (not yet opened) Bus to ``app``."""
+        """Check the config, set its defaults and attach a (not yet opened) Bus to ``app``.
+
+        Raises:
+            ConfigError: listing every problem with the ``NATSBUS_*`` config.
+        """
+        problems = self.problems(app)
+        if problems:
+            raise ConfigError(problems_text(f"the NATSBUS_* config of Flask app {app.name!r}", problems))
         for key, value in DEFAULTS.items():
             app.config.setdefault(PREFIX + key, dict(value) if isinstance(value, dict) else value)
         app.config.setdefault(PREFIX + "SERVICE_ID", app.name)
 
         def load() -> BusSettings:
-            return parse_settings(_settings_of(app), _label, default_service_id=app.name)
+            return parse_settings(_settings_of(app), _label, default_service_id=app.name, hints=HINTS)
 
         app.extensions[EXTENSION_KEY] = LazyBus(load, owner=f"Flask app {app.name!r}")
 
@@ -112,9 +125,13 @@ class NatsBus:
         return self._holder().bus()
 
     def problems(self, app: Optional[Flask] = None) -> List[str]:
-        """What is wrong with the ``NATSBUS_*`` config, without connecting (``[]``: nothing)."""
+        """What is wrong with the ``NATSBUS_*`` config, without connecting (``[]``: nothing).
+
+        Reads ``NATS_URL`` to check it when ``NATSBUS_SERVERS`` is ``None``;
+        the Bus reads it again when it opens, in the process that uses it.
+        """
         target = app if app is not None else current_app
-        return [text for _, text in find_problems(_settings_of(target), _label)]
+        return [text for _, text in find_problems(_settings_of(target), _label, hints=HINTS)]
 
     def close(self, app: Optional[Flask] = None) -> None:
         """Close the app's Bus now; the next use opens a new one. Safe twice."""

@@ -10,6 +10,9 @@ Add the app and a ``NATSBUS`` setting (every key is optional)::
         "QUERY_TIMEOUT": 3.0,       # default seconds for queries
         "SERVICE_ID": "web",        # service_id in request envelopes (default "django")
         "OPTIONS": {},              # other NatsConfig fields, e.g. {"connect_timeout": 2.0}
+        "RETRY": None,              # a natsbus.RetryPolicy for commands and queries
+        "MIDDLEWARE": [],           # client middleware, e.g. [TraceContextMiddleware()]
+        "QUERY_CACHE": None,        # a natsbus.QueryCache (each process has its own copy)
         "POOL": "shop.handlers:build_pool",   # for manage.py natsbus_worker
         "IN_MEMORY": None,          # a natsbus.testing.InMemoryBus: no server (tests)
     }
@@ -30,9 +33,9 @@ Views send through the process's bus::
   master never connects), shared by the process's threads, closed at exit,
   and reopened with new settings when ``override_settings(NATSBUS=...)``
   changes them.
-* ``manage.py check`` reports bad settings (``natsbus.E001``-``E004``):
-  unknown keys, wrong types, URLs without a scheme, a ``POOL`` that does not
-  import.
+* ``manage.py check`` reports every bad setting at once
+  (``natsbus.E001``-``E004``): unknown keys (with a "did you mean"), wrong
+  types, URLs without a scheme, a ``POOL`` that does not import.
 * ``manage.py natsbus_worker [--pool module:factory]`` serves a
   :class:`~natsbus.WorkerPool` with Django set up; see its ``--help``.
 """
@@ -40,7 +43,7 @@ Views send through the process's bus::
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional, TypeVar, overload
+from typing import Any, Callable, Dict, Optional, TypeVar, overload
 
 from django.conf import settings
 from django.db import transaction
@@ -67,6 +70,8 @@ R = TypeVar("R")
 
 #: The keys only the Django integration reads.
 DJANGO_KEYS = ("POOL",)
+#: What to say about keys the Django integration does not take.
+HINTS: Dict[str, str] = {}
 DEFAULT_SERVICE_ID = "django"
 
 
@@ -86,7 +91,9 @@ def load_settings() -> BusSettings:
     Raises:
         ConfigError: naming every bad key (``manage.py check`` lists them too).
     """
-    return parse_settings(natsbus_settings(), label, default_service_id=DEFAULT_SERVICE_ID, extra_keys=DJANGO_KEYS)
+    return parse_settings(
+        natsbus_settings(), label, default_service_id=DEFAULT_SERVICE_ID, extra_keys=DJANGO_KEYS, hints=HINTS
+    )
 
 
 # The process's bus: one per process by design (like django.db.connections),
