@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import attrs
 import pytest
+from web_errors import CASES, PROBLEM_JSON
 from webserver import CLOSED, OPENED, gunicorn, stop, terminate, wait_for_output
 
 from natsbus import (
@@ -87,11 +88,17 @@ def test_checks_report_every_bad_setting(django_setup: None) -> None:
         "RETRY": RetryPolicy,
         "MIDDLEWARE": [TraceContextMiddleware(), "natsbus.middleware.LoggingMiddleware"],
         "QUERY_CACHE": 30,
+        "ERROR_RESPONSES": True,
         "POOL": "no_such_module:build_pool",
     }
     with override_settings(NATSBUS=bad):
         errors = check_settings()
     assert [(e.id, e.msg) for e in errors] == [
+        (
+            "natsbus.E002",
+            "NATSBUS['ERROR_RESPONSES'] is not a natsbus setting; "
+            "in Django, add 'natsbus.contrib.django.ErrorResponseMiddleware' to MIDDLEWARE instead",
+        ),
         ("natsbus.E002", "NATSBUS['TIMOUT'] is not a natsbus setting; did you mean NATSBUS['TIMEOUT']?"),
         ("natsbus.E003", "NATSBUS['QUERY_TIMEOUT'] must be a number of seconds > 0, or None for no limit; got -1"),
         ("natsbus.E003", "NATSBUS['SERVICE_ID'] must be a non-empty string, got ''"),
@@ -225,6 +232,56 @@ def test_the_process_bus_follows_setting_changes(django_setup: None, nats_url: s
             with pytest.raises(ConfigError, match="in-memory bus"):
                 natsbus_django.get_bus()
     natsbus_django.close_bus()
+
+
+@pytest.fixture()
+def web(memory: InMemoryBus) -> Iterator[Any]:
+    """A Django test client for tests/django_urls.py, with ErrorResponseMiddleware."""
+    from django.test import Client, override_settings
+
+    with override_settings(
+        ROOT_URLCONF="django_urls",
+        MIDDLEWARE=["natsbus.contrib.django.ErrorResponseMiddleware"],
+        ALLOWED_HOSTS=["testserver"],
+        DEBUG=False,
+    ):
+        yield Client()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_error_response_middleware_answers_each_natsbus_error_with_a_problem(
+    web: Any, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, status, body, retry_after = CASES[name]
+    with caplog.at_level(logging.WARNING, logger="natsbus.contrib"):
+        response = web.get(f"/raise/{name}")
+    assert (response.status_code, response["Content-Type"], response.json()) == (status, PROBLEM_JSON, body)
+    assert response.get("Retry-After") == retry_after
+    assert b"s3cret" not in response.content
+    natsbus_log = [(r.levelname, r.exc_info is not None) for r in caplog.records if r.name == "natsbus.contrib"]
+    assert natsbus_log == ([("ERROR", True)] if status == 500 else [("WARNING", False)] if status > 500 else [])
+
+
+def test_error_response_middleware_lets_other_errors_through(web: Any) -> None:
+    with pytest.raises(LookupError, match="not a natsbus error"):
+        web.get("/other")  # the test client re-raises what Django would answer with its 500
+
+
+def test_error_response_middleware_over_real_handler_errors(web: Any, memory: InMemoryBus) -> None:
+    missing = web.get("/users/user-nobody")
+    assert (missing.status_code, missing.json()["detail"]) == (404, "User not found: user-nobody")
+    from natsbus.contrib.django import get_command_bus
+
+    created = get_command_bus().execute(CreateUserCommand("Ann", "ann@example.com"))
+    assert web.get(f"/users/{created.user_id}").json()["name"] == "Ann"
+
+
+def test_without_the_middleware_django_answers_500_as_before(django_setup: None, memory: InMemoryBus) -> None:
+    from django.test import Client, override_settings
+
+    with override_settings(ROOT_URLCONF="django_urls", MIDDLEWARE=[], ALLOWED_HOSTS=["testserver"]):
+        response = Client(raise_request_exception=False).get("/raise/not_found")
+    assert (response.status_code, response["Content-Type"]) == (500, "text/html; charset=utf-8")
 
 
 def test_retry_middleware_and_query_cache_settings_reach_the_buses(django_setup: None) -> None:

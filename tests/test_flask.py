@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 from collections import Counter
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from flask import Flask
+from web_errors import CASES, PROBLEM_JSON
 from webserver import CLOSED, OPENED, gunicorn, stop
 
 from natsbus import (
@@ -19,6 +21,7 @@ from natsbus import (
     CommandBus,
     ConfigError,
     NatsServer,
+    NotFoundError,
     QueryBus,
     QueryCache,
     RetryPolicy,
@@ -131,16 +134,18 @@ def test_init_app_reports_every_config_problem_at_once(make_app: Any, example: M
         "NATSBUS_SERVERS": "localhost:4222",
         "NATSBUS_OPTIONS": {"conect_timeout": 1},
         "NATSBUS_MIDDLEWARE": [TraceContextMiddleware],
+        "NATSBUS_ERROR_RESPONSES": "yes",
     }
     with pytest.raises(ConfigError) as caught:
         make_app(bad)
     assert str(caught.value) == (
-        "5 problems in the NATSBUS_* config of Flask app 'natsbus_flask_example':\n"
+        "6 problems in the NATSBUS_* config of Flask app 'natsbus_flask_example':\n"
         "- NATSBUS_TIMOUT is not a natsbus setting; did you mean NATSBUS_TIMEOUT?\n"
         "- NATSBUS_QUERY_TIMEOUT must be a number of seconds > 0, or None for no limit; got '3'\n"
         "- NATSBUS_MIDDLEWARE[0] is the class TraceContextMiddleware; give an instance: TraceContextMiddleware()\n"
         "- NATSBUS_OPTIONS has 'conect_timeout', which NatsConfig does not take; did you mean 'connect_timeout'?\n"
-        "- NATSBUS_SERVERS: server URL 'localhost:4222' has no scheme; expected e.g. nats://host:4222"
+        "- NATSBUS_SERVERS: server URL 'localhost:4222' has no scheme; expected e.g. nats://host:4222\n"
+        "- NATSBUS_ERROR_RESPONSES must be True or False, got 'yes'"
     )
     app = Flask("later")
     app.config.update(NATSBUS_TIMOUT=2)  # problems() is the same list, for an app not initialised yet
@@ -170,6 +175,54 @@ def test_nats_url_is_read_when_the_bus_opens_not_at_init_app(
 def test_an_app_without_init_app_says_so() -> None:
     with Flask("bare").app_context(), pytest.raises(RuntimeError, match=r"call NatsBus\.init_app"):
         NatsBus().commands  # noqa: B018
+
+
+def _raising_app(**init: Any) -> Flask:
+    """An app whose ``/raise/<name>`` view raises the natsbus error of that web case."""
+    app = Flask("raising")
+    if "config" in init:
+        app.config.update(init.pop("config"))
+    NatsBus(app, **init)
+
+    @app.get("/raise/<name>")
+    def raise_it(name: str) -> Any:
+        raise CASES[name][0]()
+
+    return app
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_natsbus_error_is_a_problem_response(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    _, status, body, retry_after = CASES[name]
+    client = _raising_app(config={"NATSBUS_ERROR_RESPONSES": True}).test_client()
+    with caplog.at_level(logging.WARNING, logger="natsbus.contrib"):
+        response = client.get(f"/raise/{name}")
+    assert (response.status_code, response.content_type, response.get_json()) == (status, PROBLEM_JSON, body)
+    assert response.headers.get("Retry-After") == retry_after
+    assert "s3cret" not in response.get_data(as_text=True)
+    logged = [(r.levelname, r.exc_info is not None) for r in caplog.records]
+    assert logged == ([("ERROR", True)] if status == 500 else [("WARNING", False)] if status > 500 else [])
+    if status >= 500:
+        assert "GET /raise/" in caplog.text  # the text the answer leaves out is in the log
+
+
+def test_error_responses_by_init_app_argument_and_off_by_default() -> None:
+    on = _raising_app(error_responses=True).test_client().get("/raise/not_found")
+    assert (on.status_code, on.get_json()["error"]) == (404, "not_found")
+    off = _raising_app().test_client().get("/raise/not_found")
+    assert (off.status_code, off.content_type) == (500, "text/html; charset=utf-8")  # Flask's own page
+
+
+def test_an_own_error_handler_wins_for_its_class() -> None:
+    app = _raising_app(error_responses=True)
+
+    @app.errorhandler(NotFoundError)
+    def not_found(exc: NotFoundError) -> Any:
+        return {"missing": exc.message}, 410
+
+    client = app.test_client()
+    assert client.get("/raise/not_found").get_json() == {"missing": "User not found: u-1"}
+    assert client.get("/raise/conflict").get_json()["error"] == "conflict"
 
 
 def test_retry_middleware_and_query_cache_settings_reach_the_buses(make_app: Any, example: ModuleType) -> None:

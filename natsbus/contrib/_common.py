@@ -1,4 +1,4 @@
-"""What the Flask and Django integrations share: settings, and one Bus per process.
+"""What the Flask and Django integrations share: settings, one Bus per process, errors as HTTP.
 
 The settings are the same keys in both (``NATSBUS_TIMEOUT`` in Flask's
 config, ``NATSBUS["TIMEOUT"]`` in Django's settings):
@@ -17,6 +17,40 @@ config, ``NATSBUS["TIMEOUT"]`` in Django's settings):
 
 :func:`find_problems` reports every problem at once; an unknown key gets a
 "did you mean".
+
+natsbus errors as HTTP answers (:func:`http_problem`, one pure function;
+Flask's ``NATSBUS_ERROR_RESPONSES`` and Django's ``ErrorResponseMiddleware``
+use it). The body is an RFC 9457 problem (``application/problem+json``):
+``type`` ``about:blank``, ``title`` the status's phrase, ``status``,
+``detail``, and ``error``, a stable name for the condition:
+
+=================================================  ======  ===============  =============  ===========
+natsbus error                                      status  ``error``        ``detail``     Retry-After
+=================================================  ======  ===============  =============  ===========
+InvalidRequestError (code 400)                     400     invalid_request  the service's
+NotFoundError (404)                                404     not_found        the service's
+ConflictError (409)                                409     conflict         the service's
+another ServiceError with a 4xx code               that    its name, e.g.   the service's
+                                                           ``forbidden``
+BusyError (503)                                    503     busy             fixed          1
+NoHandlerError                                     503     no_handler       fixed          5
+NotConnectedError, ConnectError                    503     not_connected    fixed          5
+BusClosedError                                     503     shutting_down    fixed          5
+ResultNotReadyError                                503     not_ready        fixed          1
+RequestTimeoutError, DeadlineExceededError (504)   504     timeout          fixed
+PayloadTooLargeError                               413     too_large        fixed
+EnvelopeError (a reply natsbus cannot read)        502     bad_reply        fixed
+HandlerError (500), a ServiceError's other codes   500     handler_error    fixed
+anything else, e.g. ConfigError, JetStreamError    500     internal         fixed
+=================================================  ======  ===============  =============  ===========
+
+Only a 4xx shows the service's own text (a handler writes those for its
+callers: ``User not found: u-1``). Every other ``detail`` is a fixed
+sentence: a handler's crash text, server URLs, subjects and credentials
+stay in the server's log (:func:`log_problem`: a 500 at ERROR with the
+traceback, another 5xx at WARNING), never in the answer. A
+``PermissionDeniedError`` is a 500 too: the web server's NATS user lacks a
+permission, which the HTTP client cannot fix.
 """
 
 from __future__ import annotations
@@ -28,6 +62,7 @@ import os
 import sys
 import threading
 import weakref
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
@@ -35,7 +70,21 @@ import attrs
 from ..bus import Bus
 from ..config import NatsConfig
 from ..cqrs import CommandBus, QueryBus
-from ..errors import ConfigError
+from ..errors import (
+    BusClosedError,
+    ConfigError,
+    ConnectError,
+    EnvelopeError,
+    JetStreamError,
+    NatsBusError,
+    NoHandlerError,
+    NotConnectedError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    ResultNotReadyError,
+    ServiceError,
+    TransportError,
+)
 from ..middleware import ClientCall, HandlerMiddleware, Middleware
 from ..policies import QueryCache, RetryPolicy
 from ..ports import CommandBusPort, QueryBusPort
@@ -44,10 +93,16 @@ if TYPE_CHECKING:
     from ..testing import InMemoryBus
 
 __all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "RETRY_AFTER_BUSY",
+    "RETRY_AFTER_UNAVAILABLE",
     "BusSettings",
+    "HttpProblem",
     "LazyBus",
     "Problem",
     "find_problems",
+    "http_problem",
+    "log_problem",
     "parse_settings",
     "problems_text",
 ]
@@ -311,6 +366,120 @@ def problems_text(what: str, problems: Sequence[str]) -> str:
     if len(problems) == 1:
         return problems[0]
     return f"{len(problems)} problems in {what}:\n" + "\n".join(f"- {text}" for text in problems)
+
+
+# -- natsbus errors as HTTP answers --------------------------------------------------
+
+#: The media type of the error bodies (RFC 9457).
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+#: Seconds in ``Retry-After`` when a pool was full, or a result is not stored yet.
+RETRY_AFTER_BUSY = 1
+#: Seconds in ``Retry-After`` when no service answers or NATS is unreachable.
+RETRY_AFTER_UNAVAILABLE = 5
+
+#: The service's own text is shown for these codes, with these ``error`` names.
+_CLIENT_ERRORS = {400: "invalid_request", 404: "not_found", 409: "conflict"}
+
+
+@attrs.frozen
+class HttpProblem:
+    """How to answer a natsbus error over HTTP: an RFC 9457 problem.
+
+    Attributes:
+        status: The HTTP status.
+        error: A stable name for the condition (``not_found``, ``busy``, ...),
+            the body's ``error`` member.
+        detail: The body's ``detail``: the service's text for a 4xx, else
+            a fixed sentence.
+        retry_after: Seconds for a ``Retry-After`` header, or ``None``.
+    """
+
+    status: int
+    error: str
+    detail: str
+    retry_after: Optional[int] = None
+
+    @property
+    def title(self) -> str:
+        """The status's phrase (``about:blank`` problems use it as their title)."""
+        return HTTPStatus(self.status).phrase
+
+    def body(self) -> Dict[str, Any]:
+        """The JSON body: ``type``, ``title``, ``status``, ``detail``, ``error``."""
+        return {
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "error": self.error,
+        }
+
+    def headers(self) -> Dict[str, str]:
+        """``Retry-After``, when there is one."""
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+def _service_problem(error: ServiceError) -> HttpProblem:
+    code = error.code
+    if code == 503:
+        return HttpProblem(503, "busy", "The service is busy; try again shortly.", RETRY_AFTER_BUSY)
+    if code == 504:
+        return HttpProblem(504, "timeout", "The service did not answer in time.")
+    if isinstance(code, int) and 400 <= code < 500:
+        try:
+            name = _CLIENT_ERRORS.get(code) or HTTPStatus(code).name.lower()
+        except ValueError:  # not a status HTTP defines
+            pass
+        else:
+            return HttpProblem(code, name, error.message)
+    return HttpProblem(500, "handler_error", "The service failed to handle this request.")
+
+
+def http_problem(error: NatsBusError) -> HttpProblem:
+    """The HTTP answer for a natsbus error (see the module's table).
+
+    Pure: looks only at the error's class, its ``code`` and, for a 4xx, its text.
+
+    Args:
+        error: What a view raised.
+
+    Returns:
+        The status, the body's ``error`` and ``detail``, and the seconds for
+        ``Retry-After``.
+    """
+    if isinstance(error, ServiceError):
+        return _service_problem(error)
+    if isinstance(error, NoHandlerError):
+        return HttpProblem(503, "no_handler", "No service is available for this request.", RETRY_AFTER_UNAVAILABLE)
+    if isinstance(error, (NotConnectedError, ConnectError)) or (
+        isinstance(error, TransportError) and not isinstance(error, JetStreamError)
+    ):
+        return HttpProblem(503, "not_connected", "The message bus is not reachable.", RETRY_AFTER_UNAVAILABLE)
+    if isinstance(error, BusClosedError):
+        return HttpProblem(503, "shutting_down", "This server is shutting down.", RETRY_AFTER_UNAVAILABLE)
+    if isinstance(error, ResultNotReadyError):
+        return HttpProblem(503, "not_ready", "The result is not ready yet.", RETRY_AFTER_BUSY)
+    if isinstance(error, RequestTimeoutError):
+        return HttpProblem(504, "timeout", "The service did not answer in time.")
+    if isinstance(error, PayloadTooLargeError):
+        return HttpProblem(413, "too_large", "The request is too large to send to the service.")
+    if isinstance(error, EnvelopeError):
+        return HttpProblem(502, "bad_reply", "The service's reply could not be read.")
+    return HttpProblem(500, "internal", "The server failed to handle this request.")
+
+
+def log_problem(error: NatsBusError, problem: HttpProblem, request: str) -> None:
+    """Log what the answer does not say: a 500 with its traceback, other 5xx in one line.
+
+    Args:
+        error: The error.
+        problem: Its answer.
+        request: The request, for the log line (``GET /users/u-1``).
+    """
+    if problem.status == 500:
+        logger.error("natsbus: %s answered 500 (%s): %r", request, problem.error, error, exc_info=error)
+    elif problem.status >= 500:
+        logger.warning("natsbus: %s answered %d (%s): %s", request, problem.status, problem.error, error)
 
 
 # LazyBus objects alive in this process, so a fork can reset their locks in

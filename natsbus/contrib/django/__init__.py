@@ -17,6 +17,8 @@ Add the app and a ``NATSBUS`` setting (every key is optional)::
         "IN_MEMORY": None,          # a natsbus.testing.InMemoryBus: no server (tests)
     }
 
+    MIDDLEWARE = [..., "natsbus.contrib.django.ErrorResponseMiddleware"]   # errors as JSON problems
+
 Views send through the process's bus::
 
     from natsbus.contrib.django import execute_on_commit, get_command_bus, get_query_bus
@@ -36,6 +38,11 @@ Views send through the process's bus::
 * ``manage.py check`` reports every bad setting at once
   (``natsbus.E001``-``E004``): unknown keys (with a "did you mean"), wrong
   types, URLs without a scheme, a ``POOL`` that does not import.
+* :class:`ErrorResponseMiddleware` answers a natsbus error raised by a view
+  with an RFC 9457 problem (``application/problem+json``): 404, 409 and 400
+  with the service's text; 503 with ``Retry-After`` when busy, no handler
+  serves or NATS is unreachable; 504 on a timeout; 500, without the error's
+  text (it is logged), for the rest. Without it Django answers 500.
 * ``manage.py natsbus_worker [--pool module:factory]`` serves a
   :class:`~natsbus.WorkerPool` with Django set up; see its ``--help``.
 """
@@ -43,7 +50,7 @@ Views send through the process's bus::
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Optional, TypeVar, overload
+from typing import Any, Callable, Optional, TypeVar, overload
 
 from django.conf import settings
 from django.db import transaction
@@ -54,8 +61,10 @@ from ...errors import ConfigError
 from ...messages import Command, Kind, ensure_message_class, message_kind
 from ...ports import CommandBusPort, QueryBusPort
 from .._common import BusSettings, LazyBus, parse_settings
+from .middleware import ErrorResponseMiddleware
 
 __all__ = [
+    "ErrorResponseMiddleware",
     "close_bus",
     "execute_on_commit",
     "get_bus",
@@ -71,7 +80,9 @@ R = TypeVar("R")
 #: The keys only the Django integration reads.
 DJANGO_KEYS = ("POOL",)
 #: What to say about keys the Django integration does not take.
-HINTS: Dict[str, str] = {}
+HINTS = {
+    "ERROR_RESPONSES": "in Django, add 'natsbus.contrib.django.ErrorResponseMiddleware' to MIDDLEWARE instead",
+}
 DEFAULT_SERVICE_ID = "django"
 
 
