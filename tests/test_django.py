@@ -349,6 +349,7 @@ def test_retry_middleware_and_query_cache_settings_over_nats(django_setup: None,
 class SignupStats:
     total: int
     linked: int
+    users: int
 
 
 @attrs.frozen
@@ -367,12 +368,6 @@ def _manage(env: Dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def _create_count(pool: WorkerPool) -> int:
-    route = pool.dispatcher.route_for("commands.CreateUserCommand")
-    assert route is not None
-    return route.stats.num_requests
-
-
 def test_manage_py_check_passes_for_the_example(tmp_path: Path) -> None:
     result = _manage({"DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"), "NATS_URL": ""}, "check")
     assert (result.returncode, result.stdout.strip()) == (0, "System check identified no issues (0 silenced).")
@@ -381,10 +376,23 @@ def test_manage_py_check_passes_for_the_example(tmp_path: Path) -> None:
     assert "natsbus.E003" in result.stderr and "NATS_URL" in result.stderr
 
 
+def test_the_example_readme_gives_the_run_steps_the_next_test_runs() -> None:
+    steps = [
+        line.strip().split("#")[0].strip()
+        for line in (EXAMPLE / "README.rst").read_text().splitlines()
+        if line.startswith("    python manage.py") or line.startswith("    gunicorn")
+    ]
+    assert steps == [
+        "python manage.py check",
+        "python manage.py migrate",
+        "python manage.py natsbus_worker &",
+        "gunicorn -c gunicorn.conf.py",
+    ]
+
+
 @pytest.mark.slow
-def test_example_project_under_gunicorn(
-    nats_server: NatsServer, user_pool: WorkerPool, bus: Bus, tmp_path: Path
-) -> None:
+def test_example_project_under_gunicorn(nats_server: NatsServer, bus: Bus, tmp_path: Path) -> None:
+    """The run steps of examples/django_app/README.rst: migrate, the worker, gunicorn; nothing else serves."""
     env = {"NATS_URL": nats_server.url, "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3")}
     migrated = _manage(env, "migrate", "--noinput")
     assert migrated.returncode == 0, migrated.stderr
@@ -398,29 +406,58 @@ def test_example_project_under_gunicorn(
             stderr=subprocess.STDOUT,
         )
     try:
+        serving = wait_for_output(worker, worker_log, "serving ")
+        assert "commands.CreateUserCommand" in serving and "queries.GetUserQuery" in serving
+        stats = QueryBus(bus).with_timeout(10)
         with gunicorn("mysite.wsgi:application", cwd=EXAMPLE, env=env, log_path=tmp_path / "gunicorn.log") as server:
-            # Direct sends from views.
+            # Direct sends from views, served by the project's own worker.
             status, created = server.call("POST", "/users", {"name": "Alice", "email": "alice@example.com"})
             assert status == 201, server.log()
             status, user = server.call("GET", f"/users/{created['user_id']}")
             assert (status, user["email"]) == (200, "alice@example.com")
-            assert server.call("POST", "/users", {"name": "Alice", "email": "alice@example.com"}) == (
+
+            # natsbus errors as problems (ErrorResponseMiddleware in the example's settings).
+            status, headers, problem = server.request("POST", "/users", {"name": "Alice", "email": "alice@example.com"})
+            assert (status, headers["content-type"], problem) == (
                 409,
-                {"error": "User already exists with email: alice@example.com", "type": "ConflictError"},
+                PROBLEM_JSON,
+                {
+                    "type": "about:blank",
+                    "title": "Conflict",
+                    "status": 409,
+                    "detail": "User already exists with email: alice@example.com",
+                    "error": "conflict",
+                },
             )
-            assert server.call("GET", "/users/user-nobody")[0] == 404
+            assert server.call("GET", "/users/user-nobody") == (
+                404,
+                {
+                    "type": "about:blank",
+                    "title": "Not Found",
+                    "status": 404,
+                    "detail": "User not found: user-nobody",
+                    "error": "not_found",
+                },
+            )
+            for path in ("/users", "/signups"):
+                status, bad = server.call("POST", path, {})
+                assert (status, bad["error"], bad["detail"]) == (
+                    400,
+                    "invalid_request",
+                    "name must be a non-empty string; email must be an email address",
+                )
+            assert stats.ask(SignupStatsQuery()) == SignupStats(total=0, linked=0, users=1)  # nothing saved or sent
 
             # After the commit: the user exists and the signup row holds its id.
             status, signup = server.call("POST", "/signups", {"name": "Bob", "email": "bob@example.com"})
             assert status == 201 and signup["user_id"].startswith("user-"), server.log()
             assert server.call("GET", f"/users/{signup['user_id']}")[1]["name"] == "Bob"
             # A rollback: the row is gone and the command never reached the service.
-            sent_before = _create_count(user_pool)
             assert server.call("POST", "/signups", {"name": "Cy", "email": "cy@example.com", "rollback": True}) == (
                 200,
                 {"rolled_back": True},
             )
-            assert _create_count(user_pool) == sent_before
+            assert stats.ask(SignupStatsQuery()) == SignupStats(total=1, linked=1, users=2)
 
             # 16 signups from 8 threads over 2 worker processes.
             results: List[Tuple[int, Any]] = []
@@ -439,15 +476,16 @@ def test_example_project_under_gunicorn(
                 t.join(60)
             assert sorted(status for status, _ in results) == [201] * 16, server.log()
             assert all(body["user_id"] for _, body in results)
+            assert stats.ask(SignupStatsQuery()) == SignupStats(total=17, linked=17, users=18)
 
-            # The worker command serves an ORM-backed query on the same database.
-            wait_for_output(worker, worker_log, "serving queries.SignupStatsQuery")
-            assert QueryBus(bus).ask(SignupStatsQuery()) == SignupStats(total=17, linked=17)
+            # The worker stops (draining): no service, so 503 with Retry-After.
+            assert terminate(worker) == 0
+            assert "natsbus worker stopped" in worker_log.read_text()
+            status, headers, problem = server.request("GET", f"/users/{created['user_id']}")
+            assert (status, headers["retry-after"], problem["error"]) == (503, "5", "no_handler"), server.log()
             opened = server.pids(OPENED)
         assert stop(server) == 0
         assert server.proc.pid not in opened and opened, server.log()
         assert sorted(server.pids(CLOSED)) == sorted(opened), server.log()
-        assert terminate(worker) == 0
-        assert "natsbus worker stopped" in worker_log.read_text()
     finally:
         terminate(worker)

@@ -65,7 +65,7 @@ def in_memory_user_service() -> InMemoryBus:
     return InMemoryBus([CreateUserHandler(repository), GetUserHandler(repository)])
 
 
-def test_views_run_on_an_in_memory_bus_with_http_statuses_from_errors(make_app: Any) -> None:
+def test_views_run_on_an_in_memory_bus_with_problem_responses(make_app: Any) -> None:
     memory = in_memory_user_service()
     client = make_app({"NATSBUS_IN_MEMORY": memory}).test_client()
     created = client.post("/users", json={"name": "Alice", "email": "alice@example.com"})
@@ -78,13 +78,40 @@ def test_views_run_on_an_in_memory_bus_with_http_statuses_from_errors(make_app: 
         "created_at": created.get_json()["created_at"],
     }
     duplicate = client.post("/users", json={"name": "Alice", "email": "alice@example.com"})
-    assert (duplicate.status_code, duplicate.get_json()) == (
+    assert (duplicate.status_code, duplicate.content_type, duplicate.get_json()) == (
         409,
-        {"error": "User already exists with email: alice@example.com", "type": "ConflictError"},
+        PROBLEM_JSON,
+        {
+            "type": "about:blank",
+            "title": "Conflict",
+            "status": 409,
+            "detail": "User already exists with email: alice@example.com",
+            "error": "conflict",
+        },
     )
     missing = client.get("/users/user-nobody")
-    assert (missing.status_code, missing.get_json()["error"]) == (404, "User not found: user-nobody")
+    assert (missing.status_code, missing.get_json()["detail"]) == (404, "User not found: user-nobody")
     assert len(memory.sent) == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({}, "name must be a non-empty string; email must be an email address"),
+        ({"name": " ", "email": "bob@example.com"}, "name must be a non-empty string"),
+        ({"name": "Bob", "email": 5}, "email must be an email address"),
+        (["Bob"], "expected a JSON object with a name and an email"),
+    ],
+)
+def test_the_example_answers_bad_input_with_400_and_sends_nothing(make_app: Any, body: Any, detail: str) -> None:
+    memory = in_memory_user_service()
+    response = make_app({"NATSBUS_IN_MEMORY": memory}).test_client().post("/users", json=body)
+    assert (response.status_code, response.get_json()["error"], response.get_json()["detail"]) == (
+        400,
+        "invalid_request",
+        detail,
+    )
+    assert memory.sent == []
 
 
 def test_views_over_nats_in_process(make_app: Any, nats_url: str, user_pool: WorkerPool) -> None:
@@ -98,9 +125,9 @@ def test_init_app_does_not_connect_and_the_first_request_does(make_app: Any, exa
     app = make_app({"NATSBUS_SERVERS": "nats://127.0.0.1:9", "NATSBUS_OPTIONS": {"connect_timeout": 0.2}})
     assert not app.extensions["natsbus"].opened  # built, not connected
     response = app.test_client().get("/users/u-1")
-    assert response.status_code == 502
-    assert response.get_json()["type"] == "ConnectError"
-    assert "nats://127.0.0.1:9" in response.get_json()["error"]
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "5")
+    assert response.get_json()["error"] == "not_connected"
+    assert "127.0.0.1:9" not in response.get_data(as_text=True)  # in the log, not in the answer
 
 
 def test_one_bus_per_app_shared_by_threads(make_app: Any, nats_url: str, example: ModuleType) -> None:
@@ -225,6 +252,43 @@ def test_an_own_error_handler_wins_for_its_class() -> None:
     assert client.get("/raise/conflict").get_json()["error"] == "conflict"
 
 
+def _threaded_service(release: threading.Event) -> Tuple[InMemoryBus, Dict[str, int]]:
+    calls: Dict[str, int] = Counter()
+
+    def get_user(query: GetUserQuery) -> User:
+        calls[query.user_id] += 1
+        if query.user_id == "busy-once" and calls[query.user_id] == 1:
+            raise BusyError("Service busy")
+        if query.user_id == "slow":
+            release.wait(30)
+        if query.user_id == "crash":
+            raise KeyError("secret-column")
+        return User(id=query.user_id, name="N", email="n@example.com", created_at="2025-01-01T00:00:00Z")
+
+    return InMemoryBus([get_user], eager=False), calls
+
+
+def test_real_errors_from_handlers_become_problem_responses(make_app: Any) -> None:
+    release = threading.Event()
+    memory, _ = _threaded_service(release)
+    client = make_app({"NATSBUS_IN_MEMORY": memory, "NATSBUS_QUERY_TIMEOUT": 0.2, "NATSBUS_RETRY": None}).test_client()
+    try:
+        slow = client.get("/users/slow")  # the handler waits; the call times out
+        crash = client.get("/users/crash")
+        unserved = client.post("/users", json={"name": "Al", "email": "al@example.com"})  # nobody serves commands
+    finally:
+        release.set()
+        memory.close()
+    assert (slow.status_code, slow.get_json()["error"]) == (504, "timeout")
+    assert (crash.status_code, crash.get_json()["error"]) == (500, "handler_error")
+    assert "secret-column" not in crash.get_data(as_text=True)
+    assert (unserved.status_code, unserved.get_json()["error"], unserved.headers["Retry-After"]) == (
+        503,
+        "no_handler",
+        "5",
+    )
+
+
 def test_retry_middleware_and_query_cache_settings_reach_the_buses(make_app: Any, example: ModuleType) -> None:
     class Recorder(ClientMiddleware):
         def __init__(self) -> None:
@@ -296,11 +360,31 @@ def test_example_app_under_gunicorn(nats_server: NatsServer, user_pool: WorkerPo
         assert status == 201, server.log()
         status, user = server.call("GET", f"/users/{created['user_id']}")
         assert (status, user["name"], user["email"]) == (200, "Alice", "alice@example.com")
-        assert server.call("POST", "/users", {"name": "Alice", "email": "alice@example.com"}) == (
+        status, headers, problem = server.request("POST", "/users", {"name": "Alice", "email": "alice@example.com"})
+        assert (status, headers["content-type"], problem) == (
             409,
-            {"error": "User already exists with email: alice@example.com", "type": "ConflictError"},
+            PROBLEM_JSON,
+            {
+                "type": "about:blank",
+                "title": "Conflict",
+                "status": 409,
+                "detail": "User already exists with email: alice@example.com",
+                "error": "conflict",
+            },
         )
-        assert server.call("GET", "/users/user-nobody")[0] == 404
+        assert server.call("GET", "/users/user-nobody") == (
+            404,
+            {
+                "type": "about:blank",
+                "title": "Not Found",
+                "status": 404,
+                "detail": "User not found: user-nobody",
+                "error": "not_found",
+            },
+        )
+        assert server.call("POST", "/users", {})[1]["detail"] == (
+            "name must be a non-empty string; email must be an email address"
+        )
         assert server.call("POST", "/users", {"email": 5})[0] == 400
 
         # 32 requests from 16 threads: all served, by the workers (never the master).
@@ -325,11 +409,17 @@ def test_example_app_under_gunicorn(nats_server: NatsServer, user_pool: WorkerPo
         assert server.proc.pid not in opened, "the master opened a Bus"
         assert set(served_by) <= set(opened)
         assert len(opened) == len(set(opened)), "a worker opened more than one Bus"
+
+        # No service: 503 with Retry-After (after the example's retries of NoHandlerError).
+        user_pool.stop()
+        status, headers, problem = server.request("GET", f"/users/{created['user_id']}")
+        assert (status, headers["retry-after"], problem["error"]) == (503, "5", "no_handler"), server.log()
+        assert "natsbus: GET /users/" in server.log() and "answered 503 (no_handler)" in server.log()
     assert stop(server) == 0
     # Each worker that opened a Bus closed it on the way out.
     assert sorted(server.pids(CLOSED)) == sorted(opened), server.log()
     requests = user_pool.dispatcher.route_for("commands.CreateUserCommand")
-    assert requests is not None and requests.stats.num_requests == 2 + 32 + 1
+    assert requests is not None and requests.stats.num_requests == 2 + 32  # bad input never reached it
 
 
 def test_the_web_integrations_do_not_import_the_test_kit_at_load() -> None:
