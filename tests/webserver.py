@@ -35,19 +35,28 @@ class Gunicorn:
 
     def call(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Tuple[int, Any]:
         """One HTTP request; returns ``(status, decoded JSON body)``."""
+        status, _, decoded = self.request(method, path, body)
+        return status, decoded
+
+    def request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Tuple[int, Dict[str, str], Any]:
+        """One HTTP request; returns ``(status, headers with lower-case names, decoded JSON body)``."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(req, timeout=15) as resp:
-                return resp.status, json.loads(resp.read())
+                return resp.status, _headers(resp.headers), json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             with exc:
-                return exc.code, json.loads(exc.read() or b"null")
+                return exc.code, _headers(exc.headers), json.loads(exc.read() or b"null")
 
     def pids(self, pattern: re.Pattern[str]) -> List[int]:
         return [int(m) for m in pattern.findall(self.log())]
+
+
+def _headers(message: Any) -> Dict[str, str]:
+    return {name.lower(): value for name, value in message.items()}
 
 
 def _supports(setting: str) -> bool:

@@ -9,6 +9,7 @@
     def create_app() -> Flask:
         app = Flask(__name__)
         app.config["NATSBUS_SERVICE_ID"] = "web"
+        app.config["NATSBUS_ERROR_RESPONSES"] = True     # natsbus errors as JSON problems
         cqrs.init_app(app)
 
         @app.post("/users")
@@ -20,38 +21,76 @@
 
 Config keys (all optional):
 
-=========================  ================================================================
-``NATSBUS_SERVERS``        URL(s); default ``None``: ``NATS_URL`` (else nats://127.0.0.1:4222)
-``NATSBUS_TIMEOUT``        default seconds for commands (5.0); ``None``: no limit
-``NATSBUS_QUERY_TIMEOUT``  default seconds for queries (3.0)
-``NATSBUS_SERVICE_ID``     ``service_id`` in request envelopes; default the app's name
-``NATSBUS_OPTIONS``        other :class:`~natsbus.NatsConfig` fields, e.g. ``{"connect_timeout": 2}``
-``NATSBUS_IN_MEMORY``      a :class:`~natsbus.testing.InMemoryBus`: views run handlers
-                           in-process, no server (for testing views)
-=========================  ================================================================
+===========================  ==============================================================
+``NATSBUS_SERVERS``          URL(s); default ``None``: ``NATS_URL`` (else nats://127.0.0.1:4222)
+``NATSBUS_TIMEOUT``          default seconds for commands (5.0); ``None``: no limit
+``NATSBUS_QUERY_TIMEOUT``    default seconds for queries (3.0)
+``NATSBUS_SERVICE_ID``       ``service_id`` in request envelopes; default the app's name
+``NATSBUS_OPTIONS``          other :class:`~natsbus.NatsConfig` fields, e.g. ``{"connect_timeout": 2}``
+``NATSBUS_RETRY``            a :class:`~natsbus.RetryPolicy` for commands and queries
+``NATSBUS_MIDDLEWARE``       client middleware for both, e.g. ``[TraceContextMiddleware()]``
+``NATSBUS_QUERY_CACHE``      a :class:`~natsbus.QueryCache` (each process has its own copy)
+``NATSBUS_ERROR_RESPONSES``  ``True``: natsbus errors become JSON problems (below); default ``False``
+``NATSBUS_IN_MEMORY``        a :class:`~natsbus.testing.InMemoryBus`: views run handlers
+                             in-process, no server (for testing views)
+===========================  ==============================================================
 
-One Bus per app per process, opened the first time a view uses it — never
-at import, so a gunicorn ``--preload`` master forks without a connection
-and every worker opens its own. Its threads share it. It is closed when
-the process exits (or by :meth:`NatsBus.close`). Settings are read, and
-checked, when the Bus is opened; a typo such as ``NATSBUS_TIMOUT`` is an
-error, not ignored.
+``init_app`` checks the config and raises :class:`~natsbus.ConfigError`
+listing every problem (a misspelt key gets a "did you mean"); it connects
+nothing. One Bus per app per process is opened the first time a view uses
+it — never at import, so a gunicorn ``--preload`` master forks without a
+connection and every worker opens its own, reading ``NATS_URL`` then. Its
+threads share it. It is closed when the process exits (or by
+:meth:`NatsBus.close`).
+
+With ``NATSBUS_ERROR_RESPONSES`` (or ``init_app(app, error_responses=True)``)
+a natsbus error raised by a view is answered with an RFC 9457 problem
+(``application/problem+json``), e.g. ``404 {"type": "about:blank", "title":
+"Not Found", "status": 404, "detail": "User not found: u-1", "error":
+"not_found"}``; 503s carry ``Retry-After``. The statuses:
+
+==========================================  ===============================================
+not found, conflict, invalid request        404, 409, 400, with the service's text
+busy                                        503, ``Retry-After: 1``
+no handler, not connected, shutting down    503, ``Retry-After: 5``
+timeout (no reply, or the handler's limit)  504
+a handler's failure, anything else          500, without the error's text (it is logged)
+==========================================  ===============================================
+
+(every natsbus error class: the README's "Errors as HTTP" table). Your own
+``@app.errorhandler`` for a natsbus error class wins over this one for that
+class and its subclasses.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, List, Optional
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, request
 
 from ..bus import Bus
+from ..errors import ConfigError, NatsBusError
 from ..ports import CommandBusPort, QueryBusPort
-from ._common import DEFAULTS, BusSettings, LazyBus, find_problems, parse_settings
+from ._common import (
+    DEFAULTS,
+    PROBLEM_CONTENT_TYPE,
+    BusSettings,
+    LazyBus,
+    find_problems,
+    http_problem,
+    log_problem,
+    parse_settings,
+    problems_text,
+)
 
 __all__ = ["NatsBus"]
 
 PREFIX = "NATSBUS_"
 EXTENSION_KEY = "natsbus"
+#: The keys only the Flask integration reads.
+FLASK_KEYS = ("ERROR_RESPONSES",)
+HINTS = {"POOL": "Flask has no worker command; run the pool with `natsbus worker module:factory`"}
 
 
 def _label(key: str) -> str:
@@ -62,6 +101,22 @@ def _settings_of(app: Flask) -> Dict[str, Any]:
     return {key[len(PREFIX) :]: value for key, value in app.config.items() if key.startswith(PREFIX)}
 
 
+def _flask_problems(values: Dict[str, Any]) -> List[str]:
+    flag = values.get("ERROR_RESPONSES", False)
+    if not isinstance(flag, bool):
+        return [f"{_label('ERROR_RESPONSES')} must be True or False, got {flag!r}"]
+    return []
+
+
+def _error_response(error: NatsBusError) -> Response:
+    """The current app's answer to a natsbus error: a JSON problem (see the module docs)."""
+    problem = http_problem(error)
+    log_problem(error, problem, f"{request.method} {request.path}")
+    return current_app.response_class(
+        json.dumps(problem.body()), status=problem.status, headers=problem.headers(), mimetype=PROBLEM_CONTENT_TYPE
+    )
+
+
 class NatsBus:
     """The Flask extension: ``cqrs = NatsBus(app)`` or ``cqrs.init_app(app)``.
 
@@ -70,22 +125,44 @@ class NatsBus:
 
     Args:
         app: The app to initialise now.
+        error_responses: As for :meth:`init_app`.
     """
 
-    def __init__(self, app: Optional[Flask] = None) -> None:
+    def __init__(self, app: Optional[Flask] = None, *, error_responses: Optional[bool] = None) -> None:
         if app is not None:
-            self.init_app(app)
+            self.init_app(app, error_responses=error_responses)
 
-    def init_app(self, app: Flask) -> None:
-        """Set the config defaults and attach a (not yet opened) Bus to ``app``."""
+    def init_app(self, app: Flask, *, error_responses: Optional[bool] = None) -> None:
+        """Check the config, set its defaults and attach a (not yet opened) Bus to ``app``.
+
+        Args:
+            app: The app.
+            error_responses: ``True``: answer natsbus errors with JSON
+                problems; ``None`` (default): as ``NATSBUS_ERROR_RESPONSES`` says.
+
+        Raises:
+            ConfigError: listing every problem with the ``NATSBUS_*`` config.
+        """
+        if error_responses is not None:
+            app.config[PREFIX + "ERROR_RESPONSES"] = error_responses
+        problems = self.problems(app)
+        if problems:
+            raise ConfigError(problems_text(f"the NATSBUS_* config of Flask app {app.name!r}", problems))
         for key, value in DEFAULTS.items():
             app.config.setdefault(PREFIX + key, dict(value) if isinstance(value, dict) else value)
         app.config.setdefault(PREFIX + "SERVICE_ID", app.name)
+        app.config.setdefault(PREFIX + "ERROR_RESPONSES", False)
 
         def load() -> BusSettings:
-            return parse_settings(_settings_of(app), _label, default_service_id=app.name)
+            values = _settings_of(app)
+            problems = _flask_problems(values)
+            if problems:
+                raise ConfigError(problems_text(_label(""), problems))
+            return parse_settings(values, _label, default_service_id=app.name, extra_keys=FLASK_KEYS, hints=HINTS)
 
         app.extensions[EXTENSION_KEY] = LazyBus(load, owner=f"Flask app {app.name!r}")
+        if app.config[PREFIX + "ERROR_RESPONSES"]:
+            app.register_error_handler(NatsBusError, _error_response)
 
     @staticmethod
     def _holder(app: Optional[Flask] = None) -> LazyBus:
@@ -112,9 +189,15 @@ class NatsBus:
         return self._holder().bus()
 
     def problems(self, app: Optional[Flask] = None) -> List[str]:
-        """What is wrong with the ``NATSBUS_*`` config, without connecting (``[]``: nothing)."""
+        """What is wrong with the ``NATSBUS_*`` config, without connecting (``[]``: nothing).
+
+        Reads ``NATS_URL`` to check it when ``NATSBUS_SERVERS`` is ``None``;
+        the Bus reads it again when it opens, in the process that uses it.
+        """
         target = app if app is not None else current_app
-        return [text for _, text in find_problems(_settings_of(target), _label)]
+        values = _settings_of(target)
+        found = [text for _, text in find_problems(values, _label, FLASK_KEYS, HINTS)]
+        return found + _flask_problems(values)
 
     def close(self, app: Optional[Flask] = None) -> None:
         """Close the app's Bus now; the next use opens a new one. Safe twice."""

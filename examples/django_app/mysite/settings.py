@@ -1,4 +1,4 @@
-"""Settings of the example project: sqlite, no auth, natsbus.
+"""Settings of the example project: sqlite, no auth, natsbus (run steps: ../README.rst).
 
 The database file is ``db.sqlite3`` here unless ``DJANGO_SQLITE_PATH`` says
 otherwise; the NATS server is ``NATS_URL`` (``NATSBUS["SERVERS"]`` is None).
@@ -6,6 +6,9 @@ otherwise; the NATS server is ``NATS_URL`` (``NATSBUS["SERVERS"]`` is None).
 
 import os
 from pathlib import Path
+
+from natsbus import BusyError, NoHandlerError, RetryPolicy
+from natsbus.middleware import TraceContextMiddleware
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -18,7 +21,8 @@ INSTALLED_APPS = [
     "signups",
 ]
 MIDDLEWARE = [
-    "signups.middleware.natsbus_errors_as_json",
+    # natsbus errors from views as JSON problems: 404, 409, 400, 503 + Retry-After, 504, 500.
+    "natsbus.contrib.django.ErrorResponseMiddleware",
 ]
 ROOT_URLCONF = "mysite.urls"
 WSGI_APPLICATION = "mysite.wsgi.application"
@@ -38,6 +42,10 @@ NATSBUS = {
     "TIMEOUT": 5.0,
     "QUERY_TIMEOUT": 3.0,
     "SERVICE_ID": "django-example",
+    # Retry only what never ran: a full pool, or no worker yet (one restarting).
+    "RETRY": RetryPolicy(attempts=3, backoff=0.05, retry_on=(BusyError, NoHandlerError)),
+    # A W3C traceparent on every request; the worker's handlers continue the trace.
+    "MIDDLEWARE": [TraceContextMiddleware()],
     "POOL": "signups.handlers:build_pool",  # what manage.py natsbus_worker serves
 }
 

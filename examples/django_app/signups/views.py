@@ -1,32 +1,54 @@
-"""Views that send the user-service's commands and queries, directly or after a commit."""
+"""Views that send the user-service's commands and queries, directly or after a commit.
+
+A natsbus error a view raises becomes a JSON problem with its HTTP status
+(``natsbus.contrib.django.ErrorResponseMiddleware`` in settings); so does
+bad input, raised here as ``InvalidRequestError`` (400).
+"""
 
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import attrs
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET, require_POST
 
+from natsbus import InvalidRequestError
 from natsbus.contrib.django import execute_on_commit, get_command_bus, get_query_bus
 from natsbus.demo import CreateUserCommand, GetUserQuery, UserCreated
 
 from .models import Signup
 
 
-def _body(request: HttpRequest) -> Dict[str, Any]:
+def _json_object(request: HttpRequest) -> Dict[str, Any]:
     try:
         data = json.loads(request.body or b"{}")
     except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+        raise InvalidRequestError("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("expected a JSON object with a name and an email")
+    return data
+
+
+def _user_fields(data: Dict[str, Any]) -> Tuple[str, str]:
+    """``name`` and ``email``; InvalidRequestError (a 400 problem) if they are not there."""
+    name = data["name"].strip() if isinstance(data.get("name"), str) else ""
+    email = data["email"].strip() if isinstance(data.get("email"), str) else ""
+    problems = []
+    if not name:
+        problems.append("name must be a non-empty string")
+    if "@" not in email:
+        problems.append("email must be an email address")
+    if problems:
+        raise InvalidRequestError("; ".join(problems))
+    return name, email
 
 
 @require_POST
 def create_user(request: HttpRequest) -> HttpResponse:
     """Execute CreateUserCommand now; 201 with the new user's id."""
-    data = _body(request)
-    created = get_command_bus().execute(CreateUserCommand(name=data.get("name", ""), email=data.get("email", "")))
+    name, email = _user_fields(_json_object(request))
+    created = get_command_bus().execute(CreateUserCommand(name=name, email=email))
     return JsonResponse({"user_id": created.user_id, "created_at": created.created_at}, status=201)
 
 
@@ -47,10 +69,11 @@ def create_signup(request: HttpRequest) -> HttpResponse:
     With ``"rollback": true`` in the body the transaction rolls back after
     the command was scheduled, so the command is never sent.
     """
-    data = _body(request)
+    data = _json_object(request)
+    name, email = _user_fields(data)
     try:
         with transaction.atomic():
-            signup = Signup.objects.create(name=data.get("name", ""), email=data.get("email", ""))
+            signup = Signup.objects.create(name=name, email=email)
 
             def link(created: UserCreated) -> None:
                 Signup.objects.filter(pk=signup.pk).update(user_id=created.user_id)

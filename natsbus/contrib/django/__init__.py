@@ -10,9 +10,14 @@ Add the app and a ``NATSBUS`` setting (every key is optional)::
         "QUERY_TIMEOUT": 3.0,       # default seconds for queries
         "SERVICE_ID": "web",        # service_id in request envelopes (default "django")
         "OPTIONS": {},              # other NatsConfig fields, e.g. {"connect_timeout": 2.0}
+        "RETRY": None,              # a natsbus.RetryPolicy for commands and queries
+        "MIDDLEWARE": [],           # client middleware, e.g. [TraceContextMiddleware()]
+        "QUERY_CACHE": None,        # a natsbus.QueryCache (each process has its own copy)
         "POOL": "shop.handlers:build_pool",   # for manage.py natsbus_worker
         "IN_MEMORY": None,          # a natsbus.testing.InMemoryBus: no server (tests)
     }
+
+    MIDDLEWARE = [..., "natsbus.contrib.django.ErrorResponseMiddleware"]   # errors as JSON problems
 
 Views send through the process's bus::
 
@@ -30,9 +35,14 @@ Views send through the process's bus::
   master never connects), shared by the process's threads, closed at exit,
   and reopened with new settings when ``override_settings(NATSBUS=...)``
   changes them.
-* ``manage.py check`` reports bad settings (``natsbus.E001``-``E004``):
-  unknown keys, wrong types, URLs without a scheme, a ``POOL`` that does not
-  import.
+* ``manage.py check`` reports every bad setting at once
+  (``natsbus.E001``-``E004``): unknown keys (with a "did you mean"), wrong
+  types, URLs without a scheme, a ``POOL`` that does not import.
+* :class:`ErrorResponseMiddleware` answers a natsbus error raised by a view
+  with an RFC 9457 problem (``application/problem+json``): 404, 409 and 400
+  with the service's text; 503 with ``Retry-After`` when busy, no handler
+  serves or NATS is unreachable; 504 on a timeout; 500, without the error's
+  text (it is logged), for the rest. Without it Django answers 500.
 * ``manage.py natsbus_worker [--pool module:factory]`` serves a
   :class:`~natsbus.WorkerPool` with Django set up; see its ``--help``.
 """
@@ -51,8 +61,10 @@ from ...errors import ConfigError
 from ...messages import Command, Kind, ensure_message_class, message_kind
 from ...ports import CommandBusPort, QueryBusPort
 from .._common import BusSettings, LazyBus, parse_settings
+from .middleware import ErrorResponseMiddleware
 
 __all__ = [
+    "ErrorResponseMiddleware",
     "close_bus",
     "execute_on_commit",
     "get_bus",
@@ -67,6 +79,10 @@ R = TypeVar("R")
 
 #: The keys only the Django integration reads.
 DJANGO_KEYS = ("POOL",)
+#: What to say about keys the Django integration does not take.
+HINTS = {
+    "ERROR_RESPONSES": "in Django, add 'natsbus.contrib.django.ErrorResponseMiddleware' to MIDDLEWARE instead",
+}
 DEFAULT_SERVICE_ID = "django"
 
 
@@ -86,7 +102,9 @@ def load_settings() -> BusSettings:
     Raises:
         ConfigError: naming every bad key (``manage.py check`` lists them too).
     """
-    return parse_settings(natsbus_settings(), label, default_service_id=DEFAULT_SERVICE_ID, extra_keys=DJANGO_KEYS)
+    return parse_settings(
+        natsbus_settings(), label, default_service_id=DEFAULT_SERVICE_ID, extra_keys=DJANGO_KEYS, hints=HINTS
+    )
 
 
 # The process's bus: one per process by design (like django.db.connections),

@@ -9,7 +9,7 @@ from django.core import checks
 from ...bus import Bus
 from ...worker import WorkerPool
 from .._common import find_problems
-from . import DJANGO_KEYS, label, natsbus_settings
+from . import DJANGO_KEYS, HINTS, label, natsbus_settings
 
 __all__ = ["POOL_NOT_IMPORTABLE", "check_settings", "import_pool_factory"]
 
@@ -54,11 +54,16 @@ def _pool_problem(values: Any) -> Optional[str]:
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> List[checks.CheckMessage]:
-    """Every problem with ``settings.NATSBUS``, as ``checks.Error`` objects."""
+    """Every problem with ``settings.NATSBUS``, as ``checks.Error`` objects.
+
+    All of them at once: a bad ``OPTIONS`` hides no bad ``SERVERS``, an
+    unknown key gets a "did you mean". With ``SERVERS`` ``None`` it checks
+    ``NATS_URL`` as this process sees it.
+    """
     values = natsbus_settings()
     errors: List[checks.CheckMessage] = [
         checks.Error(text, id=check_id, obj="settings.NATSBUS")
-        for check_id, text in find_problems(values, label, extra_keys=DJANGO_KEYS)
+        for check_id, text in find_problems(values, label, extra_keys=DJANGO_KEYS, hints=HINTS)
     ]
     pool = _pool_problem(values)
     if pool:
