@@ -341,6 +341,7 @@ class InMemoryCommandBus(CommandBus):
         timeout: Default seconds per call (enforced in threaded mode).
         service_id: The ``service_id`` put in each request envelope.
         retry: A :class:`~natsbus.RetryPolicy` for every call.
+        middleware: Client middleware; default the in-memory bus's ``client_middleware``.
     """
 
     def __init__(
@@ -350,8 +351,10 @@ class InMemoryCommandBus(CommandBus):
         service_id: str = "natsbus-test",
         *,
         retry: Optional[RetryPolicy] = None,
+        middleware: Optional[Sequence[Middleware[ClientCall]]] = None,
     ) -> None:
-        super().__init__(memory, timeout, service_id, retry=retry, middleware=memory.client_middleware)
+        chain = memory.client_middleware if middleware is None else middleware
+        super().__init__(memory, timeout, service_id, retry=retry, middleware=chain)
         self.memory = memory
 
     def _build(self, message: Any) -> Any:
@@ -361,7 +364,7 @@ class InMemoryCommandBus(CommandBus):
 
     def with_timeout(self, seconds: Optional[float]) -> InMemoryCommandBus:
         """A copy of this bus with another default timeout."""
-        return InMemoryCommandBus(self.memory, seconds, self.service_id, retry=self.retry)
+        return InMemoryCommandBus(self.memory, seconds, self.service_id, retry=self.retry, middleware=self.middleware)
 
 
 class InMemoryQueryBus(QueryBus):
@@ -373,6 +376,7 @@ class InMemoryQueryBus(QueryBus):
         service_id: The ``service_id`` put in each request envelope.
         retry: A :class:`~natsbus.RetryPolicy` for every call.
         cache: A :class:`~natsbus.QueryCache` for results.
+        middleware: Client middleware; default the in-memory bus's ``client_middleware``.
     """
 
     def __init__(
@@ -383,8 +387,10 @@ class InMemoryQueryBus(QueryBus):
         *,
         retry: Optional[RetryPolicy] = None,
         cache: Optional[QueryCache] = None,
+        middleware: Optional[Sequence[Middleware[ClientCall]]] = None,
     ) -> None:
-        super().__init__(memory, timeout, service_id, retry=retry, cache=cache, middleware=memory.client_middleware)
+        chain = memory.client_middleware if middleware is None else middleware
+        super().__init__(memory, timeout, service_id, retry=retry, cache=cache, middleware=chain)
         self.memory = memory
 
     def _build(self, message: Any) -> Any:
@@ -394,4 +400,6 @@ class InMemoryQueryBus(QueryBus):
 
     def with_timeout(self, seconds: Optional[float]) -> InMemoryQueryBus:
         """A copy of this bus with another default timeout."""
-        return InMemoryQueryBus(self.memory, seconds, self.service_id, retry=self.retry, cache=self.cache)
+        return InMemoryQueryBus(
+            self.memory, seconds, self.service_id, retry=self.retry, cache=self.cache, middleware=self.middleware
+        )

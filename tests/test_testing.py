@@ -322,3 +322,18 @@ def test_parity_scenarios_hit_each_error_class() -> None:
         },
         {"Nats-Service-Error": "Invalid request format: expected 'name' field", "Nats-Service-Error-Code": "400"},
     )
+
+
+def test_in_memory_buses_keep_their_middleware_and_retry_through_with_timeout() -> None:
+    from natsbus import RetryPolicy
+    from natsbus.middleware import ClientMiddleware
+    from natsbus.testing import InMemoryCommandBus, InMemoryQueryBus
+
+    first, second = ClientMiddleware(), ClientMiddleware()
+    memory = InMemoryBus(client_middleware=[first])
+    assert memory.commands.with_timeout(1.0).middleware == (first,)
+    policy = RetryPolicy(attempts=2)
+    commands = InMemoryCommandBus(memory, 2.0, retry=policy, middleware=[first, second]).with_timeout(1.0)
+    queries = InMemoryQueryBus(memory, 2.0, middleware=[second]).with_timeout(1.0)
+    assert (commands.timeout, commands.retry, commands.middleware) == (1.0, policy, (first, second))
+    assert (queries.timeout, queries.middleware) == (1.0, (second,))

@@ -583,11 +583,17 @@ def _in_memory_buses(settings: BusSettings, memory: InMemoryBus) -> Tuple[Comman
     """The in-memory bus's command and query buses, with the settings a Bus would get."""
     from ..testing import InMemoryCommandBus, InMemoryQueryBus  # only an IN_MEMORY setting gets here
 
-    commands = InMemoryCommandBus(memory, settings.command_timeout, settings.service_id, retry=settings.retry)
-    queries = InMemoryQueryBus(
-        memory, settings.query_timeout, settings.service_id, retry=settings.retry, cache=settings.query_cache
+    # The InMemoryBus's own client middleware first, then the settings'.
+    chain = memory.client_middleware + settings.middleware
+    commands = InMemoryCommandBus(
+        memory, settings.command_timeout, settings.service_id, retry=settings.retry, middleware=chain
     )
-    # The in-memory buses take their middleware from the InMemoryBus; the settings' comes after it.
-    for port in (commands, queries):
-        port.middleware = memory.client_middleware + settings.middleware
+    queries = InMemoryQueryBus(
+        memory,
+        settings.query_timeout,
+        settings.service_id,
+        retry=settings.retry,
+        cache=settings.query_cache,
+        middleware=chain,
+    )
     return commands, queries
