@@ -60,7 +60,7 @@ from .messages import (
 from .middleware import ClientCall, Middleware, run_client
 from .policies import QueryCache, RetryPolicy
 
-__all__ = ["CommandBus", "DEFAULT", "Message", "QueryBus", "Requester", "RetryArg", "TimeoutArg"]
+__all__ = ["CommandBus", "DEFAULT", "DefaultType", "Message", "QueryBus", "Requester", "RetryArg", "TimeoutArg"]
 
 logger = logging.getLogger("natsbus.bus")
 
@@ -102,15 +102,17 @@ class Requester(Protocol):
         ...
 
 
-class _Default(enum.Enum):
+class DefaultType(enum.Enum):
+    """The type of :data:`DEFAULT` ("the default"), for annotations."""
+
     DEFAULT = "DEFAULT"
 
 
 #: "Use the bus's own timeout" (``None`` would mean "no limit").
-DEFAULT = _Default.DEFAULT
-TimeoutArg = Union[float, None, _Default]
+DEFAULT = DefaultType.DEFAULT
+TimeoutArg = Union[float, None, DefaultType]
 #: A call's ``retry``: a policy, ``None`` for no retry, or DEFAULT for the bus's.
-RetryArg = Union[RetryPolicy, None, _Default]
+RetryArg = Union[RetryPolicy, None, DefaultType]
 #: ``progress(done, total)`` of the ``*_many`` calls (``total`` is None for iterators).
 Progress = Callable[[int, Optional[int]], None]
 #: A message that declares no result type (a plain attrs class): calls take it with ``returns=``.
@@ -196,7 +198,7 @@ class _MessageBus:
     def _call(self, request: _Request, timeout: TimeoutArg, returns: Any, retry: RetryArg) -> Tuple[Any, Reply]:
         """Send (and resend, per the retry policy); return the result and its reply."""
         limit = self._limit(timeout)
-        policy = self.retry if isinstance(retry, _Default) else retry
+        policy = self.retry if isinstance(retry, DefaultType) else retry
         attempt = 0
         while True:
             try:

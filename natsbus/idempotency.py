@@ -62,7 +62,7 @@ from ._transport import Headers
 from ._transport.connection import Connection
 from ._transport.jetstream import jetstream_for
 from .dispatch import HandlerRoute, NotStarted
-from .envelope import error_reply, peek_id
+from .envelope import ERROR_CODE_HEADER, error_reply, peek_id
 from .errors import BusyError, ConfigError, JetStreamError, NatsBusError
 from .messages import Kind
 
@@ -72,9 +72,13 @@ __all__ = [
     "IdempotencyStore",
     "KeyValueIdempotencyStore",
     "MemoryIdempotencyStore",
+    "default_store",
 ]
 
 logger = logging.getLogger("natsbus.idempotency")
+
+#: The error code of a busy reply, which no store remembers.
+BUSY_CODE = str(BusyError.code)
 
 #: A reply as the worker sends it: the body and the headers.
 #: ``Dispatcher.dispatch``'s signature.
@@ -206,7 +210,9 @@ class IdempotencyStore(abc.ABC):
             except BaseException:
                 _quietly(store.abandon, bus, command_id, claim.token)
                 raise
-            if isinstance(reply, NotStarted):  # its caller gave up before it started: nothing ran
+            if isinstance(reply, NotStarted) or _busy_reply(reply):
+                # Not started (its caller gave up), or busy (the handler says it did
+                # nothing; retry later): nothing to remember, a repeat runs it.
                 _quietly(store.abandon, bus, command_id, claim.token)
             else:
                 try:
@@ -221,6 +227,11 @@ class IdempotencyStore(abc.ABC):
             return reply
 
         return guarded
+
+
+def _busy_reply(reply: ReplyPair) -> bool:
+    headers = reply[1]
+    return bool(headers) and headers.get(ERROR_CODE_HEADER) == BUSY_CODE  # type: ignore[union-attr]
 
 
 def _quietly(fn: Callable[..., None], *args: Any) -> None:
@@ -245,13 +256,27 @@ class MemoryIdempotencyStore(IdempotencyStore):
         ttl: Seconds a reply is remembered (default 10 minutes).
         max_entries: Replies kept at most; the oldest go first.
         wait: Seconds a repeat waits for a first request still running.
+        max_bytes: Reply bytes (bodies and headers) kept at most, or ``None``
+            for no bound; the oldest go first, and a reply larger than this
+            alone is not kept.
     """
 
-    def __init__(self, ttl: float = 600.0, max_entries: int = 10_000, *, wait: float = 30.0) -> None:
+    def __init__(
+        self,
+        ttl: float = 600.0,
+        max_entries: int = 10_000,
+        *,
+        wait: float = 30.0,
+        max_bytes: Optional[int] = None,
+    ) -> None:
         super().__init__(ttl, wait)
         if max_entries < 1:
             raise ConfigError(f"max_entries must be >= 1, got {max_entries!r}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ConfigError(f"max_bytes must be >= 1 or None, got {max_bytes!r}")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._lock = threading.Lock()
         # command_id -> (expires, reply), oldest first (each entry is re-inserted when stored).
         self._done: OrderedDict[str, Tuple[float, ReplyPair]] = OrderedDict()
@@ -263,10 +288,11 @@ class MemoryIdempotencyStore(IdempotencyStore):
     def _expire(self, now: float) -> None:
         done = self._done
         while done:
-            key, (expires, _) = next(iter(done.items()))
+            key, (expires, reply) = next(iter(done.items()))
             if expires > now:
                 break
             del done[key]
+            self._bytes -= _size(reply)
 
     def begin(self, bus: Connection, command_id: str) -> Claim:
         """See :meth:`IdempotencyStore.begin`."""
@@ -285,10 +311,16 @@ class MemoryIdempotencyStore(IdempotencyStore):
         with self._lock:
             if self._running.get(command_id) is token:
                 del self._running[command_id]
-            self._done.pop(command_id, None)
-            self._done[command_id] = (time.monotonic() + self.ttl, reply)
-            while len(self._done) > self.max_entries:
-                self._done.popitem(last=False)
+            previous = self._done.pop(command_id, None)
+            if previous is not None:
+                self._bytes -= _size(previous[1])
+            size = _size(reply)
+            if self.max_bytes is None or size <= self.max_bytes:
+                self._done[command_id] = (time.monotonic() + self.ttl, reply)
+                self._bytes += size
+            while len(self._done) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes):
+                _, (_, dropped) = self._done.popitem(last=False)
+                self._bytes -= _size(dropped)
         token.set()
 
     def abandon(self, bus: Connection, command_id: str, token: Any) -> None:
@@ -304,6 +336,16 @@ class MemoryIdempotencyStore(IdempotencyStore):
             event = self._running.get(command_id)
         if event is not None:
             event.wait(timeout)
+
+
+def _size(reply: ReplyPair) -> int:
+    body, headers = reply
+    return len(body) + (sum(len(k) + len(v) for k, v in headers.items()) if headers else 0)
+
+
+def default_store() -> MemoryIdempotencyStore:
+    """The store a WorkerPool uses unless told otherwise: replies kept 5 minutes, 10,000 or 64 MiB at most."""
+    return MemoryIdempotencyStore(ttl=300.0, max_entries=10_000, max_bytes=64 * 1024 * 1024)
 
 
 class KeyValueIdempotencyStore(IdempotencyStore):

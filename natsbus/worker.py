@@ -41,6 +41,7 @@ from ._micro import MicroResponder
 from ._transport import RawHeaders, as_headers
 from .bus import Bus
 from .context import parse_deadline
+from .cqrs import DEFAULT, DefaultType
 from .discovery import ServiceStats
 from .dispatch import Dispatcher, HandlerRoute
 from .envelope import error_reply, peek_id
@@ -236,9 +237,14 @@ class WorkerPool:
         metadata: String metadata it reports.
         middleware: Handler middleware run around each handler, on the
             worker thread (see :mod:`natsbus.middleware`).
-        idempotency: An :class:`~natsbus.idempotency.IdempotencyStore`: a
-            repeated ``command_id`` gets the reply already sent, without
-            running the handler again (see :mod:`natsbus.idempotency`).
+        idempotency: Where command replies are remembered, so a repeated
+            ``command_id`` (a client's retry after a lost reply) gets the
+            reply already sent without running the handler again. Default:
+            in this process's memory, 5 minutes, 10,000 replies or 64 MiB
+            at most (:func:`natsbus.idempotency.default_store`); a
+            :class:`~natsbus.idempotency.KeyValueIdempotencyStore` shares
+            them between instances; ``None`` turns it off. Busy replies
+            are never remembered (see :mod:`natsbus.idempotency`).
         durable: ``True`` or a :class:`~natsbus.DurableConfig`: also run
             the commands sent with ``CommandBus.send()`` (see :mod:`natsbus.durable`).
 
@@ -274,7 +280,7 @@ class WorkerPool:
         description: str = "",
         metadata: Optional[Mapping[str, str]] = None,
         middleware: Sequence[Middleware[HandlerRequest]] = (),
-        idempotency: Optional[IdempotencyStore] = None,
+        idempotency: Union[IdempotencyStore, DefaultType, None] = DEFAULT,
         durable: Union[bool, DurableConfig, None] = None,
     ) -> None:
         self.bus = bus
@@ -316,7 +322,13 @@ class WorkerPool:
         for handler in handlers:
             self.register(handler)
         # -- exactly once: the store and the durable consumer --------
-        self.idempotency = idempotency
+        self.idempotency: Optional[IdempotencyStore]
+        if isinstance(idempotency, DefaultType):  # loaded here: a client-only process never needs it
+            from .idempotency import default_store
+
+            self.idempotency = default_store()
+        else:
+            self.idempotency = idempotency
         self.durable: Optional[DurableConsumer] = None
         if durable is not None and durable is not False:  # loaded only when used
             from ._consumer import DurableConsumer
