@@ -182,6 +182,14 @@ class _MessageBus:
         )
         return _Request(route, message_id, payload, body)
 
+    def _with_id(self, request: _Request, message_id: Any) -> _Request:
+        """``request`` sent as ``message_id`` instead (an explicit id; :meth:`_build`, the hot path, stays as it is)."""
+        if not isinstance(message_id, str) or not message_id:
+            raise ConfigError(f"{self._id_key} must be a non-empty string, got {message_id!r}")
+        envelope = codec.loads(request.body)
+        envelope[self._id_key] = message_id
+        return attrs.evolve(request, message_id=message_id, body=codec.dumps(envelope))
+
     def _limit(self, timeout: TimeoutArg) -> Optional[float]:
         return self.timeout if timeout is DEFAULT else timeout
 
@@ -274,7 +282,9 @@ class _MessageBus:
         share one thread per Bus: one that blocks delays every other
         future of the Bus.
         """
-        request = self._build(message)
+        return self._submit(self._build(message), timeout, returns)
+
+    def _submit(self, request: _Request, timeout: TimeoutArg, returns: Any) -> Future[Any]:
         limit = self._limit(timeout)
         completer = self.bus.completer()
         pending = self.bus.begin_request(request.route.subject, request.body, self._headers(limit), completer.notify)
@@ -421,15 +431,45 @@ class CommandBus(_MessageBus):
         super().__init__(bus, timeout, service_id, retry, middleware)
 
     @overload
-    def execute(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT) -> R: ...
+    def execute(
+        self,
+        command: Command[R],
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        retry: Any = DEFAULT,
+        command_id: Optional[str] = None,
+    ) -> R: ...
 
     @overload
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Type[T], retry: Any = DEFAULT) -> T: ...
+    def execute(
+        self,
+        command: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        returns: Type[T],
+        retry: Any = DEFAULT,
+        command_id: Optional[str] = None,
+    ) -> T: ...
 
     @overload
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, retry: Any = DEFAULT) -> Any: ...
+    def execute(
+        self,
+        command: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        retry: Any = DEFAULT,
+        command_id: Optional[str] = None,
+    ) -> Any: ...
 
-    def execute(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Any = None, retry: Any = DEFAULT) -> Any:
+    def execute(
+        self,
+        command: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        returns: Any = None,
+        retry: Any = DEFAULT,
+        command_id: Optional[str] = None,
+    ) -> Any:
         """Send ``command`` to ``commands.{Type}`` and return its result.
 
         Args:
@@ -438,6 +478,10 @@ class CommandBus(_MessageBus):
             returns: Build the result as this type (overrides ``Command[R]``).
             retry: A :class:`RetryPolicy` for this call, or ``None`` for no
                 retry; default the bus's. Retries reuse the ``command_id``.
+            command_id: Send with this ``command_id`` instead of a fresh
+                ``cmd-<uuid4>``: one derived from your own data makes a
+                repeat recognisable to an idempotent pool
+                (``WorkerPool(idempotency=...)``).
 
         Returns:
             The result: an ``R`` for ``Command[R]`` or ``returns``, else
@@ -451,11 +495,42 @@ class CommandBus(_MessageBus):
             PayloadTooLargeError: the request is over the server's limit.
             EnvelopeError: the reply is not a valid response envelope.
             BusClosedError: the Bus is closed.
+            ConfigError: ``command_id`` is not a non-empty string.
         """
         request = self._build(command)
+        if command_id is not None:
+            request = self._with_id(request, command_id)
         if self.middleware:
             return self._call_in_chain(command, request, timeout, returns, retry)[0]
         return self._call(request, timeout, returns, retry)[0]
+
+    def submit(
+        self,
+        command: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        returns: Any = None,
+        command_id: Optional[str] = None,
+    ) -> Future[Any]:
+        """Send ``command`` now; return a ``concurrent.futures.Future`` of its result.
+
+        The future fails with the errors :meth:`execute` raises once the
+        request is sent; errors found before sending are raised here. No
+        retries: a future is one attempt. Callbacks run on a natsbus helper
+        thread shared by the Bus's futures (never the loop): keep them short.
+
+        Args:
+            command: An attrs instance.
+            timeout: Seconds; default the bus's; ``None`` no limit.
+            returns: As for :meth:`execute`.
+            command_id: As for :meth:`execute`.
+
+        Raises:
+            ConfigError: ``command_id`` is not a non-empty string.
+            BusClosedError, PayloadTooLargeError, MessageTypeError: before sending.
+        """
+        request = self._build(command)
+        return self._submit(request if command_id is None else self._with_id(request, command_id), timeout, returns)
 
     def execute_many(
         self,
