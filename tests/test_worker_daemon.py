@@ -64,6 +64,15 @@ def test_worker_serves_and_logs_one_line_at_start_and_stop(
     assert "stopped: drained" in worker.output
 
 
+def test_the_queue_group_option_is_the_one_subscribed_and_reported(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess]
+) -> None:
+    worker = _start(workers, nats_server.url, "--queue-group", "blue")
+    assert "(queue group blue)" in worker.wait_for("serving")
+    [info] = bus.discover("worker-app")
+    assert {endpoint.queue_group for endpoint in info.endpoints} == {"blue"}
+
+
 def test_bad_target_exits_2(nats_server: NatsServer) -> None:
     for target, text in [
         ("no_such_module:x", "cannot load no_such_module:x"),
