@@ -11,10 +11,13 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_URL", "NatsConfig", "redact_url", "tls_context"]
+__all__ = ["DEFAULT_URL", "SCHEMES", "NatsConfig", "redact_url", "tls_context"]
 
 #: Where natsbus connects when neither ``servers`` nor ``NATS_URL`` is given.
 DEFAULT_URL = "nats://127.0.0.1:4222"
+
+#: The URL schemes a NATS client connects with.
+SCHEMES = ("nats", "tls", "ws", "wss")
 
 
 def redact_url(url: str) -> str:
@@ -44,8 +47,14 @@ def _to_servers(value: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     if not servers:
         raise ConfigError("NatsConfig.servers must name at least one server URL")
     for url in servers:
-        if "://" not in url:
+        scheme, sep, _ = url.partition("://")
+        if not sep:
             raise ConfigError(f"server URL {redact_url(url)!r} has no scheme; expected e.g. nats://host:4222")
+        if scheme.lower() not in SCHEMES:
+            raise ConfigError(
+                f"server URL {redact_url(url)!r} has the scheme {scheme!r}; "
+                "NATS URLs start with nats://, tls://, ws:// or wss://"
+            )
     return servers
 
 
@@ -93,7 +102,8 @@ class NatsConfig:
 
     Args:
         servers: One URL, a comma-separated string, or a sequence of URLs
-            (several for a cluster; the client fails over between them).
+            (several for a cluster; the client fails over between them);
+            each ``nats://``, ``tls://``, ``ws://`` or ``wss://``.
         name: The client name the server shows in its monitoring.
         connect_timeout: Seconds the first connection may take in all,
             across every server and retry, before :class:`ConnectError`.

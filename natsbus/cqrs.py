@@ -192,6 +192,14 @@ class _MessageBus:
         )
         return _Request(route, message_id, payload, body)
 
+    def _with_id(self, request: _Request, message_id: Any) -> _Request:
+        """``request`` sent as ``message_id`` instead (an explicit id; :meth:`_build`, the hot path, stays as it is)."""
+        if not isinstance(message_id, str) or not message_id:
+            raise ConfigError(f"{self._id_key} must be a non-empty string, got {message_id!r}")
+        envelope = codec.loads(request.body)
+        envelope[self._id_key] = message_id
+        return attrs.evolve(request, message_id=message_id, body=codec.dumps(envelope))
+
     def _limit(self, timeout: TimeoutArg) -> Optional[float]:
         return self.timeout if timeout is DEFAULT else timeout
 
@@ -268,20 +276,7 @@ class _MessageBus:
             raise service_error(envelope, reply.headers, route.subject)
         return _structure_result(envelope.payload, target, route)
 
-    def _submit(self, message: Any, timeout: TimeoutArg, returns: Any) -> Future[Any]:
-        """Send ``message`` now; return a future of its result.
-
-        The future is a ``concurrent.futures.Future``: wait on it, combine
-        it with ``concurrent.futures.wait``/``as_completed``, or add
-        callbacks (they run on a natsbus helper thread, never the loop).
-        It fails with the errors :meth:`execute` raises once the request
-        is sent (the timeout included); errors found before sending (a
-        closed Bus, a payload over the limit, a bad message) are raised by
-        ``submit()`` itself. No retries: a future is one attempt. Callbacks
-        share one thread per Bus: one that blocks delays every other
-        future of the Bus.
-        """
-        request = self._build(message)
+    def _submit(self, request: _Request, timeout: TimeoutArg, returns: Any) -> Future[Any]:
         limit = self._limit(timeout)
         completer = self.bus.completer()
         pending = self.bus.begin_request(request.route.subject, request.body, self._headers(limit), completer.notify)
@@ -428,11 +423,24 @@ class CommandBus(_MessageBus):
         super().__init__(bus, timeout, service_id, retry, middleware)
 
     @overload
-    def execute(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT, retry: RetryArg = DEFAULT) -> R: ...
+    def execute(
+        self,
+        command: Command[R],
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        retry: RetryArg = DEFAULT,
+        command_id: Optional[str] = None,
+    ) -> R: ...
 
     @overload
     def execute(
-        self, command: Message, *, timeout: TimeoutArg = DEFAULT, returns: Type[T], retry: RetryArg = DEFAULT
+        self,
+        command: Message,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        returns: Type[T],
+        retry: RetryArg = DEFAULT,
+        command_id: Optional[str] = None,
     ) -> T: ...
 
     def execute(
@@ -442,6 +450,7 @@ class CommandBus(_MessageBus):
         timeout: TimeoutArg = DEFAULT,
         returns: Optional[type] = None,
         retry: RetryArg = DEFAULT,
+        command_id: Optional[str] = None,
     ) -> Any:
         """Send ``command`` to ``commands.{Type}`` and return its result.
 
@@ -451,6 +460,10 @@ class CommandBus(_MessageBus):
             returns: Build the result as this type (overrides ``Command[R]``).
             retry: A :class:`RetryPolicy` for this call, or ``None`` for no
                 retry; default the bus's. Retries reuse the ``command_id``.
+            command_id: Send with this ``command_id`` instead of a fresh
+                ``cmd-<uuid4>``: one derived from your own data makes a
+                repeat recognisable to an idempotent pool
+                (``WorkerPool(idempotency=...)``).
 
         Returns:
             The result: an ``R`` for ``Command[R]`` or ``returns``, else
@@ -464,29 +477,54 @@ class CommandBus(_MessageBus):
             PayloadTooLargeError: the request is over the server's limit.
             EnvelopeError: the reply is not a valid response envelope.
             BusClosedError: the Bus is closed.
+            ConfigError: ``command_id`` is not a non-empty string.
         """
         request = self._build(command)
+        if command_id is not None:
+            request = self._with_id(request, command_id)
         if self.middleware:
             return self._call_in_chain(command, request, timeout, returns, retry)[0]
         return self._call(request, timeout, returns, retry)[0]
 
     @overload
-    def submit(self, command: Command[R], *, timeout: TimeoutArg = DEFAULT) -> Future[R]: ...
+    def submit(
+        self, command: Command[R], *, timeout: TimeoutArg = DEFAULT, command_id: Optional[str] = None
+    ) -> Future[R]: ...
 
     @overload
-    def submit(self, command: Message, *, timeout: TimeoutArg = DEFAULT, returns: Type[T]) -> Future[T]: ...
+    def submit(
+        self, command: Message, *, timeout: TimeoutArg = DEFAULT, returns: Type[T], command_id: Optional[str] = None
+    ) -> Future[T]: ...
 
-    def submit(self, command: Any, *, timeout: TimeoutArg = DEFAULT, returns: Optional[type] = None) -> Future[Any]:
+    def submit(
+        self,
+        command: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        returns: Optional[type] = None,
+        command_id: Optional[str] = None,
+    ) -> Future[Any]:
         """Send ``command`` now; return a ``concurrent.futures.Future`` of its result.
 
-        Callbacks run on a natsbus helper thread, never the loop; they share
-        one thread per Bus, so one that blocks delays every other future of
-        the Bus. The future fails with the errors :meth:`execute` raises
-        once the request is sent (the timeout included); errors found before
-        sending (a closed Bus, a payload over the limit, a bad message) are
-        raised by ``submit()`` itself. No retries: a future is one attempt.
+        The future fails with the errors :meth:`execute` raises once the
+        request is sent (the timeout included); errors found before sending
+        (a closed Bus, a payload over the limit, a bad message) are raised
+        here. No retries: a future is one attempt. Callbacks run on a natsbus
+        helper thread shared by the Bus's futures (never the loop): keep
+        them short.
+
+        Args:
+            command: An attrs instance.
+            timeout: Seconds; default the bus's; ``None`` no limit.
+            returns: As for :meth:`execute`.
+            command_id: As for :meth:`execute`.
+
+        Raises:
+            ConfigError: ``command_id`` is not a non-empty string.
+            BusClosedError, PayloadTooLargeError, MessageTypeError: before sending.
         """
-        return self._submit(command, timeout, returns)
+        request = self._build(command)
+        return self._submit(request if command_id is None else self._with_id(request, command_id), timeout, returns)
 
     @overload
     def execute_many(
@@ -733,7 +771,7 @@ class QueryBus(_MessageBus):
         sending (a closed Bus, a payload over the limit, a bad message) are
         raised by ``submit()`` itself. No retries: a future is one attempt.
         """
-        return self._submit(query, timeout, returns)
+        return self._submit(self._build(query), timeout, returns)
 
     @overload
     def ask_many(

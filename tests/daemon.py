@@ -15,19 +15,20 @@ HERE = Path(__file__).resolve().parent
 
 
 class WorkerProcess:
-    """``python -m natsbus worker TARGET`` with its stderr collected line by line."""
+    """``python -m natsbus worker TARGET [--server URL]`` with its output collected line by line."""
 
     def __init__(
         self,
-        url: str,
+        url: Optional[str],
         target: str = "worker_app:make_pool",
         args: Sequence[str] = (),
         env: Optional[Dict[str, str]] = None,
     ) -> None:
         environ = dict(os.environ, **(env or {}))
         environ.pop("NATS_URL", None)
+        server = ["--server", url] if url is not None else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "natsbus", "worker", target, "--server", url, *args],
+            [sys.executable, "-m", "natsbus", "worker", target, *server, *args],
             cwd=HERE,
             env=environ,
             stdin=subprocess.DEVNULL,

@@ -22,6 +22,7 @@ from natsbus import (
     InvalidRequestError,
     LoopThreadError,
     NatsBusError,
+    NatsConfig,
     NoHandlerError,
     NotFoundError,
     PayloadTooLargeError,
@@ -293,3 +294,17 @@ def test_a_subject_that_would_break_the_protocol_is_refused(bus: Bus, subject: s
         bus.request(subject, b"x", timeout=1)
     bus.publish("a.valid.subject", b"x")  # the connection is still fine
     bus.flush()
+
+
+def test_a_server_url_must_use_a_nats_scheme() -> None:
+    for url in ("nats://h:4222", "tls://h:4222", "ws://h:8080", "WSS://h:443", "nats://a:1, nats://b:2"):
+        assert NatsConfig(servers=url).servers
+    with pytest.raises(ConfigError) as info:
+        NatsConfig(servers="http://h:4222")
+    assert str(info.value) == (
+        "server URL 'http://h:4222' has the scheme 'http'; NATS URLs start with nats://, tls://, ws:// or wss://"
+    )
+    with pytest.raises(ConfigError, match="'https://b' has the scheme 'https'"):
+        Bus("nats://a:4222,https://b")  # refused before connecting
+    with pytest.raises(ConfigError, match="has no scheme"):
+        NatsConfig(servers="h:4222")

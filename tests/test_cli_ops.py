@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 from typing import Any, Iterator, List, Tuple
@@ -215,3 +216,32 @@ def test_the_natsbus_command_runs_as_a_process(nats_url: str, user_pool: WorkerP
     )
     assert proc.returncode == 0, proc.stderr
     assert user_pool.micro.id in proc.stdout
+
+
+def test_a_bad_type_name_is_a_usage_error_found_before_connecting(capsys: Any) -> None:
+    status = main(["execute", "bad type!", "{}", "--server", "nats://127.0.0.1:1"])  # nothing listens there
+    out, err = capsys.readouterr()
+    assert (status, out) == (2, "")
+    assert err == (
+        "natsbus execute: message type name 'bad type!' is not a valid NATS subject token "
+        "(it may not be empty or contain spaces, '.', '*' or '>')\n"
+    )
+
+
+def test_no_server_exits_3(capsys: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"nats://127.0.0.1:{s.getsockname()[1]}"
+    for argv in (["execute", "PayCommand", "{}"], ["ask", "GetUserQuery", "{}"], ["ls"], ["durable", "pending"]):
+        status = main([*argv, "--server", url, "--connect-timeout", "1"])
+        out, err = capsys.readouterr()
+        assert (status, out) == (3, ""), argv
+        assert url in err
+
+
+def test_a_server_url_that_is_not_nats_is_a_usage_error(capsys: Any) -> None:
+    for argv in (["execute", "PayCommand", "{}"], ["ls"], ["durable", "dead"]):
+        with pytest.raises(SystemExit) as info:
+            main([*argv, "--server", "http://127.0.0.1:4222"])
+        assert info.value.code == 2
+        assert "argument --server: server URL 'http://127.0.0.1:4222' has the scheme 'http'" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from natsbus import (
     BusyError,
     Command,
     CommandBus,
+    ConfigError,
     NoHandlerError,
     NotFoundError,
     Query,
@@ -48,6 +49,11 @@ class PEcho(Command[str]):
 class PFlaky(Command[int]):
     key: str
     failures: int
+
+
+@attrs.frozen
+class PWhoAmI(Command[str]):
+    pass
 
 
 @attrs.frozen
@@ -97,6 +103,11 @@ class Handlers:
             raise BusyError(f"busy, try {seen}")
         return seen
 
+    def who_am_i(self, cmd: PWhoAmI) -> str:
+        request = current_request()
+        assert request is not None
+        return request.message_id
+
     def double(self, query: PDouble) -> int:
         self.count(f"double-{query.n}")
         return query.n * 2
@@ -115,7 +126,7 @@ class Handlers:
         return {"remaining": remaining, "probe": request.headers.get("x-probe")}
 
     def all(self) -> List[Any]:
-        return [self.echo, self.flaky, self.double, self.missing, self.slow, self.context]
+        return [self.echo, self.flaky, self.who_am_i, self.double, self.missing, self.slow, self.context]
 
 
 class Probe(ClientMiddleware):
@@ -218,6 +229,19 @@ def test_execute_many_keeps_input_order_and_reports_errors_in_place(client: Clie
     )
     assert echoed == [str(i) for i in range(10)]
     assert progress[-1] == (10, 10)
+
+
+def test_an_explicit_command_id_is_the_one_the_handler_sees(client: Client) -> None:
+    commands = client.commands
+    assert commands.execute(PWhoAmI(), command_id="import-7-line-1") == "import-7-line-1"
+    assert commands.submit(PWhoAmI(), command_id="import-7-line-2").result(5) == "import-7-line-2"
+    assert commands.execute(PWhoAmI()).startswith("cmd-")  # by default a fresh one each call
+    assert commands.execute(PWhoAmI()) != commands.execute(PWhoAmI())
+    for bad in ("", 7):
+        with pytest.raises(ConfigError, match="command_id must be a non-empty string"):
+            commands.execute(PWhoAmI(), command_id=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="command_id must be a non-empty string"):
+            commands.submit(PWhoAmI(), command_id=bad)  # type: ignore[arg-type]
 
 
 def test_retries_follow_the_retry_policy_with_the_same_command_id(client: Client) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +14,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import attrs
 import pytest
+from daemon_handlers import Hold
 from web_errors import CASES, PROBLEM_JSON
 from webserver import CLOSED, OPENED, gunicorn, stop, terminate, wait_for_output
 
@@ -42,7 +45,8 @@ from natsbus.demo import (
 from natsbus.middleware import ClientCall, ClientMiddleware, TraceContextMiddleware
 from natsbus.testing import InMemoryBus
 
-ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 EXAMPLE = ROOT / "examples" / "django_app"
 
 
@@ -388,6 +392,97 @@ def test_the_example_readme_gives_the_run_steps_the_next_test_runs() -> None:
         "python manage.py natsbus_worker &",
         "gunicorn -c gunicorn.conf.py",
     ]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_natsbus_worker_refuses_bad_options_and_targets_with_exit_2_and_no_server_with_3(tmp_path: Path) -> None:
+    env = {"DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"), "NATS_URL": ""}
+    result = _manage(env, "natsbus_worker", "--server", "http://127.0.0.1:4222")
+    assert result.returncode == 2
+    assert "argument --server: server URL 'http://127.0.0.1:4222' has the scheme 'http'" in result.stderr
+    result = _manage(env, "natsbus_worker", "--pool", "no_such_module:make_pool")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "CommandError: cannot load no_such_module:make_pool: No module named 'no_such_module'\n",
+    )
+    (tmp_path / "broken_pool.py").write_text("import os\nraise RuntimeError('settings missing')\n")
+    result = _manage(env, "natsbus_worker", "--pythonpath", str(tmp_path), "--pool", "broken_pool:build")
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"CommandError: cannot load broken_pool:build: {tmp_path}/broken_pool.py:2: RuntimeError: settings missing\n",
+    )
+    port = _closed_port()
+    result = _manage(env, "natsbus_worker", "--server", f"nats://127.0.0.1:{port}", "--connect-timeout", "1")
+    assert result.returncode == 3
+    assert f"nats://127.0.0.1:{port}" in result.stderr
+
+
+@pytest.mark.slow
+def test_natsbus_worker_takes_the_worker_options_and_drains_a_signal_that_comes_while_it_starts(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    env = {"DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"), "NATS_URL": ""}  # only --server says where
+    result = _manage(
+        env,
+        "natsbus_worker",
+        "--pythonpath",
+        str(TESTS),
+        "--pool",
+        "signal_app:make_pool",  # SIGTERM inside WorkerPool.start(), before it subscribes
+        "--server",
+        nats_server.url,
+        "--connect-timeout",
+        "3",
+        "--max-workers",
+        "3",
+        "--max-pending",
+        "7",
+        "--queue-group",
+        "signal-group",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "serving commands.SignalAppPing with 3 threads, 7 pending at most (queue group signal-group)" in (
+        result.stderr
+    )
+    assert "signal 15: draining" in result.stderr
+    assert result.stdout == "natsbus worker stopped\n"
+
+
+@pytest.mark.slow
+def test_natsbus_worker_exits_1_when_the_drain_timeout_abandons_requests(
+    nats_server: NatsServer, bus: Bus, tmp_path: Path
+) -> None:
+    env = {"DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"), "NATS_URL": nats_server.url}
+    log = tmp_path / "worker.log"
+    release = tmp_path / "release"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [
+                *(sys.executable, "-u", "manage.py", "natsbus_worker", "--pythonpath", str(TESTS)),
+                *("--pool", "daemon_handlers:build_pool", "--drain-timeout", "0.2"),
+            ],
+            cwd=EXAMPLE,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_output(worker, log, "serving commands.Hold")
+        CommandBus(bus).submit(Hold(str(release)), timeout=30)
+        wait_for_output(worker, log, f"holding {release}")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 1
+        text = log.read_text()
+        assert "1 still running after 0.2s were abandoned" in text
+        assert "CommandError: stopped without draining" in text
+    finally:
+        release.touch()
+        terminate(worker)
 
 
 @pytest.mark.slow

@@ -214,6 +214,18 @@ def test_repeat_after_the_reply_gets_the_same_bytes_without_running(bus: Bus, db
     assert effects.count(db) == 1
 
 
+def test_a_command_sent_twice_with_one_explicit_command_id_runs_once(bus: Bus, db: Path) -> None:
+    pool = WorkerPool(bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", idempotency=MemoryIdempotencyStore())
+    pool.register(tally_handler(db))
+    commands = CommandBus(bus)
+    with pool:
+        first = commands.execute(Tally(3), command_id="batch-key-line-1")
+        again = commands.submit(Tally(3), command_id="batch-key-line-1").result(5)
+        commands.execute(Tally(3), command_id="batch-key-line-2")
+    assert again == first
+    assert effects.per_command(db) == {"batch-key-line-1": 1, "batch-key-line-2": 1}
+
+
 def test_error_replies_are_remembered_with_their_headers(bus: Bus, db: Path) -> None:
     pool = WorkerPool(bus, service_id=f"idem-{uuid.uuid4().hex[:6]}", idempotency=MemoryIdempotencyStore())
     runs: List[int] = []

@@ -7,15 +7,18 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Dict, Iterator, List
 
+import attrs
 import pytest
 from daemon import WorkerProcess
+from daemon_handlers import Hold
 from worker_app import Add, Big, Fail, Remaining, Sleep, Slow
 
 from natsbus import (
     Bus,
     BusyError,
+    Command,
     CommandBus,
     ConflictError,
     DeadlineExceededError,
@@ -28,6 +31,11 @@ from natsbus import (
 )
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@attrs.frozen
+class BoundAppPing(Command[str]):
+    """bound_app's command, by wire name (importing bound_app would connect)."""
 
 
 @pytest.fixture()
@@ -56,6 +64,15 @@ def test_worker_serves_and_logs_one_line_at_start_and_stop(
     assert "stopped: drained" in worker.output
 
 
+def test_the_queue_group_option_is_the_one_subscribed_and_reported(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess]
+) -> None:
+    worker = _start(workers, nats_server.url, "--queue-group", "blue")
+    assert "(queue group blue)" in worker.wait_for("serving")
+    [info] = bus.discover("worker-app")
+    assert {endpoint.queue_group for endpoint in info.endpoints} == {"blue"}
+
+
 def test_bad_target_exits_2(nats_server: NatsServer) -> None:
     for target, text in [
         ("no_such_module:x", "cannot load no_such_module:x"),
@@ -76,6 +93,97 @@ def test_unreachable_server_exits_3() -> None:
     worker = WorkerProcess(f"nats://127.0.0.1:{port}", args=["--connect-timeout", "1"])
     assert worker.wait() == 3
     assert f"nats://127.0.0.1:{port}" in worker.output
+
+
+@pytest.mark.parametrize(
+    ("files", "target", "expected"),
+    [
+        (
+            {"app_syntax.py": "import os\ndef make_pool(:\n    pass\n"},
+            "app_syntax:make_pool",
+            "{tmp}/app_syntax.py:2: SyntaxError: invalid syntax",
+        ),
+        (
+            {"app_runtime.py": "import os\n\nraise RuntimeError('no settings for this environment')\n"},
+            "app_runtime:make_pool",
+            "{tmp}/app_runtime.py:3: RuntimeError: no settings for this environment",
+        ),
+        (
+            {"app_dependency.py": "import os\nimport no_such_dependency_xyz\n"},
+            "app_dependency:make_pool",
+            "{tmp}/app_dependency.py:2 imports 'no_such_dependency_xyz': "
+            "ModuleNotFoundError: No module named 'no_such_dependency_xyz'",
+        ),
+        (  # the file that imports the missing module is named, not only the target
+            {"app_outer.py": "import app_inner\n", "app_inner.py": "\n\nfrom no_such_dependency_xyz import thing\n"},
+            "app_outer:make_pool",
+            "{tmp}/app_inner.py:3 imports 'no_such_dependency_xyz': "
+            "ModuleNotFoundError: No module named 'no_such_dependency_xyz'",
+        ),
+    ],
+)
+def test_a_module_that_fails_to_import_exits_2_naming_the_file_and_line(
+    tmp_path: Path, files: Dict[str, str], target: str, expected: str
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    # No server needed: the target is loaded before anything connects.
+    worker = WorkerProcess("nats://127.0.0.1:1", target=target, env={"PYTHONPATH": str(tmp_path)})
+    assert worker.wait() == 2
+    assert worker.lines == [f"natsbus worker: cannot load {target}: {expected.format(tmp=tmp_path)}"]
+
+
+def test_a_server_url_that_is_not_nats_is_a_usage_error() -> None:
+    worker = WorkerProcess("http://127.0.0.1:4222")
+    assert worker.wait() == 2
+    assert (
+        "argument --server: server URL 'http://127.0.0.1:4222' has the scheme 'http'; "
+        "NATS URLs start with nats://, tls://, ws:// or wss://"
+    ) in worker.output
+
+
+def test_connection_flags_for_a_pool_bound_at_import_are_refused(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess]
+) -> None:
+    env = {"BOUND_APP_URL": nats_server.url}
+    for flags, text in [
+        (["--server", nats_server.url], "--server would be ignored"),
+        (["--connect-timeout", "2"], "--connect-timeout would be ignored"),
+    ]:
+        worker = WorkerProcess(None, target="bound_app:pool", args=flags, env=env)
+        assert worker.wait() == 2
+        assert worker.lines == [
+            f"natsbus worker: {text}: bound_app:pool is a WorkerPool already bound to a Bus; drop it"
+        ]
+    worker = WorkerProcess(None, target="bound_app:pool", args=["--max-workers", "2"], env=env)
+    workers.append(worker)
+    assert "bound-app" in worker.wait_for("serving") and "2 threads" in worker.output
+    assert CommandBus(bus).execute(BoundAppPing()) == "pong"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+
+
+def test_a_signal_while_the_pool_starts_drains_it(nats_server: NatsServer) -> None:
+    # SIGTERM arrives inside WorkerPool.start(), before it subscribes: handled, not fatal.
+    worker = WorkerProcess(nats_server.url, target="signal_app:make_pool")
+    assert worker.wait() == 0
+    assert "signal 15: draining" in worker.output
+    assert "stopped: drained 0 request(s), none left" in worker.output
+
+
+def test_requests_still_running_at_the_drain_timeout_exit_1(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess], tmp_path: Path
+) -> None:
+    worker = WorkerProcess(nats_server.url, target="daemon_handlers:build_pool", args=["--drain-timeout", "0.2"])
+    workers.append(worker)
+    worker.wait_ready()
+    release = tmp_path / "release"
+    CommandBus(bus).submit(Hold(str(release)), timeout=30)
+    worker.wait_for(f"holding {release}")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 1
+    assert "1 still running after 0.2s were abandoned" in worker.output
+    release.touch()
 
 
 def test_sigterm_finishes_the_request_in_flight(

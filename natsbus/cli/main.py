@@ -1,17 +1,8 @@
 """The ``natsbus`` command.
 
 ``natsbus demo`` runs the user-service demo; ``natsbus bench`` measures natsbus
-against raw nats-py; ``natsbus worker`` runs a WorkerPool daemon. Exit codes of ``natsbus worker``:
-
-== ============================================================
-0  stopped on a signal after answering every admitted request
-1  stopped, but some requests were still running at the drain
-   timeout, or the pool failed while running
-2  usage error: bad arguments, or the import path does not name a
-   WorkerPool or a factory returning one
-3  could not connect to NATS
-N  128 + the signal number, when a second signal stopped it at once
-== ============================================================
+against raw nats-py; ``natsbus worker`` runs a WorkerPool daemon
+(:mod:`natsbus.cli.worker`).
 
 Ops commands, for any NATS micro service (natsbus pools or not)::
 
@@ -21,8 +12,8 @@ Ops commands, for any NATS micro service (natsbus pools or not)::
     natsbus stats NAME [ID]             per-endpoint requests, errors, timings
     natsbus execute TYPE JSON           send a command envelope, print the reply
     natsbus ask TYPE JSON               send a query envelope, print the reply
-    natsbus execute-many TYPE FILE      send each line of a JSON Lines file as a command,
-                                        pipelined; a progress bar when stderr is a terminal
+    natsbus execute-many TYPE FILE      send each line of a JSON Lines or CSV file as a command,
+                                        pipelined, results written as they finish (natsbus.cli.batch)
     natsbus ask-many TYPE FILE          the same with queries
 
 Durable commands (JetStream; see natsbus.durable)::
@@ -32,25 +23,25 @@ Durable commands (JetStream; see natsbus.durable)::
     natsbus durable replay SEQ|ID       send a dead-lettered command again
 
 All take ``--server URL`` (default ``NATS_URL``, else nats://127.0.0.1:4222)
-and ``--timeout SECONDS``. The exit status is 0 on success and 1 when the
-call failed (an error reply, a timeout, no handler, no server, or no
-instance answering ``ping`` / ``info`` / ``stats``; an empty ``ls`` is not
-a failure); 2 for a usage error.
+and ``--connect-timeout SECONDS``. One set of exit codes for every command
+(:mod:`natsbus.cli.options`): 0 success; 1 the call failed (an error reply,
+a timeout, no handler, no instance answering ``ping`` / ``info`` /
+``stats``; an empty ``ls`` is not a failure), a batch line failed, or a
+worker was not drained; 2 a usage error, found before anything is sent; 3
+no NATS server; 130 / 143 stopped by SIGINT / SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
-import inspect
 import json
 import logging
-import os
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, TextIO
 
 from .._version import __version__
+from .options import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, add_connection_options, exit_code, open_bus
 
 if TYPE_CHECKING:
     from ..bus import Bus
@@ -58,11 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 logger = logging.getLogger("natsbus.cli")
-
-EXIT_OK = 0
-EXIT_NOT_DRAINED = 1
-EXIT_USAGE = 2
-EXIT_CONNECT = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,23 +76,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_worker_parser(sub: Any) -> None:
+    from .worker import add_pool_options
+
     worker = sub.add_parser(
         "worker",
         help="run a WorkerPool from an import path until SIGTERM/SIGINT",
         description=(
             "Run a WorkerPool daemon. TARGET is MODULE:ATTR naming a WorkerPool, or a factory "
             "called with a connected Bus (or with no arguments) that returns one. The first "
-            "SIGTERM/SIGINT drains gracefully; a second one stops at once."
+            "SIGTERM/SIGINT drains gracefully; a second one stops at once. Exit status: 0 drained, "
+            "1 not drained, 2 usage error, 3 no NATS server, 128 + N stopped at once by signal N."
         ),
     )
     worker.add_argument("target", metavar="MODULE:ATTR")
-    worker.add_argument("--server", help="NATS URL(s), comma-separated (default: NATS_URL)")
-    worker.add_argument("--max-workers", type=int, help="handler threads")
-    worker.add_argument("--max-pending", type=int, help="admitted requests that may wait for a thread")
-    worker.add_argument("--queue-group", help="queue group (default: the service id)")
-    worker.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to drain on stop (default 30)")
-    worker.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (default INFO)")
-    worker.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to reach NATS at start (default 5)")
+    add_pool_options(worker)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -115,12 +98,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     level = args.log_level or ("INFO" if args.command == "worker" else "WARNING")
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:  # Ctrl-C where a command does not handle it itself: no traceback
+        sys.stderr.write(f"\nnatsbus {args.command}: interrupted\n" if args.command else "\nnatsbus: interrupted\n")
+        return EXIT_SIGINT
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "demo":
         from ..demo import run_demo
 
         return run_demo(args.server)
     if args.command == "worker":
-        return _run_worker(args)
+        from .worker import run_worker
+
+        return run_worker(args, sys.stderr)
     if args.command in _OPS_COMMANDS:
         return _run_ops(args, sys.stdout, sys.stderr)
     if args.command == "durable":
@@ -135,97 +128,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     return EXIT_USAGE
 
 
-def _load(target: str) -> Any:
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{target!r} is not MODULE:ATTR")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` would: the project's own modules import
-    module = importlib.import_module(module_name)
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _run_worker(args: argparse.Namespace) -> int:
-    from ..bus import Bus
-    from ..config import NatsConfig
-    from ..errors import ConnectError, NatsBusError
-    from ..worker import WorkerPool
-
-    try:
-        target = _load(args.target)
-    except (ValueError, ImportError, AttributeError) as exc:
-        print(f"natsbus worker: cannot load {args.target}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if isinstance(target, WorkerPool) and target.bus is not None:
-        bus = target.bus
-        owned = None
-    else:
-        overrides: Dict[str, Any] = {"connect_timeout": args.connect_timeout}
-        if args.server:
-            overrides["servers"] = args.server
-        try:
-            bus = owned = Bus(NatsConfig.from_env(**overrides))
-        except ConnectError as exc:
-            print(f"natsbus worker: {exc}", file=sys.stderr)
-            return EXIT_CONNECT
-        except NatsBusError as exc:
-            print(f"natsbus worker: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    try:
-        try:
-            pool = _as_pool(target, bus)
-        except Exception as exc:
-            logger.debug("building the pool failed", exc_info=True)
-            print(f"natsbus worker: cannot build a WorkerPool from {args.target}: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        if pool is None:
-            print(
-                f"natsbus worker: {args.target} is neither a WorkerPool nor a factory returning one",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        for option, attribute in (
-            ("max_workers", "max_workers"),
-            ("max_pending", "max_pending"),
-            ("queue_group", "queue_group"),
-        ):
-            value = getattr(args, option)
-            if value is not None:
-                setattr(pool, attribute, value)
-        try:
-            drained = pool.run(drain_timeout=args.drain_timeout)  # signal handlers first, then start
-        except NatsBusError as exc:
-            if not pool._served:  # start() failed: it never served
-                print(f"natsbus worker: cannot start {args.target}: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            logger.error("worker pool %s failed: %s", pool.service_id, exc)
-            return EXIT_NOT_DRAINED
-        return EXIT_OK if drained else EXIT_NOT_DRAINED
-    finally:
-        if owned is not None:
-            owned.close()
-
-
-def _as_pool(target: Any, bus: Any) -> Any:
-    from ..worker import WorkerPool
-
-    if isinstance(target, WorkerPool):
-        return target if target.bus is not None else target.bind(bus)
-    if not callable(target):
-        return None
-    try:
-        wants_bus = len(inspect.signature(target).parameters) >= 1
-    except (TypeError, ValueError):
-        wants_bus = False
-    made = target(bus) if wants_bus else target()
-    if not isinstance(made, WorkerPool):
-        return None
-    return made if made.bus is not None else made.bind(bus)
-
-
 # -- ops commands: ls, ping, info, stats, execute, ask ---------------------------
 
 _OPS_COMMANDS = ("ls", "ping", "info", "stats", "execute", "ask")
@@ -236,7 +138,7 @@ def _add_ops_commands(sub: Any) -> None:
 
     def add(name: str, help: str, timeout: float) -> argparse.ArgumentParser:
         cmd: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
-        cmd.add_argument("--server", help="NATS URL (default: NATS_URL, else nats://127.0.0.1:4222)")
+        add_connection_options(cmd)
         cmd.add_argument(
             "--timeout", type=float, default=timeout, help=f"seconds to wait for replies (default {timeout:g})"
         )
@@ -262,25 +164,30 @@ def _add_ops_commands(sub: Any) -> None:
 
 
 def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ..bus import Bus
-    from ..errors import NatsBusError
+    from ..errors import MessageTypeError, NatsBusError
+    from ..messages import Kind, subject_for
 
     payload: Any = None
     if args.command in ("execute", "ask"):
+        try:  # a usage error, before connecting
+            subject_for(Kind.COMMAND if args.command == "execute" else Kind.QUERY, args.type)
+        except MessageTypeError as exc:
+            err.write(f"natsbus {args.command}: {exc}\n")
+            return EXIT_USAGE
         text = sys.stdin.read() if args.payload == "-" else args.payload
         try:
             payload = json.loads(text)
         except ValueError as exc:
             err.write(f"natsbus {args.command}: the payload is not valid JSON: {exc}\n")
-            return 2
+            return EXIT_USAGE
     try:
-        with Bus(args.server, name="natsbus-cli") if args.server else Bus(name="natsbus-cli") as bus:
+        with open_bus(args, name="natsbus-cli") as bus:
             if args.command in ("execute", "ask"):
                 return _send(bus, args, payload, out, err)
             return _show(bus, args, out, err)
     except NatsBusError as exc:
         err.write(f"natsbus {args.command}: {exc}\n")
-        return 1
+        return exit_code(exc)
 
 
 # -- batch commands: execute-many, ask-many (natsbus.cli.batch) -------------------
@@ -306,10 +213,10 @@ def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         services = bus.discover(timeout=timeout)
         if not services:
             err.write("no services answered\n")
-            return 0
+            return EXIT_OK
         rows = [[s.name, s.version, s.id, str(len(s.endpoints)), s.description] for s in services]
         out.write(_table(["NAME", "VERSION", "ID", "ENDPOINTS", "DESCRIPTION"], rows))
-        return 0
+        return EXIT_OK
     name, id = args.name, args.id
     if args.command == "ping":
         pings = bus.ping(name, id, timeout=timeout)
@@ -351,9 +258,9 @@ def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     what = f"instance {id} of {name}" if id else (f"instance of {name}" if name else "service")
     if not found:
         err.write(f"no {what} answered within {timeout:g}s\n")
-        return 1
+        return EXIT_FAILED
     out.write(f"{found} instance{'s' if found != 1 else ''} answered\n")
-    return 0
+    return EXIT_OK
 
 
 def _write_metadata(out: TextIO, metadata: Any) -> None:
@@ -373,7 +280,7 @@ def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: Te
         reply = bus.request(subject, envelope.to_bytes(), timeout=args.timeout)
     except RequestTimeoutError:
         err.write(f"natsbus {args.command}: {kind.label} request timeout after {round(args.timeout * 1000)}ms\n")
-        return 1
+        return EXIT_FAILED
     try:
         body: Any = json.loads(reply.data)
     except ValueError:
@@ -386,11 +293,11 @@ def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: Te
     if headers.get(ERROR_HEADER) or headers.get(ERROR_CODE_HEADER):
         code = headers.get(ERROR_CODE_HEADER, "?")
         err.write(f"natsbus {args.command}: error {code}: {headers.get(ERROR_HEADER, '')}\n")
-        return 1
+        return EXIT_FAILED
     if isinstance(body, dict) and "success" in body and body["success"] is not True:
         err.write(f"natsbus {args.command}: {body.get('error') or 'the service answered success: false'}\n")
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 # -- durable commands: pending, dead, replay -----------------------------
@@ -411,7 +318,7 @@ def _add_durable_commands(sub: Any) -> None:
     replay = actions.add_parser("replay", help="send a dead-lettered command again (its stored result is cleared)")
     replay.add_argument("which", metavar="SEQ|COMMAND_ID", help="the dead letter's sequence number or command id")
     for action in (pending, dead, replay):
-        action.add_argument("--server", help="NATS URL (default: NATS_URL, else nats://127.0.0.1:4222)")
+        add_connection_options(action)
         action.add_argument("--stream", help="the commands stream (default NATSBUS_COMMANDS)")
         action.add_argument("--subject-prefix", help="the commands' subject prefix (default durable.commands)")
         action.add_argument("--dead-letter-stream", help="the dead-letter stream (default NATSBUS_DEAD_LETTERS)")
@@ -421,7 +328,6 @@ def _add_durable_commands(sub: Any) -> None:
 
 
 def _run_durable(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from ..bus import Bus
     from ..durable import DurableConfig, dead_letters, pending, replay
     from ..errors import ConfigError, NatsBusError
 
@@ -436,12 +342,12 @@ def _run_durable(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"natsbus durable {action}: {exc}\n")
         return EXIT_USAGE
     try:
-        with Bus(args.server, name="natsbus-cli") if args.server else Bus(name="natsbus-cli") as bus:
+        with open_bus(args, name="natsbus-cli") as bus:
             if action == "pending":
                 report = pending(bus, config, limit=args.limit)
                 if not report.exists:
                     err.write(f"no stream {config.stream}: nothing was sent durably yet\n")
-                    return 0
+                    return EXIT_OK
                 out.write(f"stream {report.stream}: {report.messages} command(s) stored\n")
                 if report.consumers:
                     rows = [
@@ -457,12 +363,12 @@ def _run_durable(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                     out.write(_table(["SEQ", "TYPE", "COMMAND ID", "STORED"], rows))
                     if len(report.commands) < report.messages:
                         out.write(f"(the first {len(report.commands)} of {report.messages}; see --limit)\n")
-                return 0
+                return EXIT_OK
             if action == "dead":
                 letters = dead_letters(bus, config, limit=args.limit)
                 if not letters:
                     err.write(f"no dead letters in {config.dead_letter_stream}\n")
-                    return 0
+                    return EXIT_OK
                 rows = [
                     [
                         str(d.seq),
@@ -476,16 +382,16 @@ def _run_durable(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 ]
                 out.write(_table(["SEQ", "TYPE", "COMMAND ID", "DELIVERIES", "FAILED AT", "ERROR"], rows))
                 out.write(f"{len(letters)} dead letter{'s' if len(letters) != 1 else ''}\n")
-                return 0
+                return EXIT_OK
             letter = replay(bus, args.which, config)
             out.write(
                 f"replayed dead letter {letter.seq}: {letter.command_type} {letter.command_id} "
                 f"sent again to {config.command_subject(letter.command_type)}\n"
             )
-            return 0
+            return EXIT_OK
     except NatsBusError as exc:
         err.write(f"natsbus durable {action}: {exc}\n")
-        return 1
+        return exit_code(exc)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:

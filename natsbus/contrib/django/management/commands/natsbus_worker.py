@@ -1,17 +1,35 @@
-"""``manage.py natsbus_worker``: serve a WorkerPool with Django set up."""
+"""``manage.py natsbus_worker``: serve a WorkerPool with Django set up.
+
+The options and exit codes are ``natsbus worker``'s (:mod:`natsbus.cli.worker`):
+0 drained, 1 not drained, 2 usage error, 3 no NATS server, 128 + N stopped at
+once by a second signal N.
+"""
 
 from __future__ import annotations
 
+import argparse
 import functools
-import os
+import logging
+import sys
 from typing import Any, Callable
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import close_old_connections
 
+from natsbus.cli.options import EXIT_OK, exit_code
+from natsbus.cli.worker import (
+    LOG_FORMAT,
+    Refused,
+    add_pool_options,
+    apply_pool_options,
+    call_factory,
+    load,
+    refuse_connection_flags,
+    serve,
+)
 from natsbus.contrib.django import close_bus, get_bus, natsbus_settings
-from natsbus.contrib.django.checks import import_pool_factory
-from natsbus.worker import WorkerPool
+from natsbus.errors import NatsBusError
 
 
 def _with_fresh_db_connections(call: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -40,40 +58,76 @@ class Command(BaseCommand):
         "Serve natsbus commands and queries with Django set up (models, settings). The pool comes "
         "from --pool or NATSBUS['POOL']: an import path 'module:factory' of a callable that takes "
         "a natsbus.Bus and returns a natsbus.WorkerPool. SIGTERM or SIGINT drains (in-flight "
-        "handlers finish and reply); a second signal stops at once."
+        "handlers finish and reply); a second signal stops at once. The options and exit codes "
+        "are natsbus worker's: 0 drained, 1 not drained, 2 usage error, 3 no NATS server."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        """``--pool`` and ``--drain-timeout``."""
+        """``--pool`` and ``natsbus worker``'s options."""
         parser.add_argument("--pool", help="import path 'module:factory' (default: NATSBUS['POOL'])")
-        parser.add_argument(
-            "--drain-timeout",
-            type=float,
-            default=30.0,
-            help="seconds to finish in-flight handlers after a signal (default 30)",
-        )
+        add_pool_options(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        """Build the pool, serve until a signal, drain, close the Bus."""
+        """Build the pool, serve until a signal, drain, close the Bus.
+
+        Raises:
+            CommandError: with the exit status as its ``returncode``.
+        """
         path = options["pool"] or natsbus_settings().get("POOL")
         if not path:
-            raise CommandError("no pool to run: pass --pool module:factory, or set NATSBUS['POOL']")
+            raise CommandError("no pool to run: pass --pool module:factory, or set NATSBUS['POOL']", returncode=2)
+        _log_to_stderr(options.get("log_level"))
+        namespace = argparse.Namespace(**options)
         try:
-            factory = import_pool_factory(path)
-        except ImportError as exc:
-            raise CommandError(f"cannot import the pool factory {path!r}: {exc}") from exc
+            code = self._serve(path, namespace)
+        except Refused as exc:
+            raise CommandError(str(exc), returncode=exc.code) from None
+        if code != EXIT_OK:
+            raise CommandError("stopped without draining: see the log above", returncode=code)
+        self.stdout.write("natsbus worker stopped")
+
+    def _serve(self, path: str, options: argparse.Namespace) -> int:
+        _override_connection(options)
+        factory = load(path)
         try:
-            pool = factory(get_bus())
-            if not isinstance(pool, WorkerPool):
-                raise CommandError(f"{path} returned {type(pool).__name__}, not a natsbus.WorkerPool")
+            bus = get_bus()
+        except NatsBusError as exc:
+            raise Refused(str(exc), exit_code(exc)) from None
+        try:
+            pool = call_factory(factory, bus, path)
+            if pool.bus is not bus:
+                refuse_connection_flags(options, f"{path} returned a WorkerPool bound to another Bus")
             for route in pool.dispatcher.routes:
                 route.call = _with_fresh_db_connections(route.call)
-            pool.start()
-            self.stdout.write(
-                f"natsbus worker {pool.service_id} (pid {os.getpid()}): serving {', '.join(pool.subjects)}"
-            )
-            self.stdout.flush()
-            pool.run(drain_timeout=options["drain_timeout"])
+            apply_pool_options(pool, options)
+            # run() installs the signal handlers, then subscribes: a SIGTERM at any moment drains.
+            return serve(pool, options.drain_timeout, path)
         finally:
             close_bus()
-        self.stdout.write("natsbus worker stopped")
+
+
+def _override_connection(options: argparse.Namespace) -> None:
+    """``--server`` / ``--connect-timeout`` win over ``NATSBUS`` for this process (its handlers' sends too)."""
+    if not options.server and options.connect_timeout is None:
+        return
+    values = dict(natsbus_settings())
+    if options.server:
+        values["SERVERS"] = options.server
+    if options.connect_timeout is not None:
+        values["OPTIONS"] = {**(values.get("OPTIONS") or {}), "connect_timeout": options.connect_timeout}
+    close_bus()  # a Bus opened before (by an app's ready()) would keep the old settings
+    settings.NATSBUS = values
+
+
+def _log_to_stderr(level: Any) -> None:
+    """natsbus's log on stderr as ``natsbus worker`` shows it, unless LOGGING already routes it."""
+    natsbus_logger = logging.getLogger("natsbus")
+    if level:
+        natsbus_logger.setLevel(str(level).upper())
+    if natsbus_logger.hasHandlers():
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    natsbus_logger.addHandler(handler)
+    if not level:
+        natsbus_logger.setLevel(logging.INFO)

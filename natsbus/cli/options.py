@@ -1,0 +1,145 @@
+"""What every ``natsbus`` command shares: the exit codes, the connection options, errors as exit codes.
+
+One table for ``natsbus execute`` / ``ask`` / ``execute-many`` / ``worker``,
+the ops and durable commands and ``manage.py natsbus_worker`` (the README's
+"Exit codes" section, which a test checks against real runs):
+
+===  ====================================================================
+0    success
+1    a call or a batch line failed; a worker was not drained
+2    usage error, found before anything is sent (bad arguments or input, a
+     flag that would be ignored, a server URL that is not nats, tls, ws or
+     wss, a worker module that does not import)
+3    no NATS server answered within the connect timeout
+130  stopped by SIGINT (Ctrl-C); 143 by SIGTERM (128 + the signal)
+===  ====================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from ..bus import Bus
+    from ..config import NatsConfig
+
+__all__ = [
+    "EXIT_CONNECT",
+    "EXIT_FAILED",
+    "EXIT_NOT_DRAINED",
+    "EXIT_OK",
+    "EXIT_SIGINT",
+    "EXIT_SIGTERM",
+    "EXIT_USAGE",
+    "add_connection_options",
+    "exit_code",
+    "nats_config",
+    "non_negative_float",
+    "non_negative_int",
+    "open_bus",
+    "positive_float",
+    "positive_int",
+    "server_urls",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_NOT_DRAINED = 1
+EXIT_USAGE = 2
+EXIT_CONNECT = 3
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+def server_urls(value: str) -> str:
+    """An argparse ``type=``: NATS URL(s), comma-separated, each nats://, tls://, ws:// or wss://."""
+    from ..config import NatsConfig
+    from ..errors import ConfigError
+
+    try:
+        NatsConfig(servers=value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _number(kind: type, test: Any, text: str) -> Any:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if not test(number):
+            raise argparse.ArgumentTypeError(f"must be {text}, got {value}")
+        return number
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, lambda n: n >= 1, ">= 1")
+non_negative_int = _number(int, lambda n: n >= 0, ">= 0")
+positive_float = _number(float, lambda n: n > 0, "> 0")
+non_negative_float = _number(float, lambda n: n >= 0, ">= 0")
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """``--server`` and ``--connect-timeout``, as every command takes them."""
+    parser.add_argument(
+        "--server",
+        type=server_urls,
+        help="NATS URL(s), comma-separated: nats://, tls://, ws:// or wss:// "
+        "(default: NATS_URL, else nats://127.0.0.1:4222)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        help="seconds to reach NATS at start (default 5)",
+    )
+
+
+def nats_config(args: argparse.Namespace, name: Optional[str] = None) -> NatsConfig:
+    """The connection settings: the environment (``NATS_URL``, credentials, TLS) and the options.
+
+    Raises:
+        ConfigError: a bad URL or setting (in ``NATS_URL`` too).
+    """
+    from ..config import NatsConfig
+
+    overrides: dict[str, Any] = {}
+    if name is not None:
+        overrides["name"] = name
+    if getattr(args, "server", None):
+        overrides["servers"] = args.server
+    if getattr(args, "connect_timeout", None) is not None:
+        overrides["connect_timeout"] = args.connect_timeout
+    return NatsConfig.from_env(**overrides)
+
+
+def open_bus(args: argparse.Namespace, name: Optional[str] = None) -> Bus:
+    """A connected Bus per the options.
+
+    Raises:
+        ConfigError: a bad URL or setting.
+        ConnectError: no server answered within the connect timeout.
+    """
+    from ..bus import Bus
+
+    return Bus(nats_config(args, name))
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit status for an error that ended a command.
+
+    3 when NATS could not be reached, 2 for a usage error (a bad setting or
+    message type), else 1.
+    """
+    from ..errors import ConfigError, ConnectError, MessageTypeError, NotConnectedError
+
+    if isinstance(exc, (ConnectError, NotConnectedError)):
+        return EXIT_CONNECT
+    if isinstance(exc, (ConfigError, MessageTypeError)):
+        return EXIT_USAGE
+    return EXIT_FAILED

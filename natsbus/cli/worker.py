@@ -1,0 +1,268 @@
+"""A WorkerPool as a daemon: what ``natsbus worker`` and ``manage.py natsbus_worker`` share.
+
+The same options (:func:`add_pool_options`), the same checks, the same
+exit codes (:mod:`natsbus.cli.options`): a target that does not import is a
+usage error naming the file and line; a flag that would be ignored is
+refused; :meth:`WorkerPool.run` installs the signal handlers before the
+pool subscribes, so a SIGTERM at any moment drains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any, List, TextIO
+
+from .options import (
+    EXIT_CONNECT,
+    EXIT_NOT_DRAINED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_connection_options,
+    exit_code,
+    non_negative_float,
+    non_negative_int,
+    open_bus,
+    positive_int,
+)
+
+if TYPE_CHECKING:
+    from ..worker import WorkerPool
+
+__all__ = [
+    "Refused",
+    "add_pool_options",
+    "apply_pool_options",
+    "call_factory",
+    "connection_flags",
+    "import_failure",
+    "load",
+    "refuse_connection_flags",
+    "run_worker",
+    "serve",
+]
+
+logger = logging.getLogger("natsbus.cli")
+
+#: The ``--log-level`` format, as ``natsbus worker`` logs.
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+class Refused(Exception):
+    """The daemon cannot run: the text says why; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_pool_options(parser: argparse.ArgumentParser) -> None:
+    """The options of both worker commands (not the target)."""
+    add_connection_options(parser)
+    parser.add_argument("--max-workers", type=positive_int, help="handler threads")
+    parser.add_argument("--max-pending", type=non_negative_int, help="admitted requests that may wait for a thread")
+    parser.add_argument("--queue-group", help="queue group (default: the service id)")
+    parser.add_argument(
+        "--drain-timeout",
+        type=non_negative_float,
+        default=30.0,
+        help="seconds to finish the admitted requests after a signal (default 30)",
+    )
+    parser.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (default INFO)")
+
+
+# -- loading the target ------------------------------------------------------
+
+
+def load(path: str) -> Any:
+    """The object ``MODULE:ATTR`` (or ``MODULE.ATTR``) names, the current directory importable.
+
+    Raises:
+        Refused: it does not import (the text names the file and line), or
+            has no such attribute.
+    """
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise Refused(f"cannot load {path}: not MODULE:ATTR")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the project's own modules import
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # SyntaxError, a missing dependency, anything the module raises
+        logger.debug("importing %s failed", module_name, exc_info=True)
+        code = EXIT_CONNECT if exit_code(exc) == EXIT_CONNECT else EXIT_USAGE
+        raise Refused(f"cannot load {path}: {import_failure(exc, module_name)}", code) from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise Refused(f"cannot load {path}: {module_name} has no attribute {attr!r}") from None
+    return obj
+
+
+def import_failure(exc: BaseException, module_name: str) -> str:
+    """Why importing ``module_name`` failed, with the file and line.
+
+    A syntax error: where the parser stopped. A module that is not there
+    but that ``module_name`` needs: the file (and line) importing it.
+    Anything else: the line of the innermost module being imported when
+    it was raised (the module's own line, or the one calling the code that
+    raised), and the error.
+    """
+    if isinstance(exc, SyntaxError):
+        return f"{exc.filename}:{exc.lineno}: {type(exc).__name__}: {exc.msg}"
+    modules = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.name == "<module>"]
+    where = f"{modules[-1].filename}:{modules[-1].lineno}" if modules else ""
+    error = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        if module_name == exc.name or module_name.startswith(exc.name + "."):
+            return str(exc)  # the target itself is not there
+        if where:
+            return f"{where} imports {exc.name!r}: {error}"
+    return f"{where}: {error}" if where else error
+
+
+def call_factory(factory: Any, bus: Any, label: str) -> WorkerPool:
+    """``factory(bus)`` (or ``factory()`` when ``bus`` is None): the pool it returns.
+
+    Raises:
+        Refused: it raised, or did not return a WorkerPool.
+    """
+    from ..worker import WorkerPool
+
+    try:
+        made = factory() if bus is None else factory(bus)
+    except Exception as exc:
+        logger.debug("building the pool failed", exc_info=True)
+        code = EXIT_CONNECT if exit_code(exc) == EXIT_CONNECT else EXIT_USAGE
+        raise Refused(f"cannot build a WorkerPool from {label}: {exc}", code) from None
+    if not isinstance(made, WorkerPool):
+        raise Refused(f"{label} is neither a WorkerPool nor a factory returning one")
+    return made
+
+
+def _wants_bus(factory: Any) -> bool:
+    try:
+        return len(inspect.signature(factory).parameters) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+# -- options that apply, options that would not ------------------------------
+
+
+def connection_flags(args: argparse.Namespace) -> List[str]:
+    """The connection options given (``--server``, ``--connect-timeout``)."""
+    given = []
+    if getattr(args, "server", None):
+        given.append("--server")
+    if getattr(args, "connect_timeout", None) is not None:
+        given.append("--connect-timeout")
+    return given
+
+
+def refuse_connection_flags(args: argparse.Namespace, why: str) -> None:
+    """Refuse ``--server`` / ``--connect-timeout`` when the pool brings its own connection.
+
+    Raises:
+        Refused: one of them was given.
+    """
+    flags = connection_flags(args)
+    if flags:
+        raise Refused(f"{' and '.join(flags)} would be ignored: {why}; drop {'them' if len(flags) > 1 else 'it'}")
+
+
+def apply_pool_options(pool: WorkerPool, args: argparse.Namespace) -> None:
+    """Set ``--max-workers``, ``--max-pending``, ``--queue-group`` on a pool not started yet.
+
+    Raises:
+        Refused: the pool is already serving, so they would be ignored.
+    """
+    given = {
+        name: getattr(args, name)
+        for name in ("max_workers", "max_pending", "queue_group")
+        if getattr(args, name, None) is not None
+    }
+    if not given:
+        return
+    if pool.running:
+        flags = " and ".join("--" + name.replace("_", "-") for name in given)
+        raise Refused(f"{flags} would be ignored: the WorkerPool {pool.service_id} already serves")
+    for name, value in given.items():
+        setattr(pool, name, value)
+    if "queue_group" in given:
+        pool.micro.queue_group = given["queue_group"]  # what $SRV.INFO reports
+
+
+# -- serving -----------------------------------------------------------------
+
+
+def serve(pool: WorkerPool, drain_timeout: float, label: str) -> int:
+    """Serve until SIGTERM/SIGINT, drain; return the exit status (0 drained, 1 not).
+
+    The signal handlers are in place before the pool subscribes; a second
+    signal raises ``SystemExit(128 + signal)``.
+
+    Raises:
+        Refused: the pool could not start (nothing was served).
+    """
+    from ..errors import NatsBusError
+
+    try:
+        drained = pool.run(drain_timeout=drain_timeout)  # signal handlers first, then start
+    except NatsBusError as exc:
+        if not pool._served:  # start() failed: it never served
+            code = EXIT_CONNECT if exit_code(exc) == EXIT_CONNECT else EXIT_USAGE
+            raise Refused(f"cannot start {label}: {exc}", code) from None
+        logger.error("worker pool %s failed: %s", pool.service_id, exc)
+        return EXIT_NOT_DRAINED
+    return EXIT_OK if drained else EXIT_NOT_DRAINED
+
+
+def run_worker(args: argparse.Namespace, err: TextIO) -> int:
+    """``natsbus worker TARGET``: load, connect, serve; return the exit status."""
+    try:
+        return _run_worker(args)
+    except Refused as exc:
+        err.write(f"natsbus worker: {exc}\n")
+        return exc.code
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError, ConnectError
+    from ..worker import WorkerPool
+
+    label = args.target
+    target = load(label)
+    if not isinstance(target, WorkerPool):
+        if not callable(target):
+            raise Refused(f"{label} is neither a WorkerPool nor a factory returning one")
+        if not _wants_bus(target):
+            target = call_factory(target, None, label)  # it may bind a Bus of its own
+    if isinstance(target, WorkerPool) and target.bus is not None:
+        refuse_connection_flags(args, f"{label} is a WorkerPool already bound to a Bus")
+        return _serve(target, args, label)
+    try:
+        bus = open_bus(args)
+    except (ConfigError, ConnectError) as exc:
+        raise Refused(str(exc), exit_code(exc)) from None
+    try:
+        pool = target.bind(bus) if isinstance(target, WorkerPool) else call_factory(target, bus, label)
+        if pool.bus is not bus:
+            refuse_connection_flags(args, f"{label} returned a WorkerPool bound to another Bus")
+        return _serve(pool, args, label)
+    finally:
+        bus.close()
+
+
+def _serve(pool: WorkerPool, args: argparse.Namespace, label: str) -> int:
+    apply_pool_options(pool, args)
+    return serve(pool, args.drain_timeout, label)
