@@ -11,7 +11,7 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_URL", "SCHEMES", "NatsConfig", "redact_url", "tls_context"]
+__all__ = ["DEFAULT_URL", "NatsConfig", "SCHEMES", "redact_url", "tls_context"]
 
 #: Where natsbus connects when neither ``servers`` nor ``NATS_URL`` is given.
 DEFAULT_URL = "nats://127.0.0.1:4222"

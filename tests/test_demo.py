@@ -59,10 +59,16 @@ def test_example_user_service_speaks_the_spec(nats_server: NatsServer) -> None:
             assert created["success"] is True
             assert created["command_id"] == "cmd-123e4567-e89b-12d3-a456-426614174000"
             user_id = created["payload"]["user_id"]
-            duplicate = _request(bus, "commands.CreateUserCommand", create)
+            # A retry of the same command_id (a lost reply) gets the first reply again ...
+            assert _request(bus, "commands.CreateUserCommand", create) == created
+            # ... while another command for the same email is the spec's duplicate error.
+            other_id = create.replace(
+                "cmd-123e4567-e89b-12d3-a456-426614174000", "cmd-223e4567-e89b-12d3-a456-426614174000"
+            )
+            duplicate = _request(bus, "commands.CreateUserCommand", other_id)
             assert duplicate == {
                 "success": False,
-                "command_id": "cmd-123e4567-e89b-12d3-a456-426614174000",
+                "command_id": "cmd-223e4567-e89b-12d3-a456-426614174000",
                 "timestamp": duplicate["timestamp"],
                 "payload": None,
                 "error": "User already exists with email: alice@example.com",
@@ -77,7 +83,8 @@ def test_example_user_service_speaks_the_spec(nats_server: NatsServer) -> None:
             assert sorted(found["payload"]) == ["created_at", "email", "id", "name"]
             missing = _request(bus, "queries.GetUserQuery", query.replace(user_id, "user-missing"))
             assert missing["success"] is False and missing["error"] == "User not found: user-missing"
-            bad = _request(bus, "commands.CreateUserCommand", create.replace('"name":"Alice",', ""))
+            bad_input = other_id.replace('"name":"Alice",', "").replace("cmd-223e4567", "cmd-323e4567")
+            bad = _request(bus, "commands.CreateUserCommand", bad_input)
             assert bad["error"] == "Invalid request format: expected 'name' field"
     finally:
         proc.send_signal(signal.SIGTERM)
