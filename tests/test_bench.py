@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -21,6 +21,18 @@ from natsbus.bench.runner import percentile
 from natsbus.cli import main
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+ROOT = Path(__file__).resolve().parent.parent
+CROSS = ("raw client, natsbus responder", "natsbus client, raw responder")
+
+
+def _bench(argv: List[str], timeout: float) -> str:
+    """``natsbus bench ARGV`` on its own embedded server; its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "natsbus", "bench", *argv], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +40,11 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[str, D
     """One ``natsbus bench --quick`` on its own embedded server: (stdout, JSON report, chart path)."""
     work = tmp_path_factory.mktemp("bench")
     report, chart = work / "bench.json", work / "bench.png"
-    argv = [sys.executable, "-m", "natsbus", "bench", "--quick", "--json", str(report)]
+    argv = ["--quick", "--json", str(report)]
     if HAS_MATPLOTLIB:
         argv += ["--chart", str(chart)]
-    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=50, env=env)
-    assert proc.returncode == 0, proc.stderr
-    yield proc.stdout, json.loads(report.read_text()), chart
+    stdout = _bench(argv, timeout=50)
+    yield stdout, json.loads(report.read_text()), chart
 
 
 def test_bench_quick_prints_the_targets_table_with_ratios_first(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
@@ -46,6 +56,26 @@ def test_bench_quick_prints_the_targets_table_with_ratios_first(quick_run: Tuple
     assert "sequential p50, 10 KiB payload" in stdout
     assert "Measurements" in stdout
     assert "client csw/req" in stdout and "responder csw/req" in stdout
+    assert "--quick: a very short run; the numbers are noise" in lines
+
+
+def test_bench_targets_are_those_of_the_issue(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
+    _, report, _ = quick_run
+    goals = {t["name"]: t["target"] for t in report["targets"]}
+    for size in ("small", "10 KiB"):
+        assert goals[f"throughput, 8 callers, {size} payload"] == ">= 0.95x"
+        assert goals[f"throughput, 32 callers, {size} payload"] == ">= 0.75x"
+        assert goals[f"throughput, 64 callers, {size} payload"] == ">= 0.75x"
+        assert goals[f"throughput, 256 callers, {size} payload"] == ""  # for information
+        assert goals[f"sequential p50, {size} payload"] == "<= 1.10x"
+        assert goals[f"execute_many, 64 in flight, {size} payload"] == ">= 1.00x"
+    assert goals["client RSS under load, 64 callers, small"] == "<= 1.25x"
+    assert goals["worker RSS, peak"] == "<= 1.50x"
+    for impl in CROSS:  # the diagnostics: informative, for the small payload only
+        assert goals[f"{impl}: sequential p50, small payload"] == ""
+        assert goals[f"{impl}: throughput, 64 callers, small payload"] == ""
+    assert not [name for name in goals if name.startswith(CROSS) and "10 KiB" in name]
+    assert report["meta"]["quick"] is True
 
 
 def test_bench_json_has_every_target_with_a_verdict(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
@@ -66,14 +96,19 @@ def test_bench_json_has_every_target_with_a_verdict(quick_run: Tuple[str, Dict[s
     ):
         assert expected in names
     for target in report["targets"]:
-        assert sorted(target) == ["name", "natsbus", "note", "ratio", "raw", "result", "target"]
+        assert sorted(target) == ["cell", "goal", "name", "natsbus", "note", "ratio", "raw", "result", "target"]
         assert target["result"] in ("PASS", "MISS", "n/a", "-")
+        assert (target["result"] == "-") == (target["target"] == "" and "works" not in target["name"])
 
 
 def test_bench_measures_raw_and_natsbus_in_every_cell(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
     _, report, _ = quick_run
     keys = {cell["key"] for cell in report["cells"]}
-    assert {"sequential/1/0", "throughput/64/0", "throughput/256/0", "throughput/64/10240"} <= keys
+    assert {f"throughput/{n}/{size}" for n in (8, 32, 64, 256) for size in (0, 10240)} <= keys
+    assert {"sequential/1/0", "sequential/1/10240"} <= keys
+    impls = {cell["key"]: cell["impls"] for cell in report["cells"]}
+    assert impls["sequential/1/0"] == impls["throughput/64/0"] == ["raw", *CROSS, "natsbus"]
+    assert impls["throughput/8/0"] == impls["sequential/1/10240"] == ["raw", "natsbus"]
     for cell in report["cells"]:
         if cell["scenario"] == "batch" and not report["meta"]["execute_many"]:
             assert cell["results"] == {"natsbus": {"missing": "execute_many"}}

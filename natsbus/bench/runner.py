@@ -14,17 +14,19 @@ size N > 0 adds a ``bio`` of N bytes to its payload. Each responder parses the
 request, builds the spec's response envelope (``UserCreated``) and replies;
 each client parses and checks the reply.
 
-Only one responder serves at a time (``serve`` / ``pause``), so both
-implementations share the subject, the queue group and the server. Each
-measurement runs in ``rounds`` rounds whose order alternates (raw, natsbus,
-natsbus, raw, ...), so drift hits both alike; its figures pool the rounds.
-Throughput counts the requests completed inside a window that opens after a
-warm-up, while every caller is still busy; latencies are those of requests
-sent and answered inside it. CPU time per request (all threads of a process,
-from ``time.process_time()``) is reported beside the rates: on a shared
-machine it is steadier than they are, and it shows which side costs more.
-So are context switches per request (``getrusage``, all threads): what
-handing work between threads costs, which raw asyncio never pays.
+Only one responder serves at a time (``serve`` / ``pause``), so every
+implementation shares the subject, the queue group and the server, and a
+client of one kind can be measured against a responder of the other (the
+cross diagnostics). Each measurement runs in ``rounds`` rounds whose order
+alternates (raw, natsbus, natsbus, raw, ...), so drift hits all alike; its
+figures pool the rounds. Throughput counts the requests completed inside a
+window that opens after a warm-up, while every caller is still busy;
+latencies are those of requests sent and answered inside it. CPU time per
+request (all threads of a process, from ``time.process_time()``) is
+reported beside the rates: on a shared machine it is steadier than they
+are, and it shows which side costs more. So are context switches per
+request (``getrusage``, all threads): what handing work between threads
+costs, which raw asyncio never pays.
 
 Every loop is bounded in time and in count; every child is ended in a
 ``finally`` (SIGKILL when it does not quit). Nothing here is public API.
@@ -55,7 +57,15 @@ from ..bus import Bus
 from ..errors import NatsBusError
 from ..server import NatsServer
 from ..worker import WorkerPool
-from .plan import Cell, Options, plan
+from .plan import (
+    CONCURRENCY,
+    NATSBUS_TO_RAW,
+    RAW_TO_NATSBUS,
+    REFERENCE_CALLERS,
+    Cell,
+    Options,
+    plan,
+)
 from .report import draw_chart, render, targets
 from .roles import (
     BATCH_IN_FLIGHT,
@@ -176,6 +186,7 @@ class _Runner:
         self.ready: Dict[str, Dict[str, Any]] = {}
         self.runs: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
         self.memory: Dict[str, Dict[str, int]] = {RAW: {}, NATSBUS: {}}
+        self.impls = [RAW, NATSBUS]  # each has a client and a responder child
 
     def start(self) -> None:
         env = _child_env()
@@ -196,10 +207,11 @@ class _Runner:
             child.close()
 
     def _roles(self, impl: str) -> Tuple[_Child, _Child, int]:
-        if impl == RAW:
-            return self.children["raw client"], self.children["raw responder"], 0
+        """The client, the responder and the extra types of one implementation (or cross pair)."""
+        pairs = {RAW_TO_NATSBUS: (RAW, NATSBUS), NATSBUS_TO_RAW: (NATSBUS, RAW), NATSBUS_TYPES: (NATSBUS, NATSBUS)}
+        client, responder = pairs.get(impl, (impl, impl))
         types = EXTRA_TYPES if impl == NATSBUS_TYPES else 0
-        return self.children["natsbus client"], self.children["natsbus responder"], types
+        return self.children[f"{client} client"], self.children[f"{responder} responder"], types
 
     def measure(self, cell: Cell) -> None:
         opts = self.options
@@ -234,11 +246,11 @@ class _Runner:
                 self.runs.setdefault((cell.key, impl), []).append(result)
 
     def read_memory(self) -> None:
-        """Peaks so far, and each client's RSS under load in the first throughput measurement."""
-        key = f"throughput/{self.options.concurrency[0]}/{self.options.payload_sizes[0]}"
-        for impl, prefix in ((RAW, "raw"), (NATSBUS, "natsbus")):
-            client = self.children[f"{prefix} client"].call({"op": "memory"}, timeout=30.0)["memory"]
-            responder = self.children[f"{prefix} responder"].call({"op": "memory"}, timeout=30.0)["memory"]
+        """Peaks so far, and each client's RSS under load in the throughput measurement at the reference callers."""
+        key = f"throughput/{self.options.reference}/{self.options.payload_sizes[0]}"
+        for impl in self.impls:
+            client = self.children[f"{impl} client"].call({"op": "memory"}, timeout=30.0)["memory"]
+            responder = self.children[f"{impl} responder"].call({"op": "memory"}, timeout=30.0)["memory"]
             under_load = max(r["memory"]["rss_kib"] for r in self.runs[(key, impl)])
             self.memory[impl] = {
                 "client_under_load_kib": under_load,
@@ -390,9 +402,11 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
         "server": _server_text(url, server is not None),
         "duration": options.duration,
         "rounds": options.rounds,
-        "order": "raw, natsbus" if options.rounds == 1 else "raw, natsbus, then natsbus, raw, and so on",
+        "order": "raw first" if options.rounds == 1 else "raw first, then in reverse order, and so on",
         "warmup": options.warmup,
+        "quick": options.quick,
         "concurrency": list(options.concurrency),
+        "reference_callers": options.reference,
         "payload_sizes": list(options.payload_sizes),
         "batch_size": options.batch_size,
         "batch_in_flight": BATCH_IN_FLIGHT,
@@ -404,8 +418,9 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
 
 
 def _estimate(options: Options) -> float:
-    cells = len(options.payload_sizes) * (len(options.concurrency) + 2) + 2
-    return cells * 2 * (options.duration + options.rounds * (options.warmup + 0.1)) + 3
+    main, growth = plan(options, execute_many=True)
+    runs = sum(len(cell.impls) for cell in main + growth)
+    return runs * (options.duration + options.rounds * (options.warmup + 0.1)) + 3
 
 
 # -- command line --------------------------------------------------------------------------
@@ -454,9 +469,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
         type=_int_list(1),
-        default=(64, 256),
+        default=CONCURRENCY,
         metavar="N,N",
-        help="concurrent callers for the throughput runs; the first is the target's (default 64,256)",
+        help="concurrent callers for the throughput runs (default 8,32,64,256); the targets are at 8, 32 and 64, "
+        f"memory and the diagnostics at {REFERENCE_CALLERS} (else at the first given)",
     )
     parser.add_argument(
         "--payload-sizes",

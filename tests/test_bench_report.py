@@ -1,0 +1,118 @@
+"""The bench's pure logic: its plan, its verdicts, its child boot and its option checks.
+
+No timed assertions: the figures here are made up, and no child is measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from natsbus.bench.plan import CROSS, Options, plan
+from natsbus.bench.report import targets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _result(throughput: float, p50_us: float = 500.0, cpu_us: float = 100.0, errors: int = 0) -> Dict[str, Any]:
+    return {
+        "throughput": throughput,
+        "p50_us": p50_us,
+        "p99_us": 2 * p50_us,
+        "client_cpu_us": cpu_us,
+        "responder_cpu_us": cpu_us,
+        "errors": errors,
+        "first_error": "TimeoutError: boom" if errors else "",
+        "capped": False,
+        "requests": 1000,
+    }
+
+
+def _verdicts(cells: Dict[str, Dict[str, Dict[str, Any]]], options: Optional[Options] = None) -> Dict[str, str]:
+    rows = targets(options or Options(payload_sizes=(0,)), cells, {})
+    return {row["name"]: row["result"] for row in rows}
+
+
+def test_default_plan_measures_8_32_64_and_256_callers_with_the_diagnostics_at_64() -> None:
+    main_cells, growth = plan(Options(), execute_many=True)
+    keys = [cell.key for cell in main_cells]
+    assert keys[:6] == [
+        "sequential/1/0",
+        "throughput/8/0",
+        "throughput/32/0",
+        "throughput/64/0",
+        "throughput/256/0",
+        "batch/64/0",
+    ]
+    impls = {cell.key: cell.impls for cell in main_cells}
+    assert impls["sequential/1/0"] == impls["throughput/64/0"] == ("raw", *CROSS, "natsbus")
+    assert impls["throughput/8/0"] == impls["throughput/64/10240"] == ("raw", "natsbus")
+    assert [cell.key for cell in growth] == ["types/64/0", "sequential/1/1048576"]
+
+
+def test_reference_callers_are_64_or_else_the_first_given() -> None:
+    assert (Options().reference, Options(concurrency=(16, 128)).reference) == (64, 16)
+
+
+def test_throughput_targets_are_095_at_8_and_075_at_32_and_64_and_none_at_256() -> None:
+    cells = {
+        "throughput/8/0": {"raw": _result(1000), "natsbus": _result(950)},
+        "throughput/32/0": {"raw": _result(1000), "natsbus": _result(749)},
+        "throughput/64/0": {"raw": _result(1000), "natsbus": _result(750)},
+        "throughput/256/0": {"raw": _result(1000), "natsbus": _result(100)},
+    }
+    verdicts = _verdicts(cells)
+    assert verdicts["throughput, 8 callers, small payload"] == "PASS"
+    assert verdicts["throughput, 32 callers, small payload"] == "MISS"
+    assert verdicts["throughput, 64 callers, small payload"] == "PASS"
+    assert verdicts["throughput, 256 callers, small payload"] == "-"
+    cells["throughput/8/0"]["natsbus"] = _result(949)
+    assert _verdicts(cells)["throughput, 8 callers, small payload"] == "MISS"
+
+
+def test_sequential_p50_target_is_at_most_110() -> None:
+    cells = {"sequential/1/0": {"raw": _result(1000, p50_us=500.0), "natsbus": _result(900, p50_us=550.0)}}
+    assert _verdicts(cells)["sequential p50, small payload"] == "PASS"
+    cells["sequential/1/0"]["natsbus"] = _result(900, p50_us=551.0)
+    assert _verdicts(cells)["sequential p50, small payload"] == "MISS"
+
+
+def test_a_measurement_with_errors_misses_whatever_its_ratio() -> None:
+    cells = {"throughput/8/0": {"raw": _result(1000), "natsbus": _result(2000, errors=3)}}
+    rows = targets(Options(payload_sizes=(0,)), cells, {})
+    row = next(r for r in rows if r["name"] == "throughput, 8 callers, small payload")
+    assert (row["result"], row["note"]) == ("MISS", "3 errors (TimeoutError: boom)")
+
+
+def test_cross_diagnostics_are_ratios_to_raw_without_a_verdict() -> None:
+    cells = {
+        "throughput/64/0": {
+            "raw": _result(1000),
+            "raw client, natsbus responder": _result(900),
+            "natsbus client, raw responder": _result(800),
+            "natsbus": _result(700),
+        }
+    }
+    rows = {r["name"]: r for r in targets(Options(payload_sizes=(0,)), cells, {})}
+    worker = rows["raw client, natsbus responder: throughput, 64 callers, small payload"]
+    client = rows["natsbus client, raw responder: throughput, 64 callers, small payload"]
+    assert (worker["ratio"], worker["result"], worker["note"]) == (
+        0.9,
+        "-",
+        "diagnostic: only the responder is natsbus",
+    )
+    assert (client["ratio"], client["result"], client["note"]) == (0.8, "-", "diagnostic: only the client is natsbus")
+
+
+def test_targets_carry_their_cell_and_goal_for_the_chart() -> None:
+    rows = {r["name"]: r for r in targets(Options(payload_sizes=(0,)), {}, {})}
+    assert (
+        rows["throughput, 8 callers, small payload"]["cell"],
+        rows["throughput, 8 callers, small payload"]["goal"],
+    ) == (
+        "throughput/8/0",
+        0.95,
+    )
+    assert rows["sequential p50, small payload"]["goal"] == 1.1
+    assert rows["throughput, 256 callers, small payload"]["goal"] is None
+    assert rows["worker RSS, peak"]["cell"] is None
