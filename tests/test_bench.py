@@ -56,6 +56,7 @@ def test_bench_quick_prints_the_targets_table_with_ratios_first(quick_run: Tuple
     assert "sequential p50, 10 KiB payload" in stdout
     assert "Measurements" in stdout
     assert "client csw/req" in stdout and "responder csw/req" in stdout
+    assert "JSON library: json (a plain install's; --json-lib orjson compares)" in lines
     assert "--quick: a very short run; the numbers are noise" in lines
 
 
@@ -75,7 +76,7 @@ def test_bench_targets_are_those_of_the_issue(quick_run: Tuple[str, Dict[str, An
         assert goals[f"{impl}: sequential p50, small payload"] == ""
         assert goals[f"{impl}: throughput, 64 callers, small payload"] == ""
     assert not [name for name in goals if name.startswith(CROSS) and "10 KiB" in name]
-    assert report["meta"]["quick"] is True
+    assert (report["meta"]["json"], report["meta"]["raw_json"], report["meta"]["quick"]) == ("json", "json", True)
 
 
 def test_bench_json_has_every_target_with_a_verdict(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:

@@ -5,11 +5,18 @@ No timed assertions: the figures here are made up, and no child is measured.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import pytest
+
+from natsbus.bench import runner
 from natsbus.bench.plan import CROSS, Options, plan
 from natsbus.bench.report import targets
+from natsbus.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,3 +123,60 @@ def test_targets_carry_their_cell_and_goal_for_the_chart() -> None:
     assert rows["sequential p50, small payload"]["goal"] == 1.1
     assert rows["throughput, 256 callers, small payload"]["goal"] is None
     assert rows["worker RSS, peak"]["cell"] is None
+
+
+# -- children: the JSON library ------------------------------------------
+
+
+@pytest.fixture
+def fake_orjson(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An importable stand-in ``orjson`` on PYTHONPATH, and a script saying which JSON library it gets."""
+    (tmp_path / "orjson.py").write_text("")
+    (tmp_path / "probe.py").write_text(
+        "import sys\n"
+        "def main(argv):\n"
+        "    try:\n"
+        "        import orjson\n"
+        "    except ImportError:\n"
+        "        print('json', *argv)\n"
+        "    else:\n"
+        "        print('orjson', *argv)\n"
+        "    return 0\n"
+        "if __name__ == '__main__':\n"
+        "    raise SystemExit(main(sys.argv[1:]))\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("json_lib", ["json", "orjson"])
+def test_child_boot_hides_orjson_for_the_plain_install_json_library(fake_orjson: Path, json_lib: str) -> None:
+    by_path = runner.child_argv(json_lib, str(fake_orjson / "probe.py"), ["client", "nats://x"])
+    as_module = runner.child_argv(json_lib, "probe", ["responder", "nats://y"])
+    outputs = [subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout for argv in (by_path, as_module)]
+    assert outputs == [f"{json_lib} client nats://x\n", f"{json_lib} responder nats://y\n"]
+
+
+def test_bench_refuses_orjson_when_it_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    find_spec = runner.importlib.util.find_spec
+    monkeypatch.setattr(
+        runner.importlib.util,
+        "find_spec",
+        lambda name, package=None: None if name == "orjson" else find_spec(name, package),
+    )
+    assert main(["bench", "--json-lib", "orjson"]) == 2
+    assert "--json-lib orjson needs orjson: pip install 'natsbus[fast]'" in capsys.readouterr().err
+
+
+def test_bench_rejects_an_unknown_json_library(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--json-lib", "ujson"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'ujson'" in capsys.readouterr().err
+
+
+def test_the_bench_driver_runs_children_from_this_checkout() -> None:
+    assert runner._child_env(runner._ROOT)["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+    assert sys.executable == runner.child_argv("json", "x", [])[0]

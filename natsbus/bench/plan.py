@@ -18,6 +18,9 @@ CONCURRENCY = (8, 32, 64, 256)
 #: Memory under load, the cross diagnostics, the types check and the growth check run
 #: at this many callers (at the first of ``--concurrency`` when it is not among them).
 REFERENCE_CALLERS = 64
+#: The JSON libraries natsbus.codec can use; a plain install (no ``fast`` extra) uses "json".
+JSON_LIBS = ("json", "orjson")
+PLAIN_JSON = "json"
 
 # -- the bench side: plan and run -------------------------------------------------------
 
@@ -36,6 +39,7 @@ class Options:
     json_path: Optional[str] = None
     chart_path: Optional[str] = None
     quick: bool = False
+    json_lib: str = attrs.field(default=PLAIN_JSON, validator=attrs.validators.in_(JSON_LIBS))
 
     @property
     def run_duration(self) -> float:

@@ -247,12 +247,20 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequenc
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
+def _json_text(meta: Dict[str, Any]) -> str:
+    plain = meta.get("json_plain_install", "json")
+    if meta["json"] == plain:
+        return f"JSON library: {meta['json']} (a plain install's; --json-lib orjson compares)"
+    return f"JSON library: {meta['json']} (--json-lib; a plain install uses {plain}, which the targets are for)"
+
+
 def render(report: Dict[str, Any]) -> str:
     """The printed report: the targets (ratios first), then every measurement."""
     meta = report["meta"]
     lines = [
         f"natsbus bench: natsbus {meta['natsbus']} vs raw nats-py {meta['nats_py']} "
-        f"(Python {meta['python']}, {meta['cpus']} CPUs, JSON {meta['json']})",
+        f"(Python {meta['python']}, {meta['cpus']} CPUs)",
+        _json_text(meta),
         f"server: {meta['server']}",
         f"each measurement: {meta['duration']:g} s per implementation in {meta['rounds']} alternating "
         f"round(s) ({meta['order']}); WorkerPool max_workers {meta['max_workers']}",

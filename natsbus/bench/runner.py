@@ -4,8 +4,8 @@ How a run goes::
 
     bench (this process)       starts the embedded nats-server (or uses --server / NATS_URL),
                                then four child processes, and drives them over JSON lines
-    natsbus responder          python -m natsbus.bench.roles responder URL: a WorkerPool
-    natsbus client             python -m natsbus.bench.roles client URL: threads calling execute()
+    natsbus responder          natsbus.bench.roles responder URL: a WorkerPool
+    natsbus client             natsbus.bench.roles client URL: threads calling execute()
     raw responder              natsbus/bench/raw.py responder URL: an asyncio nats-py callback
     raw client                 natsbus/bench/raw.py client URL: asyncio tasks calling nc.request()
 
@@ -27,6 +27,12 @@ reported beside the rates: on a shared machine it is steadier than they
 are, and it shows which side costs more. So are context switches per
 request (``getrusage``, all threads): what handing work between threads
 costs, which raw asyncio never pays.
+
+Every child runs with one JSON library, ``--json-lib``: by default that of a
+plain install (the standard library), so orjson is made unimportable in the
+children even where it is installed (the ``fast`` extra); natsbus's codec
+and the raw baseline then both fall back to ``json``, as they would without
+it. Each child says which library it loaded, and the bench checks.
 
 Every loop is bounded in time and in count; every child is ended in a
 ``finally`` (SIGKILL when it does not quit). Nothing here is public API.
@@ -59,7 +65,9 @@ from ..server import NatsServer
 from ..worker import WorkerPool
 from .plan import (
     CONCURRENCY,
+    JSON_LIBS,
     NATSBUS_TO_RAW,
+    PLAIN_JSON,
     RAW_TO_NATSBUS,
     REFERENCE_CALLERS,
     Cell,
@@ -86,15 +94,39 @@ class BenchError(NatsBusError):
 
 # -- the bench side: children ----------------------------------------------------------
 
-# Starts the raw baseline by file path, so its process never imports natsbus.
-_RAW_BOOT = (
-    "import importlib.util, sys\n"
-    "spec = importlib.util.spec_from_file_location('natsbus_bench_raw', sys.argv[1])\n"
-    "module = importlib.util.module_from_spec(spec)\n"
-    "sys.modules[spec.name] = module\n"
-    "spec.loader.exec_module(module)\n"
-    "sys.exit(module.main(sys.argv[2:]))\n"
-)
+# Starts a child. With "json" (a plain install's library) first makes orjson
+# unimportable, as it is where the ``fast`` extra is not installed. Then runs
+# either a file by path (the raw baseline: its process never imports natsbus)
+# or a module as __main__ (the natsbus roles).
+_BOOT = """\
+import sys
+json_lib, target = sys.argv[1], sys.argv[2]
+del sys.argv[1:3]
+if json_lib == "json":
+    class HideOrjson:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name.partition(".")[0] == "orjson":
+                raise ModuleNotFoundError(f"No module named {name!r} (natsbus bench --json-lib json)", name=name)
+            return None
+
+    sys.meta_path.insert(0, HideOrjson)
+    del HideOrjson
+if target.endswith(".py"):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("natsbus_bench_raw", target)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    sys.exit(module.main(sys.argv[1:]))
+import runpy
+runpy.run_module(target, run_name="__main__", alter_sys=True)
+"""
+
+
+def child_argv(json_lib: str, target: str, args: Sequence[str]) -> List[str]:
+    """The command line of a child: ``target`` is a ``.py`` file (run by path) or a module name."""
+    return [sys.executable, "-P", "-c", _BOOT, json_lib, target, *args]  # -P: not the working directory
 
 
 class _Child:
@@ -166,9 +198,13 @@ class _Child:
         self._stderr.close()
 
 
-def _child_env() -> Dict[str, str]:
+#: This natsbus: the directory holding the package.
+_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+
+
+def _child_env(root: str) -> Dict[str, str]:
+    """The environment of a child: ``root`` (the directory holding a natsbus) first on its path."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # the children import this natsbus
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env.pop("PYTHONSTARTUP", None)
     return env
@@ -189,18 +225,18 @@ class _Runner:
         self.impls = [RAW, NATSBUS]  # each has a client and a responder child
 
     def start(self) -> None:
-        env = _child_env()
         raw_file = str(Path(__file__).with_name("raw.py"))
-        specs = {
-            "raw responder": [sys.executable, "-c", _RAW_BOOT, raw_file, "responder", self.url],
-            "raw client": [sys.executable, "-c", _RAW_BOOT, raw_file, "client", self.url],
-            "natsbus responder": [sys.executable, "-m", "natsbus.bench.roles", "responder", self.url],
-            "natsbus client": [sys.executable, "-m", "natsbus.bench.roles", "client", self.url],
-        }
-        for name, argv in specs.items():  # all start at once; then wait for each to be ready
-            self.children[name] = _Child(name, argv, env)
+        kinds = {RAW: (raw_file, _ROOT), NATSBUS: ("natsbus.bench.roles", _ROOT)}
+        for impl, (target, root) in kinds.items():  # all start at once; then wait for each to be ready
+            env = _child_env(root)
+            for role in ("responder", "client"):
+                argv = child_argv(self.options.json_lib, target, [role, self.url])
+                self.children[f"{impl} {role}"] = _Child(f"{impl} {role}", argv, env)
         for name, child in self.children.items():
             self.ready[name] = child.receive(timeout=60.0)
+        for name, ready in self.ready.items():
+            if ready.get("json") != self.options.json_lib:
+                raise BenchError(f"the {name} runs JSON library {ready.get('json')!r}, not {self.options.json_lib!r}")
 
     def close(self) -> None:
         for child in self.children.values():
@@ -340,7 +376,10 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
             url = server.url
         else:
             Bus(url, connect_timeout=5.0).close()  # fail fast, naming the URL, before any child starts
-        out.write(f"natsbus bench against {_server_text(url, server is not None)}; about {_estimate(options):.0f} s\n")
+        out.write(
+            f"natsbus bench against {_server_text(url, server is not None)}, JSON library {options.json_lib}; "
+            f"about {_estimate(options):.0f} s\n"
+        )
         out.flush()
         runner = _Runner(options, url, out)
         runner.start()
@@ -396,7 +435,8 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "json": ready["natsbus client"].get("json", "?"),
+        "json": options.json_lib,  # every child checked: see _Runner.start
+        "json_plain_install": PLAIN_JSON,
         "raw_json": ready["raw client"].get("json", "?"),
         "raw_imports_natsbus": bool(ready["raw client"].get("natsbus_loaded")),
         "server": _server_text(url, server is not None),
@@ -488,6 +528,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="also draw a PNG chart (needs the chart extra: pip install 'natsbus[chart]')",
     )
+    parser.add_argument(
+        "--json-lib",
+        choices=JSON_LIBS,
+        default=PLAIN_JSON,
+        help="the JSON library of every child (default json: a plain install's; orjson needs the fast extra)",
+    )
     parser.add_argument("--quick", action="store_true", help="a very short run, for smoke tests (numbers are noise)")
 
 
@@ -514,6 +560,9 @@ def run_bench(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
     if args.chart_path and importlib.util.find_spec("matplotlib") is None:
         sys.stderr.write("natsbus bench: --chart needs matplotlib: pip install 'natsbus[chart]'\n")
         return 2
+    if args.json_lib == "orjson" and importlib.util.find_spec("orjson") is None:
+        sys.stderr.write("natsbus bench: --json-lib orjson needs orjson: pip install 'natsbus[fast]'\n")
+        return 2
     options = Options(
         server=args.server,
         duration=0.3 if args.quick else args.duration,
@@ -525,6 +574,7 @@ def run_bench(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
         json_path=args.json_path,
         chart_path=args.chart_path,
         quick=args.quick,
+        json_lib=args.json_lib,
     )
     try:
         with _terminate_as_error():
