@@ -135,6 +135,25 @@ def test_bench_draws_a_png_chart(quick_run: Tuple[str, Dict[str, Any], Path]) ->
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_bench_compares_a_baseline_natsbus_in_the_same_run(tmp_path: Path) -> None:
+    """The same tree as the baseline: its rows are there, beside raw and natsbus, in one run."""
+    report_path = tmp_path / "bench.json"
+    argv = ["--quick", "--baseline", str(ROOT), "--payload-sizes", "0", "--concurrency", "8"]
+    stdout = _bench([*argv, "--json", str(report_path)], timeout=50)
+    report = json.loads(report_path.read_text())
+    assert report["meta"]["baseline"]["path"] == str(ROOT)
+    assert f"baseline: natsbus {report['meta']['baseline']['natsbus']} from {ROOT}" in stdout
+    assert "Before and after: natsbus / baseline natsbus, same run" in stdout
+    cells = {cell["key"]: cell for cell in report["cells"]}
+    assert cells["throughput/8/0"]["impls"] == ["raw", *CROSS, "natsbus", "baseline"]  # 8: the reference here
+    assert cells["throughput/8/0"]["results"]["baseline"]["requests"] > 0
+    names = [row["name"] for row in report["baseline"]]
+    assert names[:2] == ["sequential p50, small payload", "throughput, 8 callers, small payload"]
+    assert names[-3:] == ["RSS, client, under load", "RSS, client, peak", "RSS, responder, peak"]
+    assert all(row["ratio"] is not None for row in report["baseline"])
+    assert set(report["memory"]) == {"raw", "natsbus", "baseline"}
+
+
 def test_bench_rejects_a_bad_concurrency_list(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--concurrency", "64,x"])

@@ -9,13 +9,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
 from natsbus.bench import runner
-from natsbus.bench.plan import CROSS, Options, plan
-from natsbus.bench.report import targets
+from natsbus.bench.plan import BASELINE, CROSS, Options, plan
+from natsbus.bench.report import targets, versus_baseline
 from natsbus.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +55,12 @@ def test_default_plan_measures_8_32_64_and_256_callers_with_the_diagnostics_at_6
     assert impls["sequential/1/0"] == impls["throughput/64/0"] == ("raw", *CROSS, "natsbus")
     assert impls["throughput/8/0"] == impls["throughput/64/10240"] == ("raw", "natsbus")
     assert [cell.key for cell in growth] == ["types/64/0", "sequential/1/1048576"]
+
+
+def test_plan_with_a_baseline_measures_it_in_every_main_cell_but_not_in_the_growth_checks() -> None:
+    main_cells, growth = plan(Options(baseline="/somewhere", concurrency=(8,)), execute_many=True)
+    assert all(cell.impls[-2:] == ("natsbus", BASELINE) for cell in main_cells)
+    assert not [cell for cell in growth if BASELINE in cell.impls]
 
 
 def test_reference_callers_are_64_or_else_the_first_given() -> None:
@@ -125,7 +131,46 @@ def test_targets_carry_their_cell_and_goal_for_the_chart() -> None:
     assert rows["worker RSS, peak"]["cell"] is None
 
 
-# -- children: the JSON library ------------------------------------------
+def test_versus_baseline_compares_natsbus_with_the_baseline_per_cell_and_in_memory() -> None:
+    cells: List[Dict[str, Any]] = [
+        {
+            "key": "sequential/1/0",
+            "scenario": "sequential",
+            "payload": 0,
+            "concurrency": 1,
+            "results": {"raw": _result(1), "natsbus": _result(1, p50_us=400.0, cpu_us=90.0), BASELINE: _result(1)},
+        },
+        {
+            "key": "throughput/8/0",
+            "scenario": "throughput",
+            "payload": 0,
+            "concurrency": 8,
+            "results": {"raw": _result(1), "natsbus": _result(1100), BASELINE: _result(1000)},
+        },
+        {
+            "key": "batch/64/0",
+            "scenario": "batch",
+            "payload": 0,
+            "concurrency": 64,
+            "results": {"raw": _result(1), "natsbus": _result(1), BASELINE: {"missing": "execute_many"}},
+        },
+    ]
+    memory = {"natsbus": {"client_peak_kib": 2048}, BASELINE: {"client_peak_kib": 1024}}
+    rows = {row["name"]: row for row in versus_baseline(cells, memory)}
+    assert list(rows) == [
+        "sequential p50, small payload",
+        "throughput, 8 callers, small payload",
+        "RSS, client, under load",
+        "RSS, client, peak",
+        "RSS, responder, peak",
+    ]
+    sequential = rows["sequential p50, small payload"]
+    assert (sequential["metric"], sequential["ratio"], sequential["client_cpu_ratio"]) == ("p50_us", 0.8, 0.9)
+    assert rows["throughput, 8 callers, small payload"]["ratio"] == 1.1
+    assert (rows["RSS, client, peak"]["ratio"], rows["RSS, client, under load"]["ratio"]) == (2.0, None)
+
+
+# -- children: the JSON library, the roles module ------------------------------------------
 
 
 @pytest.fixture
@@ -155,6 +200,19 @@ def test_child_boot_hides_orjson_for_the_plain_install_json_library(fake_orjson:
     as_module = runner.child_argv(json_lib, "probe", ["responder", "nats://y"])
     outputs = [subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout for argv in (by_path, as_module)]
     assert outputs == [f"{json_lib} client nats://x\n", f"{json_lib} responder nats://y\n"]
+
+
+def test_roles_module_finds_the_roles_of_either_layout(tmp_path: Path) -> None:
+    (tmp_path / "old" / "natsbus").mkdir(parents=True)
+    (tmp_path / "old" / "natsbus" / "_bench_roles.py").write_text("")
+    assert runner.roles_module(str(ROOT)) == "natsbus.bench.roles"
+    assert runner.roles_module(str(tmp_path / "old")) == "natsbus._bench_roles"
+    assert runner.roles_module(str(tmp_path)) is None
+
+
+def test_bench_refuses_a_baseline_without_a_natsbus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--baseline", str(tmp_path)]) == 2
+    assert f"--baseline {tmp_path}: no natsbus package with a bench in it" in capsys.readouterr().err
 
 
 def test_bench_refuses_orjson_when_it_is_not_installed(

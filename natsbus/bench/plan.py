@@ -8,6 +8,8 @@ import attrs
 
 from .roles import BATCH_IN_FLIGHT, LARGE_PAYLOAD, NATSBUS, NATSBUS_TYPES, RAW
 
+#: Another natsbus (``--baseline DIR``), measured beside this one in the same run.
+BASELINE = "baseline"
 #: Diagnostics, one side each: they tell whether a gap is the client's or the worker's.
 RAW_TO_NATSBUS = "raw client, natsbus responder"
 NATSBUS_TO_RAW = "natsbus client, raw responder"
@@ -40,6 +42,7 @@ class Options:
     chart_path: Optional[str] = None
     quick: bool = False
     json_lib: str = attrs.field(default=PLAIN_JSON, validator=attrs.validators.in_(JSON_LIBS))
+    baseline: Optional[str] = None  # a directory holding another natsbus package
 
     @property
     def run_duration(self) -> float:
@@ -87,22 +90,23 @@ def size_label(size: int) -> str:
 def plan(options: Options, execute_many: bool) -> Tuple[List[Cell], List[Cell]]:
     """The main cells (memory is read after them), then the growth checks.
 
-    Every main cell measures raw and natsbus. The first payload size's
-    sequential cell and its cell at the reference callers also measure the
-    two cross pairs, in the same alternating rounds, so their ratios to raw
-    are like for like.
+    Every main cell measures raw and natsbus (and the baseline natsbus, with
+    ``--baseline``). The first payload size's sequential cell and its cell at
+    the reference callers also measure the two cross pairs, in the same
+    alternating rounds, so their ratios to raw are like for like.
     """
+    ours = (NATSBUS, BASELINE) if options.baseline else (NATSBUS,)
     ref = options.reference
     main: List[Cell] = []
     for index, size in enumerate(options.payload_sizes):
         cross = CROSS if index == 0 else ()
-        main.append(Cell(f"sequential/1/{size}", "sequential", size, 1, impls=(RAW, *cross, NATSBUS)))
+        main.append(Cell(f"sequential/1/{size}", "sequential", size, 1, impls=(RAW, *cross, *ours)))
         for n in options.concurrency:
-            impls = (RAW, *(cross if n == ref else ()), NATSBUS)
+            impls = (RAW, *(cross if n == ref else ()), *ours)
             main.append(Cell(f"throughput/{n}/{size}", "throughput", size, n, impls=impls))
         if execute_many:
             key = f"batch/{BATCH_IN_FLIGHT}/{size}"
-            main.append(Cell(key, "batch", size, BATCH_IN_FLIGHT, impls=(RAW, NATSBUS)))
+            main.append(Cell(key, "batch", size, BATCH_IN_FLIGHT, impls=(RAW, *ours)))
     growth = [
         Cell(f"types/{ref}/0", "throughput", 0, ref, impls=(NATSBUS, NATSBUS_TYPES)),
         Cell(

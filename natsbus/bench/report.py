@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .plan import NATSBUS_TO_RAW, RAW_TO_NATSBUS, Options, size_label
+from .plan import BASELINE, NATSBUS_TO_RAW, RAW_TO_NATSBUS, Options, size_label
 from .roles import BATCH_IN_FLIGHT, EXTRA_TYPES, LARGE_PAYLOAD, NATSBUS, NATSBUS_TYPES, RAW
 
 # -- targets -------------------------------------------------------------------------
@@ -227,6 +227,55 @@ def targets(
     return rows
 
 
+def versus_baseline(cells: List[Dict[str, Any]], memory: Dict[str, Dict[str, int]]) -> List[Dict[str, Any]]:
+    """natsbus / the baseline natsbus for every cell that measured both, then memory; no targets.
+
+    The ratio is of throughput (higher is better), or of the p50 for a
+    sequential cell (lower is better); the CPU ratios are per request
+    (lower is better), steadier than rates on a shared machine.
+    """
+    rows: List[Dict[str, Any]] = []
+    for cell in cells:
+        nb, base = cell["results"].get(NATSBUS), cell["results"].get(BASELINE)
+        if not nb or not base or "missing" in nb or "missing" in base:
+            continue
+        metric = "p50_us" if cell["scenario"] == "sequential" else "throughput"
+        fmt = _latency_text if metric == "p50_us" else _fmt_rate
+        rows.append(
+            {
+                "name": cell_label(cell["scenario"], cell["concurrency"], cell["payload"]),
+                "cell": cell["key"],
+                "metric": metric,
+                "ratio": _round(_ratio(_val(nb, metric), _val(base, metric))),
+                "client_cpu_ratio": _round(_ratio(_val(nb, "client_cpu_us"), _val(base, "client_cpu_us"))),
+                "responder_cpu_ratio": _round(_ratio(_val(nb, "responder_cpu_us"), _val(base, "responder_cpu_us"))),
+                "baseline": fmt(base),
+                "natsbus": fmt(nb),
+                "note": _errors_note(base, nb),
+            }
+        )
+    nb_mem, base_mem = memory.get(NATSBUS, {}), memory.get(BASELINE, {})
+    for key, name in _MEMORY_ROWS:
+        rows.append(
+            {
+                "name": f"RSS, {name}",
+                "cell": None,
+                "metric": key,
+                "ratio": _round(_ratio(_val(nb_mem, key), _val(base_mem, key))),
+                "client_cpu_ratio": None,
+                "responder_cpu_ratio": None,
+                "baseline": _fmt_kib(base_mem.get(key)),
+                "natsbus": _fmt_kib(nb_mem.get(key)),
+                "note": "",
+            }
+        )
+    return rows
+
+
+def _round(ratio: Optional[float]) -> Optional[float]:
+    return round(ratio, 3) if ratio is not None else None
+
+
 _MEMORY_ROWS = (
     ("client_under_load_kib", "client, under load"),
     ("client_peak_kib", "client, peak"),
@@ -254,8 +303,15 @@ def _json_text(meta: Dict[str, Any]) -> str:
     return f"JSON library: {meta['json']} (--json-lib; a plain install uses {plain}, which the targets are for)"
 
 
+def _baseline_text(meta: Dict[str, Any]) -> str:
+    base = meta["baseline"]
+    git = f", git {base['git']}" if base.get("git") else ""
+    ours = f" (git {meta['natsbus_git']})" if meta.get("natsbus_git") else ""
+    return f"baseline: natsbus {base['natsbus']} from {base['path']}{git}; this natsbus{ours}"
+
+
 def render(report: Dict[str, Any]) -> str:
-    """The printed report: the targets (ratios first), then every measurement."""
+    """The printed report: the targets (ratios first), the baseline's comparison, then every measurement."""
     meta = report["meta"]
     lines = [
         f"natsbus bench: natsbus {meta['natsbus']} vs raw nats-py {meta['nats_py']} "
@@ -265,6 +321,8 @@ def render(report: Dict[str, Any]) -> str:
         f"each measurement: {meta['duration']:g} s per implementation in {meta['rounds']} alternating "
         f"round(s) ({meta['order']}); WorkerPool max_workers {meta['max_workers']}",
     ]
+    if meta.get("baseline"):
+        lines.append(_baseline_text(meta))
     if meta.get("quick"):
         lines.append("--quick: a very short run; the numbers are noise")
     lines += ["", "Targets: natsbus / raw nats-py, same run"]
@@ -273,6 +331,26 @@ def render(report: Dict[str, Any]) -> str:
         for t in report["targets"]
     ]
     lines += _table(["ratio", "target", "result", "measurement", "raw", "natsbus", "note"], rows, right=(0,))
+    if report.get("baseline"):
+        lines += [
+            "",
+            "Before and after: natsbus / baseline natsbus, same run "
+            "(req/s: higher is better; p50, CPU and RSS: lower is better)",
+        ]
+        rows = [
+            [
+                _fmt_ratio(b["ratio"]),
+                _fmt_ratio(b["client_cpu_ratio"]),
+                _fmt_ratio(b["responder_cpu_ratio"]),
+                b["name"],
+                b["baseline"],
+                b["natsbus"],
+                b["note"],
+            ]
+            for b in report["baseline"]
+        ]
+        headers = ["ratio", "client CPU/req", "responder CPU/req", "measurement", "baseline", "natsbus", "note"]
+        lines += _table(headers, rows, right=(0, 1, 2))
     lines += ["", "Measurements"]
     rows = []
     for cell in report["cells"]:
@@ -316,7 +394,7 @@ def render(report: Dict[str, Any]) -> str:
     ]
     lines += _table(headers, rows, right=(2, 4, 5, 6, 7, 8, 9, 10, 11, 12))
     mem = report["memory"]
-    impls = [RAW, NATSBUS]
+    impls = [impl for impl in (RAW, NATSBUS, BASELINE) if impl in mem]
     lines += [""]
     lines += _table(
         ["memory (RSS)", *impls],

@@ -3,11 +3,13 @@
 How a run goes::
 
     bench (this process)       starts the embedded nats-server (or uses --server / NATS_URL),
-                               then four child processes, and drives them over JSON lines
+                               then four child processes (six with --baseline), and drives
+                               them over JSON lines
     natsbus responder          natsbus.bench.roles responder URL: a WorkerPool
     natsbus client             natsbus.bench.roles client URL: threads calling execute()
     raw responder              natsbus/bench/raw.py responder URL: an asyncio nats-py callback
     raw client                 natsbus/bench/raw.py client URL: asyncio tasks calling nc.request()
+    baseline responder/client  with --baseline DIR: the same roles of the natsbus in DIR
 
 The workload is the spec's ``CreateUserCommand`` request envelope; a payload
 size N > 0 adds a ``bio`` of N bytes to its payload. Each responder parses the
@@ -64,6 +66,7 @@ from ..errors import NatsBusError
 from ..server import NatsServer
 from ..worker import WorkerPool
 from .plan import (
+    BASELINE,
     CONCURRENCY,
     JSON_LIBS,
     NATSBUS_TO_RAW,
@@ -74,7 +77,7 @@ from .plan import (
     Options,
     plan,
 )
-from .report import draw_chart, render, targets
+from .report import draw_chart, render, targets, versus_baseline
 from .roles import (
     BATCH_IN_FLIGHT,
     EXTRA_TYPES,
@@ -97,7 +100,7 @@ class BenchError(NatsBusError):
 # Starts a child. With "json" (a plain install's library) first makes orjson
 # unimportable, as it is where the ``fast`` extra is not installed. Then runs
 # either a file by path (the raw baseline: its process never imports natsbus)
-# or a module as __main__ (the natsbus roles).
+# or a module as __main__ (the natsbus roles, of this natsbus or the baseline's).
 _BOOT = """\
 import sys
 json_lib, target = sys.argv[1], sys.argv[2]
@@ -200,6 +203,8 @@ class _Child:
 
 #: This natsbus: the directory holding the package.
 _ROOT = str(Path(__file__).resolve().parent.parent.parent)
+#: The natsbus roles module, where each natsbus version keeps it (before the bench/ package: _bench_roles).
+_ROLES_MODULES = ("natsbus.bench.roles", "natsbus._bench_roles")
 
 
 def _child_env(root: str) -> Dict[str, str]:
@@ -208,6 +213,45 @@ def _child_env(root: str) -> Dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env.pop("PYTHONSTARTUP", None)
     return env
+
+
+def roles_module(root: str) -> Optional[str]:
+    """The natsbus roles module under ``root``, or ``None`` when it has no natsbus with a bench."""
+    for name in _ROLES_MODULES:
+        if Path(root, *name.split(".")).with_suffix(".py").is_file():
+            return name
+    return None
+
+
+def _git(root: str) -> str:
+    """``git describe --always --dirty`` of ``root``, or "" when it is not a git checkout."""
+    if not Path(root, ".git").exists():  # not the repository an installed natsbus happens to sit in
+        return ""
+    try:
+        done = subprocess.run(
+            ["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10.0
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _probe_baseline(root: str) -> Dict[str, str]:
+    """Where the baseline's children import natsbus from, and its version; BenchError if not from ``root``."""
+    code = "import json, natsbus; print(json.dumps([natsbus.__file__, getattr(natsbus, '__version__', '?')]))"
+    argv = [sys.executable, "-P", "-c", code]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60.0, env=_child_env(root))
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"the baseline natsbus in {root} does not import: {exc}") from None
+    try:
+        where, version = json.loads(done.stdout)
+    except ValueError:
+        raise BenchError(f"the baseline natsbus in {root} does not import: {done.stderr.strip()[-500:]}") from None
+    package = Path(root, "natsbus").resolve()
+    if Path(where).resolve().parent != package:
+        raise BenchError(f"the baseline's children import natsbus from {where}, not from {package}")
+    return {"path": str(Path(root).resolve()), "natsbus": str(version), "git": _git(root)}
 
 
 # -- the bench side: run
@@ -223,10 +267,16 @@ class _Runner:
         self.runs: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
         self.memory: Dict[str, Dict[str, int]] = {RAW: {}, NATSBUS: {}}
         self.impls = [RAW, NATSBUS]  # each has a client and a responder child
+        if options.baseline:
+            self.impls.append(BASELINE)
 
     def start(self) -> None:
         raw_file = str(Path(__file__).with_name("raw.py"))
         kinds = {RAW: (raw_file, _ROOT), NATSBUS: ("natsbus.bench.roles", _ROOT)}
+        if self.options.baseline:
+            module = roles_module(self.options.baseline)
+            assert module is not None  # run_bench checked
+            kinds[BASELINE] = (module, self.options.baseline)
         for impl, (target, root) in kinds.items():  # all start at once; then wait for each to be ready
             env = _child_env(root)
             for role in ("responder", "client"):
@@ -234,7 +284,7 @@ class _Runner:
                 self.children[f"{impl} {role}"] = _Child(f"{impl} {role}", argv, env)
         for name, child in self.children.items():
             self.ready[name] = child.receive(timeout=60.0)
-        for name, ready in self.ready.items():
+        for name, ready in self.ready.items():  # a baseline's codec, say, may not honour --json-lib
             if ready.get("json") != self.options.json_lib:
                 raise BenchError(f"the {name} runs JSON library {ready.get('json')!r}, not {self.options.json_lib!r}")
 
@@ -368,6 +418,7 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
 
     url = options.server or os.environ.get("NATS_URL") or ""
     server: Optional[NatsServer] = None
+    baseline = _probe_baseline(options.baseline) if options.baseline else None
     work = tempfile.TemporaryDirectory(prefix="natsbus-bench-")
     runner: Optional[_Runner] = None
     try:
@@ -377,8 +428,8 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
         else:
             Bus(url, connect_timeout=5.0).close()  # fail fast, naming the URL, before any child starts
         out.write(
-            f"natsbus bench against {_server_text(url, server is not None)}, JSON library {options.json_lib}; "
-            f"about {_estimate(options):.0f} s\n"
+            f"natsbus bench against {_server_text(url, server is not None)}, JSON library {options.json_lib}"
+            f"{' and a baseline' if baseline else ''}; about {_estimate(options):.0f} s\n"
         )
         out.flush()
         runner = _Runner(options, url, out)
@@ -431,6 +482,8 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
             )
     meta = {
         "natsbus": __version__,
+        "natsbus_git": _git(_ROOT),
+        "baseline": baseline,
         "nats_py": _version("nats-py"),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -454,7 +507,10 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
         "execute_many": execute_many,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return {"meta": meta, "targets": targets(options, by_key, memory_read), "cells": cells, "memory": memory_read}
+    report = {"meta": meta, "targets": targets(options, by_key, memory_read), "cells": cells, "memory": memory_read}
+    if baseline is not None:
+        report["baseline"] = versus_baseline(cells, memory_read)
+    return report
 
 
 def _estimate(options: Options) -> float:
@@ -534,6 +590,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=PLAIN_JSON,
         help="the JSON library of every child (default json: a plain install's; orjson needs the fast extra)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also measure the natsbus in DIR (a directory holding a natsbus package, e.g. a git worktree "
+        "of another commit) in the same run, and compare the two",
+    )
     parser.add_argument("--quick", action="store_true", help="a very short run, for smoke tests (numbers are noise)")
 
 
@@ -563,6 +625,9 @@ def run_bench(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
     if args.json_lib == "orjson" and importlib.util.find_spec("orjson") is None:
         sys.stderr.write("natsbus bench: --json-lib orjson needs orjson: pip install 'natsbus[fast]'\n")
         return 2
+    if args.baseline and roles_module(args.baseline) is None:
+        sys.stderr.write(f"natsbus bench: --baseline {args.baseline}: no natsbus package with a bench in it\n")
+        return 2
     options = Options(
         server=args.server,
         duration=0.3 if args.quick else args.duration,
@@ -575,6 +640,7 @@ def run_bench(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
         chart_path=args.chart_path,
         quick=args.quick,
         json_lib=args.json_lib,
+        baseline=str(Path(args.baseline).resolve()) if args.baseline else None,
     )
     try:
         with _terminate_as_error():
