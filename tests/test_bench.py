@@ -135,6 +135,31 @@ def test_bench_draws_a_png_chart(quick_run: Tuple[str, Dict[str, Any], Path]) ->
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="the chart extra (matplotlib) is not installed")
+def test_bench_chart_marks_a_quick_run_as_noise_and_draws_the_target_lines(
+    quick_run: Tuple[str, Dict[str, Any], Path],
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from natsbus.bench.report import chart_figure
+
+    _, report, _ = quick_run
+    fig = chart_figure(report, plt)
+    try:
+        left, right = fig.axes
+        texts = [t.get_text() for t in fig.texts]
+        assert fig._suptitle.get_text().startswith("--quick run: the numbers are noise")
+        assert "QUICK RUN: NOISE" in texts
+        # one dashed segment per throughput target (8, 32, 64 callers; execute_many), per payload size
+        assert sum(len(c.get_segments()) for c in left.collections) == 8
+        assert sum(len(c.get_segments()) for c in right.collections) == 2  # the two sequential p50s
+    finally:
+        plt.close(fig)
+
+
 def test_bench_compares_a_baseline_natsbus_in_the_same_run(tmp_path: Path) -> None:
     """The same tree as the baseline: its rows are there, beside raw and natsbus, in one run."""
     report_path = tmp_path / "bench.json"

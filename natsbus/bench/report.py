@@ -404,29 +404,59 @@ def render(report: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_COLOURS = {RAW: "#999999", NATSBUS: "#2a6fbb", BASELINE: "#9ecae1"}
+_LABELS = {RAW: "raw nats-py", NATSBUS: "natsbus", BASELINE: "baseline natsbus"}
+
+
 def draw_chart(report: Dict[str, Any], path: str) -> None:
-    """A PNG: throughput and sequential latency, raw beside natsbus, ratios on top."""
+    """A PNG: throughput and sequential latency, raw beside natsbus (and the baseline), ratios on top."""
     matplotlib: Any = importlib.import_module("matplotlib")
     matplotlib.use("Agg")
     plt: Any = importlib.import_module("matplotlib.pyplot")
+    fig = chart_figure(report, plt)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def chart_figure(report: Dict[str, Any], plt: Any) -> Any:
+    """The chart's figure, drawn with ``matplotlib.pyplot`` ``plt``.
+
+    A dashed red line over a group marks its target (the goal times raw's
+    figure); a ``--quick`` run says in red, in the title and across the
+    figure, that its numbers are noise.
+    """
     by_key = {c["key"]: c for c in report["cells"]}
+    goals = {t["cell"]: t["goal"] for t in report["targets"] if t.get("cell") and t.get("goal") is not None}
+    meta = report["meta"]
+    impls = [RAW, NATSBUS, BASELINE] if meta.get("baseline") else [RAW, NATSBUS]
+    width = 0.8 / len(impls)
 
     def bars(ax: Any, groups: List[Tuple[str, str]], metric: str, unit: str) -> None:
-        labels, raws, nbs = [], [], []
+        labels: List[str] = []
+        values: Dict[str, List[float]] = {impl: [] for impl in impls}
+        lines: List[Tuple[int, float]] = []
         for key, label in groups:
             results = by_key[key]["results"]
-            raw, nb = results.get(RAW, {}), results.get(NATSBUS, {})
-            if "missing" in nb or metric not in raw or nb.get(metric) is None:
-                continue
+            found = [results.get(impl, {}) for impl in impls]
+            if any("missing" in r or r.get(metric) is None for r in found[:2]):
+                continue  # a baseline without it (execute_many, say) only lacks its own bar
+            if key in goals:
+                lines.append((len(labels), found[0][metric] * goals[key]))
             labels.append(label)
-            raws.append(raw[metric])
-            nbs.append(nb[metric])
+            for impl, result in zip(impls, found):
+                values[impl].append(result.get(metric) or 0.0)
         xs = list(range(len(labels)))
-        ax.bar([x - 0.2 for x in xs], raws, 0.4, label="raw nats-py", color="#999999")
-        ax.bar([x + 0.2 for x in xs], nbs, 0.4, label="natsbus", color="#2a6fbb")
-        for x, a, b in zip(xs, raws, nbs):
-            if a:
-                ax.annotate(f"{b / a:.2f}x", (x + 0.2, b), ha="center", va="bottom", fontsize=8)
+        for i, impl in enumerate(impls):
+            offsets = [x - 0.4 + width * (i + 0.5) for x in xs]
+            ax.bar(offsets, values[impl], width, label=_LABELS[impl], color=_COLOURS[impl])
+            if impl != RAW:
+                for x, a, b in zip(offsets, values[RAW], values[impl]):
+                    if a and b:
+                        ax.annotate(f"{b / a:.2f}x", (x, b), ha="center", va="bottom", fontsize=7)
+        for n, (x, level) in enumerate(lines):
+            ax.hlines(
+                level, x - 0.45, x + 0.45, colors="#d62728", linestyles="dashed", label="target" if n == 0 else None
+            )
         ax.margins(y=0.15)  # room for the ratio labels
         ax.set_xticks(xs)
         ax.set_xticklabels(labels, fontsize=8)
@@ -434,7 +464,7 @@ def draw_chart(report: Dict[str, Any], path: str) -> None:
 
     throughput, latency = [], []
     for cell in report["cells"]:
-        if RAW not in cell["impls"] or NATSBUS not in cell["impls"] or cell["payload"] == LARGE_PAYLOAD:
+        if NATSBUS not in cell["impls"] or RAW not in cell["impls"] or cell["payload"] == LARGE_PAYLOAD:
             continue
         size = size_label(cell["payload"])
         if cell["scenario"] == "throughput":
@@ -443,15 +473,35 @@ def draw_chart(report: Dict[str, Any], path: str) -> None:
             throughput.append((cell["key"], f"execute_many\n{size}"))
         else:
             latency.append((cell["key"], f"sequential\n{size}"))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [3, 1]})
     bars(left, throughput, "throughput", "requests per second")
     left.set_title("Throughput (higher is better)")
     bars(right, latency, "p50_us", "microseconds")
     right.set_title("Sequential p50 latency (lower is better)")
-    meta = report["meta"]
-    fig.suptitle(f"natsbus {meta['natsbus']} vs raw nats-py {meta['nats_py']} (ratio = natsbus / raw)")
-    handles, labels = left.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncol=2, fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = (
+        f"natsbus {meta['natsbus']} vs raw nats-py {meta['nats_py']}, JSON {meta['json']} "
+        f"(ratio = natsbus / raw; dashed: target)"
+    )
+    if meta.get("quick"):
+        title = "--quick run: the numbers are noise\n" + title
+        fig.text(
+            0.5,
+            0.45,
+            "QUICK RUN: NOISE",
+            fontsize=56,
+            color="#d62728",
+            alpha=0.18,
+            ha="center",
+            va="center",
+            rotation=20,
+        )
+    fig.suptitle(title, color="#d62728" if meta.get("quick") else "black")
+    handles, labels = [], []
+    for ax in (left, right):  # the target line may be on either side only
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.9 if meta.get("quick") else 0.94))
+    return fig
