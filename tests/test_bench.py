@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -21,6 +21,18 @@ from natsbus.bench.runner import percentile
 from natsbus.cli import main
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+ROOT = Path(__file__).resolve().parent.parent
+CROSS = ("raw client, natsbus responder", "natsbus client, raw responder")
+
+
+def _bench(argv: List[str], timeout: float) -> str:
+    """``natsbus bench ARGV`` on its own embedded server; its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "natsbus", "bench", *argv], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +40,11 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[str, D
     """One ``natsbus bench --quick`` on its own embedded server: (stdout, JSON report, chart path)."""
     work = tmp_path_factory.mktemp("bench")
     report, chart = work / "bench.json", work / "bench.png"
-    argv = [sys.executable, "-m", "natsbus", "bench", "--quick", "--json", str(report)]
+    argv = ["--quick", "--json", str(report)]
     if HAS_MATPLOTLIB:
         argv += ["--chart", str(chart)]
-    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=50, env=env)
-    assert proc.returncode == 0, proc.stderr
-    yield proc.stdout, json.loads(report.read_text()), chart
+    stdout = _bench(argv, timeout=50)
+    yield stdout, json.loads(report.read_text()), chart
 
 
 def test_bench_quick_prints_the_targets_table_with_ratios_first(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
@@ -46,6 +56,27 @@ def test_bench_quick_prints_the_targets_table_with_ratios_first(quick_run: Tuple
     assert "sequential p50, 10 KiB payload" in stdout
     assert "Measurements" in stdout
     assert "client csw/req" in stdout and "responder csw/req" in stdout
+    assert "JSON library: json (a plain install's; --json-lib orjson compares)" in lines
+    assert "--quick: a very short run; the numbers are noise" in lines
+
+
+def test_bench_targets_are_those_of_the_issue(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
+    _, report, _ = quick_run
+    goals = {t["name"]: t["target"] for t in report["targets"]}
+    for size in ("small", "10 KiB"):
+        assert goals[f"throughput, 8 callers, {size} payload"] == ">= 0.95x"
+        assert goals[f"throughput, 32 callers, {size} payload"] == ">= 0.75x"
+        assert goals[f"throughput, 64 callers, {size} payload"] == ">= 0.75x"
+        assert goals[f"throughput, 256 callers, {size} payload"] == ""  # for information
+        assert goals[f"sequential p50, {size} payload"] == "<= 1.10x"
+        assert goals[f"execute_many, 64 in flight, {size} payload"] == ">= 1.00x"
+    assert goals["client RSS under load, 64 callers, small"] == "<= 1.25x"
+    assert goals["worker RSS, peak"] == "<= 1.50x"
+    for impl in CROSS:  # the diagnostics: informative, for the small payload only
+        assert goals[f"{impl}: sequential p50, small payload"] == ""
+        assert goals[f"{impl}: throughput, 64 callers, small payload"] == ""
+    assert not [name for name in goals if name.startswith(CROSS) and "10 KiB" in name]
+    assert (report["meta"]["json"], report["meta"]["raw_json"], report["meta"]["quick"]) == ("json", "json", True)
 
 
 def test_bench_json_has_every_target_with_a_verdict(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
@@ -66,14 +97,19 @@ def test_bench_json_has_every_target_with_a_verdict(quick_run: Tuple[str, Dict[s
     ):
         assert expected in names
     for target in report["targets"]:
-        assert sorted(target) == ["name", "natsbus", "note", "ratio", "raw", "result", "target"]
+        assert sorted(target) == ["cell", "goal", "name", "natsbus", "note", "ratio", "raw", "result", "target"]
         assert target["result"] in ("PASS", "MISS", "n/a", "-")
+        assert (target["result"] == "-") == (target["target"] == "" and "works" not in target["name"])
 
 
 def test_bench_measures_raw_and_natsbus_in_every_cell(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
     _, report, _ = quick_run
     keys = {cell["key"] for cell in report["cells"]}
-    assert {"sequential/1/0", "throughput/64/0", "throughput/256/0", "throughput/64/10240"} <= keys
+    assert {f"throughput/{n}/{size}" for n in (8, 32, 64, 256) for size in (0, 10240)} <= keys
+    assert {"sequential/1/0", "sequential/1/10240"} <= keys
+    impls = {cell["key"]: cell["impls"] for cell in report["cells"]}
+    assert impls["sequential/1/0"] == impls["throughput/64/0"] == ["raw", *CROSS, "natsbus"]
+    assert impls["throughput/8/0"] == impls["sequential/1/10240"] == ["raw", "natsbus"]
     for cell in report["cells"]:
         if cell["scenario"] == "batch" and not report["meta"]["execute_many"]:
             assert cell["results"] == {"natsbus": {"missing": "execute_many"}}
@@ -97,6 +133,50 @@ def test_bench_measures_raw_and_natsbus_in_every_cell(quick_run: Tuple[str, Dict
 def test_bench_draws_a_png_chart(quick_run: Tuple[str, Dict[str, Any], Path]) -> None:
     _, _, chart = quick_run
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="the chart extra (matplotlib) is not installed")
+def test_bench_chart_marks_a_quick_run_as_noise_and_draws_the_target_lines(
+    quick_run: Tuple[str, Dict[str, Any], Path],
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from natsbus.bench.report import chart_figure
+
+    _, report, _ = quick_run
+    fig = chart_figure(report, plt)
+    try:
+        left, right = fig.axes
+        texts = [t.get_text() for t in fig.texts]
+        assert fig._suptitle.get_text().startswith("--quick run: the numbers are noise")
+        assert "QUICK RUN: NOISE" in texts
+        # one dashed segment per throughput target (8, 32, 64 callers; execute_many), per payload size
+        assert sum(len(c.get_segments()) for c in left.collections) == 8
+        assert sum(len(c.get_segments()) for c in right.collections) == 2  # the two sequential p50s
+    finally:
+        plt.close(fig)
+
+
+def test_bench_compares_a_baseline_natsbus_in_the_same_run(tmp_path: Path) -> None:
+    """The same tree as the baseline: its rows are there, beside raw and natsbus, in one run."""
+    report_path = tmp_path / "bench.json"
+    argv = ["--quick", "--baseline", str(ROOT), "--payload-sizes", "0", "--concurrency", "8"]
+    stdout = _bench([*argv, "--json", str(report_path)], timeout=50)
+    report = json.loads(report_path.read_text())
+    assert report["meta"]["baseline"]["path"] == str(ROOT)
+    assert f"baseline: natsbus {report['meta']['baseline']['natsbus']} from {ROOT}" in stdout
+    assert "Before and after: natsbus / baseline natsbus, same run" in stdout
+    cells = {cell["key"]: cell for cell in report["cells"]}
+    assert cells["throughput/8/0"]["impls"] == ["raw", *CROSS, "natsbus", "baseline"]  # 8: the reference here
+    assert cells["throughput/8/0"]["results"]["baseline"]["requests"] > 0
+    names = [row["name"] for row in report["baseline"]]
+    assert names[:2] == ["sequential p50, small payload", "throughput, 8 callers, small payload"]
+    assert names[-3:] == ["RSS, client, under load", "RSS, client, peak", "RSS, responder, peak"]
+    assert all(row["ratio"] is not None for row in report["baseline"])
+    assert set(report["memory"]) == {"raw", "natsbus", "baseline"}
 
 
 def test_bench_rejects_a_bad_concurrency_list(capsys: pytest.CaptureFixture[str]) -> None:

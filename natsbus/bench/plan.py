@@ -8,6 +8,22 @@ import attrs
 
 from .roles import BATCH_IN_FLIGHT, LARGE_PAYLOAD, NATSBUS, NATSBUS_TYPES, RAW
 
+#: Another natsbus (``--baseline DIR``), measured beside this one in the same run.
+BASELINE = "baseline"
+#: Diagnostics, one side each: they tell whether a gap is the client's or the worker's.
+RAW_TO_NATSBUS = "raw client, natsbus responder"
+NATSBUS_TO_RAW = "natsbus client, raw responder"
+CROSS = (RAW_TO_NATSBUS, NATSBUS_TO_RAW)
+
+#: Callers per throughput run: a gunicorn worker's thread counts (8, 32), then 64 and 256.
+CONCURRENCY = (8, 32, 64, 256)
+#: Memory under load, the cross diagnostics, the types check and the growth check run
+#: at this many callers (at the first of ``--concurrency`` when it is not among them).
+REFERENCE_CALLERS = 64
+#: The JSON libraries natsbus.codec can use; a plain install (no ``fast`` extra) uses "json".
+JSON_LIBS = ("json", "orjson")
+PLAIN_JSON = "json"
+
 # -- the bench side: plan and run -------------------------------------------------------
 
 
@@ -18,13 +34,15 @@ class Options:
     server: Optional[str] = None
     duration: float = 3.0
     rounds: int = 2
-    concurrency: Tuple[int, ...] = (64, 256)
+    concurrency: Tuple[int, ...] = CONCURRENCY
     payload_sizes: Tuple[int, ...] = (0, 10240)
     batch_size: int = 1024
     large_requests: int = 10
     json_path: Optional[str] = None
     chart_path: Optional[str] = None
     quick: bool = False
+    json_lib: str = attrs.field(default=PLAIN_JSON, validator=attrs.validators.in_(JSON_LIBS))
+    baseline: Optional[str] = None  # a directory holding another natsbus package
 
     @property
     def run_duration(self) -> float:
@@ -39,16 +57,21 @@ class Options:
     def max_requests(self) -> int:
         return int(100_000 * max(1.0, self.run_duration))
 
+    @property
+    def reference(self) -> int:
+        """The callers of the memory reading, the diagnostics and the natsbus-only checks."""
+        return REFERENCE_CALLERS if REFERENCE_CALLERS in self.concurrency else self.concurrency[0]
+
 
 @attrs.frozen
 class Cell:
-    """One measurement: a scenario, compared between two implementations."""
+    """One measurement: a scenario, compared between implementations (raw first)."""
 
     key: str
     scenario: str  # sequential | throughput | batch
     payload: int
     concurrency: int
-    impls: Tuple[str, str] = (RAW, NATSBUS)
+    impls: Tuple[str, ...] = (RAW, NATSBUS)
     max_requests: Optional[int] = None
     duration: Optional[float] = None
 
@@ -65,17 +88,27 @@ def size_label(size: int) -> str:
 
 
 def plan(options: Options, execute_many: bool) -> Tuple[List[Cell], List[Cell]]:
-    """The main cells (memory is read after them), then the growth checks."""
+    """The main cells (memory is read after them), then the growth checks.
+
+    Every main cell measures raw and natsbus (and the baseline natsbus, with
+    ``--baseline``). The first payload size's sequential cell and its cell at
+    the reference callers also measure the two cross pairs, in the same
+    alternating rounds, so their ratios to raw are like for like.
+    """
+    ours = (NATSBUS, BASELINE) if options.baseline else (NATSBUS,)
+    ref = options.reference
     main: List[Cell] = []
-    for size in options.payload_sizes:
-        main.append(Cell(f"sequential/1/{size}", "sequential", size, 1))
+    for index, size in enumerate(options.payload_sizes):
+        cross = CROSS if index == 0 else ()
+        main.append(Cell(f"sequential/1/{size}", "sequential", size, 1, impls=(RAW, *cross, *ours)))
         for n in options.concurrency:
-            main.append(Cell(f"throughput/{n}/{size}", "throughput", size, n))
+            impls = (RAW, *(cross if n == ref else ()), *ours)
+            main.append(Cell(f"throughput/{n}/{size}", "throughput", size, n, impls=impls))
         if execute_many:
-            main.append(Cell(f"batch/{BATCH_IN_FLIGHT}/{size}", "batch", size, BATCH_IN_FLIGHT))
-    first = options.concurrency[0]
+            key = f"batch/{BATCH_IN_FLIGHT}/{size}"
+            main.append(Cell(key, "batch", size, BATCH_IN_FLIGHT, impls=(RAW, *ours)))
     growth = [
-        Cell(f"types/{first}/0", "throughput", 0, first, impls=(NATSBUS, NATSBUS_TYPES)),
+        Cell(f"types/{ref}/0", "throughput", 0, ref, impls=(NATSBUS, NATSBUS_TYPES)),
         Cell(
             f"sequential/1/{LARGE_PAYLOAD}",
             "sequential",

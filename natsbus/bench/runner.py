@@ -3,28 +3,38 @@
 How a run goes::
 
     bench (this process)       starts the embedded nats-server (or uses --server / NATS_URL),
-                               then four child processes, and drives them over JSON lines
-    natsbus responder          python -m natsbus.bench.roles responder URL: a WorkerPool
-    natsbus client             python -m natsbus.bench.roles client URL: threads calling execute()
+                               then four child processes (six with --baseline), and drives
+                               them over JSON lines
+    natsbus responder          natsbus.bench.roles responder URL: a WorkerPool
+    natsbus client             natsbus.bench.roles client URL: threads calling execute()
     raw responder              natsbus/bench/raw.py responder URL: an asyncio nats-py callback
     raw client                 natsbus/bench/raw.py client URL: asyncio tasks calling nc.request()
+    baseline responder/client  with --baseline DIR: the same roles of the natsbus in DIR
 
 The workload is the spec's ``CreateUserCommand`` request envelope; a payload
 size N > 0 adds a ``bio`` of N bytes to its payload. Each responder parses the
 request, builds the spec's response envelope (``UserCreated``) and replies;
 each client parses and checks the reply.
 
-Only one responder serves at a time (``serve`` / ``pause``), so both
-implementations share the subject, the queue group and the server. Each
-measurement runs in ``rounds`` rounds whose order alternates (raw, natsbus,
-natsbus, raw, ...), so drift hits both alike; its figures pool the rounds.
-Throughput counts the requests completed inside a window that opens after a
-warm-up, while every caller is still busy; latencies are those of requests
-sent and answered inside it. CPU time per request (all threads of a process,
-from ``time.process_time()``) is reported beside the rates: on a shared
-machine it is steadier than they are, and it shows which side costs more.
-So are context switches per request (``getrusage``, all threads): what
-handing work between threads costs, which raw asyncio never pays.
+Only one responder serves at a time (``serve`` / ``pause``), so every
+implementation shares the subject, the queue group and the server, and a
+client of one kind can be measured against a responder of the other (the
+cross diagnostics). Each measurement runs in ``rounds`` rounds whose order
+alternates (raw, natsbus, natsbus, raw, ...), so drift hits all alike; its
+figures pool the rounds. Throughput counts the requests completed inside a
+window that opens after a warm-up, while every caller is still busy;
+latencies are those of requests sent and answered inside it. CPU time per
+request (all threads of a process, from ``time.process_time()``) is
+reported beside the rates: on a shared machine it is steadier than they
+are, and it shows which side costs more. So are context switches per
+request (``getrusage``, all threads): what handing work between threads
+costs, which raw asyncio never pays.
+
+Every child runs with one JSON library, ``--json-lib``: by default that of a
+plain install (the standard library), so orjson is made unimportable in the
+children even where it is installed (the ``fast`` extra); natsbus's codec
+and the raw baseline then both fall back to ``json``, as they would without
+it. Each child says which library it loaded, and the bench checks.
 
 Every loop is bounded in time and in count; every child is ended in a
 ``finally`` (SIGKILL when it does not quit). Nothing here is public API.
@@ -55,8 +65,19 @@ from ..bus import Bus
 from ..errors import NatsBusError
 from ..server import NatsServer
 from ..worker import WorkerPool
-from .plan import Cell, Options, plan
-from .report import draw_chart, render, targets
+from .plan import (
+    BASELINE,
+    CONCURRENCY,
+    JSON_LIBS,
+    NATSBUS_TO_RAW,
+    PLAIN_JSON,
+    RAW_TO_NATSBUS,
+    REFERENCE_CALLERS,
+    Cell,
+    Options,
+    plan,
+)
+from .report import draw_chart, render, targets, versus_baseline
 from .roles import (
     BATCH_IN_FLIGHT,
     EXTRA_TYPES,
@@ -76,15 +97,39 @@ class BenchError(NatsBusError):
 
 # -- the bench side: children ----------------------------------------------------------
 
-# Starts the raw baseline by file path, so its process never imports natsbus.
-_RAW_BOOT = (
-    "import importlib.util, sys\n"
-    "spec = importlib.util.spec_from_file_location('natsbus_bench_raw', sys.argv[1])\n"
-    "module = importlib.util.module_from_spec(spec)\n"
-    "sys.modules[spec.name] = module\n"
-    "spec.loader.exec_module(module)\n"
-    "sys.exit(module.main(sys.argv[2:]))\n"
-)
+# Starts a child. With "json" (a plain install's library) first makes orjson
+# unimportable, as it is where the ``fast`` extra is not installed. Then runs
+# either a file by path (the raw baseline: its process never imports natsbus)
+# or a module as __main__ (the natsbus roles, of this natsbus or the baseline's).
+_BOOT = """\
+import sys
+json_lib, target = sys.argv[1], sys.argv[2]
+del sys.argv[1:3]
+if json_lib == "json":
+    class HideOrjson:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name.partition(".")[0] == "orjson":
+                raise ModuleNotFoundError(f"No module named {name!r} (natsbus bench --json-lib json)", name=name)
+            return None
+
+    sys.meta_path.insert(0, HideOrjson)
+    del HideOrjson
+if target.endswith(".py"):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("natsbus_bench_raw", target)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    sys.exit(module.main(sys.argv[1:]))
+import runpy
+runpy.run_module(target, run_name="__main__", alter_sys=True)
+"""
+
+
+def child_argv(json_lib: str, target: str, args: Sequence[str]) -> List[str]:
+    """The command line of a child: ``target`` is a ``.py`` file (run by path) or a module name."""
+    return [sys.executable, "-P", "-c", _BOOT, json_lib, target, *args]  # -P: not the working directory
 
 
 class _Child:
@@ -156,12 +201,57 @@ class _Child:
         self._stderr.close()
 
 
-def _child_env() -> Dict[str, str]:
+#: This natsbus: the directory holding the package.
+_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+#: The natsbus roles module, where each natsbus version keeps it (before the bench/ package: _bench_roles).
+_ROLES_MODULES = ("natsbus.bench.roles", "natsbus._bench_roles")
+
+
+def _child_env(root: str) -> Dict[str, str]:
+    """The environment of a child: ``root`` (the directory holding a natsbus) first on its path."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # the children import this natsbus
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env.pop("PYTHONSTARTUP", None)
     return env
+
+
+def roles_module(root: str) -> Optional[str]:
+    """The natsbus roles module under ``root``, or ``None`` when it has no natsbus with a bench."""
+    for name in _ROLES_MODULES:
+        if Path(root, *name.split(".")).with_suffix(".py").is_file():
+            return name
+    return None
+
+
+def _git(root: str) -> str:
+    """``git describe --always --dirty`` of ``root``, or "" when it is not a git checkout."""
+    if not Path(root, ".git").exists():  # not the repository an installed natsbus happens to sit in
+        return ""
+    try:
+        done = subprocess.run(
+            ["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10.0
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _probe_baseline(root: str) -> Dict[str, str]:
+    """Where the baseline's children import natsbus from, and its version; BenchError if not from ``root``."""
+    code = "import json, natsbus; print(json.dumps([natsbus.__file__, getattr(natsbus, '__version__', '?')]))"
+    argv = [sys.executable, "-P", "-c", code]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60.0, env=_child_env(root))
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"the baseline natsbus in {root} does not import: {exc}") from None
+    try:
+        where, version = json.loads(done.stdout)
+    except ValueError:
+        raise BenchError(f"the baseline natsbus in {root} does not import: {done.stderr.strip()[-500:]}") from None
+    package = Path(root, "natsbus").resolve()
+    if Path(where).resolve().parent != package:
+        raise BenchError(f"the baseline's children import natsbus from {where}, not from {package}")
+    return {"path": str(Path(root).resolve()), "natsbus": str(version), "git": _git(root)}
 
 
 # -- the bench side: run
@@ -176,30 +266,38 @@ class _Runner:
         self.ready: Dict[str, Dict[str, Any]] = {}
         self.runs: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
         self.memory: Dict[str, Dict[str, int]] = {RAW: {}, NATSBUS: {}}
+        self.impls = [RAW, NATSBUS]  # each has a client and a responder child
+        if options.baseline:
+            self.impls.append(BASELINE)
 
     def start(self) -> None:
-        env = _child_env()
         raw_file = str(Path(__file__).with_name("raw.py"))
-        specs = {
-            "raw responder": [sys.executable, "-c", _RAW_BOOT, raw_file, "responder", self.url],
-            "raw client": [sys.executable, "-c", _RAW_BOOT, raw_file, "client", self.url],
-            "natsbus responder": [sys.executable, "-m", "natsbus.bench.roles", "responder", self.url],
-            "natsbus client": [sys.executable, "-m", "natsbus.bench.roles", "client", self.url],
-        }
-        for name, argv in specs.items():  # all start at once; then wait for each to be ready
-            self.children[name] = _Child(name, argv, env)
+        kinds = {RAW: (raw_file, _ROOT), NATSBUS: ("natsbus.bench.roles", _ROOT)}
+        if self.options.baseline:
+            module = roles_module(self.options.baseline)
+            assert module is not None  # run_bench checked
+            kinds[BASELINE] = (module, self.options.baseline)
+        for impl, (target, root) in kinds.items():  # all start at once; then wait for each to be ready
+            env = _child_env(root)
+            for role in ("responder", "client"):
+                argv = child_argv(self.options.json_lib, target, [role, self.url])
+                self.children[f"{impl} {role}"] = _Child(f"{impl} {role}", argv, env)
         for name, child in self.children.items():
             self.ready[name] = child.receive(timeout=60.0)
+        for name, ready in self.ready.items():  # a baseline's codec, say, may not honour --json-lib
+            if ready.get("json") != self.options.json_lib:
+                raise BenchError(f"the {name} runs JSON library {ready.get('json')!r}, not {self.options.json_lib!r}")
 
     def close(self) -> None:
         for child in self.children.values():
             child.close()
 
     def _roles(self, impl: str) -> Tuple[_Child, _Child, int]:
-        if impl == RAW:
-            return self.children["raw client"], self.children["raw responder"], 0
+        """The client, the responder and the extra types of one implementation (or cross pair)."""
+        pairs = {RAW_TO_NATSBUS: (RAW, NATSBUS), NATSBUS_TO_RAW: (NATSBUS, RAW), NATSBUS_TYPES: (NATSBUS, NATSBUS)}
+        client, responder = pairs.get(impl, (impl, impl))
         types = EXTRA_TYPES if impl == NATSBUS_TYPES else 0
-        return self.children["natsbus client"], self.children["natsbus responder"], types
+        return self.children[f"{client} client"], self.children[f"{responder} responder"], types
 
     def measure(self, cell: Cell) -> None:
         opts = self.options
@@ -234,11 +332,11 @@ class _Runner:
                 self.runs.setdefault((cell.key, impl), []).append(result)
 
     def read_memory(self) -> None:
-        """Peaks so far, and each client's RSS under load in the first throughput measurement."""
-        key = f"throughput/{self.options.concurrency[0]}/{self.options.payload_sizes[0]}"
-        for impl, prefix in ((RAW, "raw"), (NATSBUS, "natsbus")):
-            client = self.children[f"{prefix} client"].call({"op": "memory"}, timeout=30.0)["memory"]
-            responder = self.children[f"{prefix} responder"].call({"op": "memory"}, timeout=30.0)["memory"]
+        """Peaks so far, and each client's RSS under load in the throughput measurement at the reference callers."""
+        key = f"throughput/{self.options.reference}/{self.options.payload_sizes[0]}"
+        for impl in self.impls:
+            client = self.children[f"{impl} client"].call({"op": "memory"}, timeout=30.0)["memory"]
+            responder = self.children[f"{impl} responder"].call({"op": "memory"}, timeout=30.0)["memory"]
             under_load = max(r["memory"]["rss_kib"] for r in self.runs[(key, impl)])
             self.memory[impl] = {
                 "client_under_load_kib": under_load,
@@ -320,6 +418,7 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
 
     url = options.server or os.environ.get("NATS_URL") or ""
     server: Optional[NatsServer] = None
+    baseline = _probe_baseline(options.baseline) if options.baseline else None
     work = tempfile.TemporaryDirectory(prefix="natsbus-bench-")
     runner: Optional[_Runner] = None
     try:
@@ -328,7 +427,10 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
             url = server.url
         else:
             Bus(url, connect_timeout=5.0).close()  # fail fast, naming the URL, before any child starts
-        out.write(f"natsbus bench against {_server_text(url, server is not None)}; about {_estimate(options):.0f} s\n")
+        out.write(
+            f"natsbus bench against {_server_text(url, server is not None)}, JSON library {options.json_lib}"
+            f"{' and a baseline' if baseline else ''}; about {_estimate(options):.0f} s\n"
+        )
         out.flush()
         runner = _Runner(options, url, out)
         runner.start()
@@ -380,19 +482,24 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
             )
     meta = {
         "natsbus": __version__,
+        "natsbus_git": _git(_ROOT),
+        "baseline": baseline,
         "nats_py": _version("nats-py"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "json": ready["natsbus client"].get("json", "?"),
+        "json": options.json_lib,  # every child checked: see _Runner.start
+        "json_plain_install": PLAIN_JSON,
         "raw_json": ready["raw client"].get("json", "?"),
         "raw_imports_natsbus": bool(ready["raw client"].get("natsbus_loaded")),
         "server": _server_text(url, server is not None),
         "duration": options.duration,
         "rounds": options.rounds,
-        "order": "raw, natsbus" if options.rounds == 1 else "raw, natsbus, then natsbus, raw, and so on",
+        "order": "raw first" if options.rounds == 1 else "raw first, then in reverse order, and so on",
         "warmup": options.warmup,
+        "quick": options.quick,
         "concurrency": list(options.concurrency),
+        "reference_callers": options.reference,
         "payload_sizes": list(options.payload_sizes),
         "batch_size": options.batch_size,
         "batch_in_flight": BATCH_IN_FLIGHT,
@@ -400,12 +507,16 @@ def bench(options: Options, out: IO[str]) -> Dict[str, Any]:
         "execute_many": execute_many,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return {"meta": meta, "targets": targets(options, by_key, memory_read), "cells": cells, "memory": memory_read}
+    report = {"meta": meta, "targets": targets(options, by_key, memory_read), "cells": cells, "memory": memory_read}
+    if baseline is not None:
+        report["baseline"] = versus_baseline(cells, memory_read)
+    return report
 
 
 def _estimate(options: Options) -> float:
-    cells = len(options.payload_sizes) * (len(options.concurrency) + 2) + 2
-    return cells * 2 * (options.duration + options.rounds * (options.warmup + 0.1)) + 3
+    main, growth = plan(options, execute_many=True)
+    runs = sum(len(cell.impls) for cell in main + growth)
+    return runs * (options.duration + options.rounds * (options.warmup + 0.1)) + 3
 
 
 # -- command line --------------------------------------------------------------------------
@@ -454,9 +565,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
         type=_int_list(1),
-        default=(64, 256),
+        default=CONCURRENCY,
         metavar="N,N",
-        help="concurrent callers for the throughput runs; the first is the target's (default 64,256)",
+        help="concurrent callers for the throughput runs (default 8,32,64,256); the targets are at 8, 32 and 64, "
+        f"memory and the diagnostics at {REFERENCE_CALLERS} (else at the first given)",
     )
     parser.add_argument(
         "--payload-sizes",
@@ -471,6 +583,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="chart_path",
         metavar="PATH",
         help="also draw a PNG chart (needs the chart extra: pip install 'natsbus[chart]')",
+    )
+    parser.add_argument(
+        "--json-lib",
+        choices=JSON_LIBS,
+        default=PLAIN_JSON,
+        help="the JSON library of every child (default json: a plain install's; orjson needs the fast extra)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also measure the natsbus in DIR (a directory holding a natsbus package, e.g. a git worktree "
+        "of another commit) in the same run, and compare the two",
     )
     parser.add_argument("--quick", action="store_true", help="a very short run, for smoke tests (numbers are noise)")
 
@@ -498,6 +622,12 @@ def run_bench(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
     if args.chart_path and importlib.util.find_spec("matplotlib") is None:
         sys.stderr.write("natsbus bench: --chart needs matplotlib: pip install 'natsbus[chart]'\n")
         return 2
+    if args.json_lib == "orjson" and importlib.util.find_spec("orjson") is None:
+        sys.stderr.write("natsbus bench: --json-lib orjson needs orjson: pip install 'natsbus[fast]'\n")
+        return 2
+    if args.baseline and roles_module(args.baseline) is None:
+        sys.stderr.write(f"natsbus bench: --baseline {args.baseline}: no natsbus package with a bench in it\n")
+        return 2
     options = Options(
         server=args.server,
         duration=0.3 if args.quick else args.duration,
@@ -509,6 +639,8 @@ def run_bench(args: argparse.Namespace, out: Optional[IO[str]] = None) -> int:
         json_path=args.json_path,
         chart_path=args.chart_path,
         quick=args.quick,
+        json_lib=args.json_lib,
+        baseline=str(Path(args.baseline).resolve()) if args.baseline else None,
     )
     try:
         with _terminate_as_error():
