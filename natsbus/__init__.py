@@ -33,7 +33,7 @@ from .bus import Bus
 from .codec import converter
 from .config import NatsConfig
 from .context import RequestContext, current_request
-from .cqrs import DEFAULT, CommandBus, QueryBus
+from .cqrs import DEFAULT, CommandBus, InstanceResult, QueryBus
 from .envelope import (
     RequestEnvelope,
     ResponseEnvelope,
@@ -71,7 +71,7 @@ from .errors import (
     TraceContextError,
     TransportError,
 )
-from .messages import Command, Kind, Query, command_subject, query_subject, type_name
+from .messages import Command, Kind, Query, command_subject, query_subject, scatter_subject, type_name
 from .policies import QueryCache, RetryPolicy
 
 if TYPE_CHECKING:  # imported on first use (below): a client-only process never loads them
@@ -158,6 +158,7 @@ __all__ = [
     "HandlerError",
     "IdempotencyStore",
     "IncompatibleSettingsError",
+    "InstanceResult",
     "InvalidRequestError",
     "JetStreamError",
     "KeyValueIdempotencyStore",
@@ -203,5 +204,6 @@ __all__ = [
     "decode_request",
     "decode_response",
     "query_subject",
+    "scatter_subject",
     "type_name",
 ]
