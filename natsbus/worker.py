@@ -408,6 +408,7 @@ class WorkerPool:
                 self.idempotency.open(bus)
             if self.durable is not None:  # streams, bucket and consumer exist with our settings
                 self.durable.prepare(bus)
+            self.micro.prepare()  # endpoint schemas for INFO: made here, not on the loop thread
             self._subs = bus.run(subscribe_all)
             # The flush's round trip came back after any -ERR the SUBs caused.
             denied = [s for s in self.subjects if s.lower() in transport.denied_subscriptions]
