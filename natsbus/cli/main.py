@@ -51,6 +51,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO
 
 from .._version import __version__
+from .contracts import add_contract_commands, run_contract_command
 
 if TYPE_CHECKING:
     from ..bus import Bus
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_ops_commands(sub)
     _add_durable_commands(sub)
     _add_batch_commands(sub)
+    add_contract_commands(sub)  # ask --all, schema, asyncapi: natsbus.cli.contracts
     from ..bench.runner import add_arguments as add_bench_arguments
 
     bench = sub.add_parser(
@@ -121,6 +123,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run_demo(args.server)
     if args.command == "worker":
         return _run_worker(args)
+    if (status := run_contract_command(args, sys.stdout, sys.stderr)) is not None:
+        return status
     if args.command in _OPS_COMMANDS:
         return _run_ops(args, sys.stdout, sys.stderr)
     if args.command == "durable":
