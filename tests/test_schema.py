@@ -285,6 +285,16 @@ def test_the_wire_contracts_examples_validate_against_the_demo_schemas() -> None
     assert not _validator(request_envelope_schema(*create[:2], json_schema(CreateUserCommand))).is_valid(bad)
 
 
+def test_the_wire_contracts_metadata_example_is_what_a_pool_publishes() -> None:
+    text = (ROOT / "docs" / "wire-contract.md").read_text()
+    section = text[text.index("## Message Contracts") : text.index("## Usage Patterns")]
+    endpoint = json.loads(re.findall(r"```json\n(.*?)```", section, re.S)[0])
+    pool = build_pool(None)  # type: ignore[arg-type]
+    route = pool.dispatcher.route_for("commands.CreateUserCommand")
+    assert route is not None
+    assert endpoint["metadata"] == pool.micro.endpoint_metadata(route)
+
+
 # -- published over discovery ---------------------------------------------------------
 
 
