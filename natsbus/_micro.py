@@ -162,8 +162,8 @@ class MicroResponder:
         """The ``io.nats.micro.v1.ping_response`` object."""
         return self._identity(PING_RESPONSE_TYPE)
 
-    def info_response(self) -> Dict[str, Any]:
-        """The ``io.nats.micro.v1.info_response`` object."""
+    def info_response(self, schemas: bool = True) -> Dict[str, Any]:
+        """The ``io.nats.micro.v1.info_response`` object (``schemas=False``: endpoint metadata empty)."""
         response = self._identity(INFO_RESPONSE_TYPE)
         response["description"] = self.description
         response["endpoints"] = [
@@ -171,7 +171,7 @@ class MicroResponder:
                 "name": route.name,
                 "subject": route.subject,
                 "queue_group": self.queue_group,
-                "metadata": self.endpoint_metadata(route),
+                "metadata": self.endpoint_metadata(route) if schemas else {},
             }
             for route in self._dispatcher.routes
         ]
@@ -244,6 +244,15 @@ class MicroResponder:
         # added after start), so their bodies are encoded once.
         ping = codec.dumps(self.ping_response())
         info = codec.dumps(self.info_response())
+        if len(info) > transport.max_payload:  # an INFO nobody could receive: without the schemas, then
+            logger.warning(
+                "%s: INFO with the JSON Schemas is %d bytes, over the server's max payload of %d; "
+                "it is sent without them",
+                self.name,
+                len(info),
+                transport.max_payload,
+            )
+            info = codec.dumps(self.info_response(schemas=False))
         builders: Dict[str, Callable[[], bytes]] = {
             "PING": lambda: ping,
             "INFO": lambda: info,

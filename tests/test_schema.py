@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Dict, Generic, Iterator, List, Literal, Optional, Tuple, TypeVar
@@ -319,6 +320,22 @@ def test_info_publishes_the_schemas_and_still_passes_the_official_schema(bus: Bu
     assert all(isinstance(v, str) for v in endpoint["metadata"].values())  # JSON text: str -> str
     assert json.loads(endpoint["metadata"]["request_schema"]) == json_schema(SaveProfile)
     assert json.loads(endpoint["metadata"]["response_schema"]) == result_schema(SaveProfile)
+
+
+def test_an_info_too_large_with_schemas_is_sent_without_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from natsbus import NatsServer
+    from natsbus.discovery import control_subject
+
+    config = tmp_path / "server.conf"
+    config.write_text("max_payload: 1500\n")
+    with NatsServer(jetstream=False, args=["--config", str(config)]) as server, Bus(server.url) as bus:
+        pool = WorkerPool(bus, service_id="profiles")
+        pool.register(lambda command: None, message_type=SaveProfile)  # Profile's schema is over 1500 bytes
+        with caplog.at_level(logging.WARNING, logger="natsbus.micro"), pool:
+            raw = json.loads(bus.request(control_subject("INFO", "profiles"), b"").data)
+    assert schema_errors(load_validators()["info"], raw) == []
+    assert raw["endpoints"][0]["metadata"] == {}
+    assert any("sent without them" in record.getMessage() for record in caplog.records)
 
 
 def test_a_payload_the_remote_schema_accepts_is_served_and_one_it_rejects_is_refused(
