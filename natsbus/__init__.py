@@ -17,6 +17,7 @@ The public API lives here. Public modules beyond it (the same list as
     natsbus.middleware            client and handler middleware, tracing
     natsbus.ports                 CommandBusPort, QueryBusPort
     natsbus.pytest_plugin         the pytest fixtures
+    natsbus.schema                JSON Schemas of message types, AsyncAPI documents
     natsbus.server                an embedded nats-server
     natsbus.testing               InMemoryBus
 
@@ -33,7 +34,7 @@ from .bus import Bus
 from .codec import converter
 from .config import NatsConfig
 from .context import RequestContext, current_request
-from .cqrs import DEFAULT, CommandBus, QueryBus
+from .cqrs import DEFAULT, CommandBus, InstanceResult, QueryBus
 from .envelope import (
     RequestEnvelope,
     ResponseEnvelope,
@@ -71,11 +72,11 @@ from .errors import (
     TraceContextError,
     TransportError,
 )
-from .messages import Command, Kind, Query, command_subject, query_subject, type_name
+from .messages import Command, Kind, Query, command_subject, query_subject, scatter_subject, type_name
 from .policies import QueryCache, RetryPolicy
 
 if TYPE_CHECKING:  # imported on first use (below): a client-only process never loads them
-    from .discovery import EndpointInfo, EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
+    from .discovery import EndpointContract, EndpointInfo, EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
     from .dispatch import Dispatcher
     from .durable import DeadLetter, DurableConfig
     from .idempotency import IdempotencyStore, KeyValueIdempotencyStore, MemoryIdempotencyStore
@@ -99,12 +100,14 @@ PUBLIC_MODULES = (
     "natsbus.middleware",
     "natsbus.ports",
     "natsbus.pytest_plugin",
+    "natsbus.schema",
     "natsbus.server",
     "natsbus.testing",
 )
 
 #: Public names whose modules load on first use, and where they live.
 _LAZY: Dict[str, str] = {
+    "EndpointContract": "discovery",
     "EndpointInfo": "discovery",
     "EndpointStatsSnapshot": "discovery",
     "ServiceInfo": "discovery",
@@ -152,12 +155,14 @@ __all__ = [
     "DeadlineExceededError",
     "Dispatcher",
     "DurableConfig",
+    "EndpointContract",
     "EndpointInfo",
     "EndpointStatsSnapshot",
     "EnvelopeError",
     "HandlerError",
     "IdempotencyStore",
     "IncompatibleSettingsError",
+    "InstanceResult",
     "InvalidRequestError",
     "JetStreamError",
     "KeyValueIdempotencyStore",
@@ -203,5 +208,6 @@ __all__ = [
     "decode_request",
     "decode_response",
     "query_subject",
+    "scatter_subject",
     "type_name",
 ]

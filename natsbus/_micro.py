@@ -28,7 +28,7 @@ from ._transport import Handler, RawHeaders, Transport, new_nuid
 from .errors import BusClosedError, ConfigError
 
 if TYPE_CHECKING:
-    from .dispatch import Dispatcher
+    from .dispatch import Dispatcher, HandlerRoute
 
 __all__ = [
     "INFO_RESPONSE_TYPE",
@@ -145,6 +145,7 @@ class MicroResponder:
         self.id = new_nuid()
         self.started_ns = time.time_ns()
         self._dispatcher = dispatcher
+        self._schemas: Dict[str, Dict[str, str]] = {}
 
     # -- the three responses (any thread) -----------------------------------
 
@@ -161,15 +162,51 @@ class MicroResponder:
         """The ``io.nats.micro.v1.ping_response`` object."""
         return self._identity(PING_RESPONSE_TYPE)
 
-    def info_response(self) -> Dict[str, Any]:
-        """The ``io.nats.micro.v1.info_response`` object."""
+    def info_response(self, schemas: bool = True) -> Dict[str, Any]:
+        """The ``io.nats.micro.v1.info_response`` object (``schemas=False``: endpoint metadata empty)."""
         response = self._identity(INFO_RESPONSE_TYPE)
         response["description"] = self.description
         response["endpoints"] = [
-            {"name": route.name, "subject": route.subject, "queue_group": self.queue_group, "metadata": {}}
+            {
+                "name": route.name,
+                "subject": route.subject,
+                "queue_group": self.queue_group,
+                "metadata": self.endpoint_metadata(route) if schemas else {},
+            }
             for route in self._dispatcher.routes
         ]
         return response
+
+    def prepare(self) -> None:
+        """Build every endpoint's metadata now, on the caller's thread (not the loop's)."""
+        for route in self._dispatcher.routes:
+            self.endpoint_metadata(route)
+
+    def endpoint_metadata(self, route: HandlerRoute) -> Dict[str, str]:
+        """An endpoint's metadata: its request and result JSON Schemas, as JSON text.
+
+        ``request_schema`` describes the request envelope's ``payload``,
+        ``response_schema`` a success reply's ``payload`` (see
+        :mod:`natsbus.schema`); ADR-32 metadata maps strings to strings.
+        Made once per endpoint; a type the generator cannot read gets no
+        schema keys (logged), never a failed start.
+        """
+        cached = self._schemas.get(route.subject)
+        if cached is None:
+            from . import schema  # loaded by serving pools only
+
+            try:
+                cached = {
+                    schema.REQUEST_SCHEMA_KEY: codec.dumps(schema.json_schema(route.message_class)).decode(),
+                    schema.RESPONSE_SCHEMA_KEY: codec.dumps(
+                        schema.result_schema(route.message_class, route.call)
+                    ).decode(),
+                }
+            except Exception:
+                logger.warning("no JSON Schema for %s: its endpoint metadata has none", route.subject, exc_info=True)
+                cached = {}
+            self._schemas[route.subject] = cached
+        return dict(cached)
 
     def stats_response(self) -> Dict[str, Any]:
         """The ``io.nats.micro.v1.stats_response`` object, counters read under the stats lock."""
@@ -205,6 +242,15 @@ class MicroResponder:
         # added after start), so their bodies are encoded once.
         ping = codec.dumps(self.ping_response())
         info = codec.dumps(self.info_response())
+        if len(info) > transport.max_payload:  # an INFO nobody could receive: without the schemas, then
+            logger.warning(
+                "%s: INFO with the JSON Schemas is %d bytes, over the server's max payload of %d; "
+                "it is sent without them",
+                self.name,
+                len(info),
+                transport.max_payload,
+            )
+            info = codec.dumps(self.info_response(schemas=False))
         builders: Dict[str, Callable[[], bytes]] = {
             "PING": lambda: ping,
             "INFO": lambda: info,

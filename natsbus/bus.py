@@ -341,6 +341,24 @@ class Bus:
 
         return discovery.has_handler(self, message_type, kind=kind, timeout=timeout, quiet=quiet)
 
+    def schema(
+        self,
+        message_type: Union[str, type],
+        *,
+        service: Optional[str] = None,
+        kind: Union[Kind, str, None] = None,
+        timeout: float = DISCOVERY_TIMEOUT,
+        quiet: float = DISCOVERY_QUIET,
+    ) -> discovery.EndpointContract:
+        """The contract a running service publishes for ``message_type``; see :func:`natsbus.discovery.contract`.
+
+        Its ``request_schema`` and ``response_schema`` are JSON Schemas
+        (draft 2020-12) of the request and success-reply payloads.
+        """
+        from . import discovery
+
+        return discovery.contract(self, message_type, service=service, kind=kind, timeout=timeout, quiet=quiet)
+
     def _attach(self, user: Any) -> None:
         """Have :meth:`close` call ``user._bus_closing(timeout)`` first (a running WorkerPool)."""
         self._users.add(user)

@@ -9,6 +9,7 @@ retries, the query cache, client middleware, ``submit`` and the pipelined
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import queue
@@ -20,6 +21,7 @@ from typing import (
     Any,
     Callable,
     Dict,
+    Generic,
     Iterable,
     List,
     Literal,
@@ -29,6 +31,7 @@ from typing import (
     Type,
     TypeVar,
     Union,
+    cast,
     overload,
 )
 
@@ -36,11 +39,11 @@ import attrs
 from attrs import AttrsInstance
 
 from . import codec
-from ._transport import Headers, PendingReply, Reply
+from ._transport import GatheredReply, Headers, PendingReply, Reply
 from ._transport.pending import await_reply
 from .bus import Bus, Completer
 from .context import DEADLINE_HEADER
-from .envelope import decode_response, new_id, service_error, utc_timestamp
+from .envelope import INSTANCE_HEADER, SERVICE_HEADER, decode_response, new_id, service_error, utc_timestamp
 from .errors import (
     ConfigError,
     EnvelopeError,
@@ -54,13 +57,24 @@ from .messages import (
     ensure_message_class,
     message_kind,
     result_type,
+    scatter_subject,
     subject_for,
     type_name,
 )
 from .middleware import ClientCall, Middleware, run_client
 from .policies import QueryCache, RetryPolicy
 
-__all__ = ["CommandBus", "DEFAULT", "DefaultType", "Message", "QueryBus", "Requester", "RetryArg", "TimeoutArg"]
+__all__ = [
+    "CommandBus",
+    "DEFAULT",
+    "DefaultType",
+    "InstanceResult",
+    "Message",
+    "QueryBus",
+    "Requester",
+    "RetryArg",
+    "TimeoutArg",
+]
 
 logger = logging.getLogger("natsbus.bus")
 
@@ -117,6 +131,44 @@ RetryArg = Union[RetryPolicy, None, DefaultType]
 Progress = Callable[[int, Optional[int]], None]
 #: A message that declares no result type (a plain attrs class): calls take it with ``returns=``.
 Message = AttrsInstance
+
+
+@attrs.frozen
+class InstanceResult(Generic[R]):
+    """One instance's answer to :meth:`QueryBus.ask_all`: its result, or its error.
+
+    Attributes:
+        instance_id: The answering instance's id, as it reports it to
+            ``$SRV.PING`` (a pool's ``pool.micro.id``).
+        result: Its result (``None`` when it answered with an error).
+        error: ``None`` on success; else the error it answered with (a
+            :class:`~natsbus.ServiceError` subclass per error code, as
+            :meth:`QueryBus.ask` raises), or an
+            :class:`~natsbus.EnvelopeError` for a reply that cannot be read.
+        service: Its service name (the pool's ``service_id``).
+        rtt: Seconds from sending the query to this reply.
+    """
+
+    instance_id: str
+    result: Optional[R] = None
+    error: Optional[NatsBusError] = None
+    service: str = ""
+    rtt: float = attrs.field(default=0.0, eq=False)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the instance answered with a result."""
+        return self.error is None
+
+    def unwrap(self) -> R:
+        """The result; raises the instance's error when it answered with one.
+
+        Raises:
+            NatsBusError: the instance's :attr:`error`.
+        """
+        if self.error is not None:
+            raise self.error
+        return cast(R, self.result)  # None only when R admits it
 
 
 @attrs.frozen
@@ -202,6 +254,11 @@ class _MessageBus:
 
     def _limit(self, timeout: TimeoutArg) -> Optional[float]:
         return self.timeout if timeout is DEFAULT else timeout
+
+    def _connection(self, what: str, why: str = "stores commands in JetStream") -> Bus:
+        if not isinstance(self.bus, Bus):
+            raise ConfigError(f"{what} {why}: it needs a natsbus.Bus connected to NATS, not {type(self.bus).__name__}")
+        return self.bus
 
     def _call(self, request: _Request, timeout: TimeoutArg, returns: Any, retry: RetryArg) -> Tuple[Any, Reply]:
         """Send (and resend, per the retry policy); return the result and its reply."""
@@ -666,14 +723,6 @@ class CommandBus(_MessageBus):
 
         return result_on(self._connection("result()"), command_id, wait, returns, durable)
 
-    def _connection(self, what: str) -> Bus:
-        if not isinstance(self.bus, Bus):
-            raise ConfigError(
-                f"{what} stores commands in JetStream: it needs a natsbus.Bus connected to NATS, "
-                f"not {type(self.bus).__name__}"
-            )
-        return self.bus
-
 
 class QueryBus(_MessageBus):
     """Sends queries (reads) and waits for their results.
@@ -754,6 +803,102 @@ class QueryBus(_MessageBus):
             result, reply = self._call(request, timeout, returns, retry)
         store.put(key, (reply, request.message_id))
         return result
+
+    @overload
+    def ask_all(
+        self,
+        query: Query[R],
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        max_replies: Optional[int] = None,
+        stall: Optional[float] = None,
+    ) -> List[InstanceResult[R]]: ...
+
+    @overload
+    def ask_all(
+        self,
+        query: Message,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        max_replies: Optional[int] = None,
+        stall: Optional[float] = None,
+        returns: Type[T],
+    ) -> List[InstanceResult[T]]: ...
+
+    def ask_all(
+        self,
+        query: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        max_replies: Optional[int] = None,
+        stall: Optional[float] = None,
+        returns: Optional[type] = None,
+    ) -> List[InstanceResult[Any]]:
+        """Scatter-gather: send ``query`` to every instance that serves it; return each one's answer.
+
+        The query goes to ``scatter.queries.{Type}``, which every running
+        pool serving the type subscribes without a queue group (ordinary
+        :meth:`ask` calls stay load-balanced on ``queries.{Type}``). Replies
+        are gathered until ``timeout`` seconds have passed, ``max_replies``
+        are in, or no new one came for ``stall`` seconds after the latest
+        one; when nobody subscribes the subject the answer is ``[]`` at
+        once. An error is reported per instance (:attr:`InstanceResult.error`),
+        never raised for the whole call. No cache, retries or client
+        middleware; a Bus is needed (not an in-memory bus).
+
+        Args:
+            query: An attrs instance (a :class:`Query` or any attrs class).
+            timeout: Seconds to gather in all; default the bus's. It may
+                not be ``None``: gathering ends at the timeout at the latest.
+            max_replies: Stop once this many replies are in.
+            stall: Stop once this many seconds pass without a new reply
+                (the first one is awaited up to ``timeout``).
+            returns: Build each result as this type (overrides ``Query[R]``).
+
+        Returns:
+            One :class:`InstanceResult` per instance that answered, in the
+            order the replies arrived, each with the instance's id.
+
+        Raises:
+            ConfigError: no timeout, ``max_replies < 1``, ``stall <= 0``,
+                or the bus is not a :class:`~natsbus.Bus`.
+            BusClosedError: the Bus is closed.
+            PayloadTooLargeError: the query is over the server's limit.
+            LoopThreadError: called on the Bus's loop thread.
+        """
+        limit = self._limit(timeout)
+        if limit is None or limit <= 0:
+            raise ConfigError(f"ask_all() gathers replies until its timeout: give one in seconds, not {limit!r}")
+        if max_replies is not None and max_replies < 1:
+            raise ConfigError(f"max_replies must be >= 1, got {max_replies!r}")
+        if stall is not None and stall <= 0:
+            raise ConfigError(f"stall must be > 0 seconds, got {stall!r}")
+        bus = self._connection("ask_all()", "gathers the replies of every instance over NATS")
+        request = self._build(query)
+        route = _Route(request.route.name, scatter_subject(request.route.name), request.route.result)
+        transport = bus.live_transport()
+        transport._check_send(route.subject, request.body)
+        gather = functools.partial(
+            transport.gather,
+            route.subject,
+            request.body,
+            timeout=limit,
+            quiet=limit if stall is None else stall,
+            max_count=max_replies,
+            headers=self._headers(limit),
+        )
+        replies: List[GatheredReply] = bus.run(gather, limit + 5.0)
+        results: List[InstanceResult[Any]] = []
+        for reply in replies:
+            headers = reply.headers or {}
+            instance, service = headers.get(INSTANCE_HEADER, ""), headers.get(SERVICE_HEADER, "")
+            try:
+                value = self._result(Reply(reply.data, reply.headers), route, request.message_id, returns)
+            except NatsBusError as exc:
+                results.append(InstanceResult(instance, None, exc, service, reply.rtt))
+            else:
+                results.append(InstanceResult(instance, value, None, service, reply.rtt))
+        return results
 
     @overload
     def submit(self, query: Query[R], *, timeout: TimeoutArg = DEFAULT) -> Future[R]: ...

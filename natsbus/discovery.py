@@ -43,17 +43,20 @@ from ._micro import (
 )
 from ._transport import GatheredReply
 from ._transport.connection import Connection
-from .errors import ConfigError, EnvelopeError
+from .errors import ConfigError, EnvelopeError, NoHandlerError
 from .messages import Kind, command_subject, message_kind, parse_subject, query_subject, type_name
+from .schema import REQUEST_SCHEMA_KEY, RESPONSE_SCHEMA_KEY
 
 __all__ = [
     "DEFAULT_QUIET",
     "DEFAULT_TIMEOUT",
+    "EndpointContract",
     "EndpointInfo",
     "EndpointStatsSnapshot",
     "ServiceInfo",
     "ServicePing",
     "ServiceStats",
+    "contract",
     "control_subject",
     "discover",
     "format_rfc3339",
@@ -206,6 +209,16 @@ class EndpointInfo:
         parsed = parse_subject(self.subject)
         return parsed[0] if parsed else None
 
+    @property
+    def request_schema(self) -> Optional[Dict[str, Any]]:
+        """The JSON Schema of its requests' payload (natsbus metadata ``request_schema``), if it publishes one."""
+        return _schema_in(self.metadata, REQUEST_SCHEMA_KEY)
+
+    @property
+    def response_schema(self) -> Optional[Dict[str, Any]]:
+        """The JSON Schema of its success replies' payload (``response_schema``), if it publishes one."""
+        return _schema_in(self.metadata, RESPONSE_SCHEMA_KEY)
+
     @classmethod
     def from_dict(cls, obj: Dict[str, Any]) -> EndpointInfo:
         """Read one element of INFO's ``endpoints``.
@@ -255,6 +268,49 @@ class ServiceInfo:
             endpoints=tuple(EndpointInfo.from_dict(e) for e in _list(obj, "endpoints")),
             rtt=rtt,
         )
+
+
+def _schema_in(metadata: Dict[str, str], key: str) -> Optional[Dict[str, Any]]:
+    text = metadata.get(key)
+    if not text:
+        return None
+    try:
+        value = codec.loads(text.encode())
+    except (ValueError, TypeError):
+        logger.warning("skipped an endpoint's %s: not JSON", key)
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@attrs.frozen
+class EndpointContract:
+    """A message type's contract, as a running service publishes it (:func:`contract`).
+
+    Attributes:
+        name: The wire type name.
+        subject: ``commands.X`` / ``queries.X``.
+        service: The service that serves it.
+        version: That service's version.
+        instance_id: The instance the contract was read from.
+        request_schema: The JSON Schema (draft 2020-12) of the request
+            envelope's ``payload``; ``None`` when the service publishes none
+            (a service that is not a natsbus pool, or an older one).
+        response_schema: The JSON Schema of a success reply's ``payload``.
+    """
+
+    name: str
+    subject: str
+    service: str
+    version: str
+    instance_id: str
+    request_schema: Optional[Dict[str, Any]] = None
+    response_schema: Optional[Dict[str, Any]] = None
+
+    @property
+    def kind(self) -> Optional[Kind]:
+        """``Kind.COMMAND`` or ``Kind.QUERY``, from the subject."""
+        parsed = parse_subject(self.subject)
+        return parsed[0] if parsed else None
 
 
 @attrs.frozen
@@ -450,6 +506,77 @@ def stats(
     return _read(_gather(bus, "STATS", name, id, timeout, quiet, count), "STATS", ServiceStats.from_dict)
 
 
+def _subjects(message_type: Union[str, type], kind: Union[Kind, str, None]) -> List[str]:
+    """The subjects ``message_type`` may be served on: ``commands.X`` and/or ``queries.X``."""
+    try:
+        wanted_kind = Kind(kind) if kind is not None else None
+    except ValueError:
+        raise ConfigError(f"kind must be 'command' or 'query', got {kind!r}") from None
+    if isinstance(message_type, type):
+        wanted_kind = wanted_kind or message_kind(message_type)
+        name = type_name(message_type)
+    else:
+        name = message_type
+    subjects = []
+    if wanted_kind in (None, Kind.COMMAND):
+        subjects.append(command_subject(name))
+    if wanted_kind in (None, Kind.QUERY):
+        subjects.append(query_subject(name))
+    return subjects
+
+
+def contract(
+    bus: Connection,
+    message_type: Union[str, type],
+    *,
+    service: Optional[str] = None,
+    kind: Union[Kind, str, None] = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    quiet: float = DEFAULT_QUIET,
+) -> EndpointContract:
+    """The contract a running service publishes for ``message_type``: its JSON Schemas.
+
+    Read from the endpoint metadata of the services' INFO (natsbus pools
+    publish ``request_schema`` and ``response_schema``; see
+    :mod:`natsbus.schema`). Of several instances, the first (by service
+    name and instance id) that publishes schemas is read; during a rolling
+    deploy instances may differ: :func:`discover` shows each one's.
+
+    Args:
+        bus: The connection.
+        message_type: A wire type name or a message class.
+        service: Only this service's instances.
+        kind: ``"command"`` or ``"query"``; default either (or the class's own).
+        timeout: Seconds to wait in all.
+        quiet: Stop this many seconds after the latest reply.
+
+    Raises:
+        NoHandlerError: no running service lists the type.
+        ConfigError: a bad kind, name, timeout or quiet.
+    """
+    subjects = _subjects(message_type, kind)
+    found = [
+        (info, endpoint)
+        for info in discover(bus, service, timeout=timeout, quiet=quiet)
+        for endpoint in info.endpoints
+        if endpoint.subject in subjects
+    ]
+    if not found:
+        where = f" in service {service}" if service else ""
+        raise NoHandlerError(f"No handler available for {' or '.join(subjects)}{where}", subject=subjects[0])
+    found.sort(key=lambda pair: pair[1].request_schema is None)  # stable: those with schemas first
+    info, endpoint = found[0]
+    return EndpointContract(
+        name=endpoint.name,
+        subject=endpoint.subject,
+        service=info.name,
+        version=info.version,
+        instance_id=info.id,
+        request_schema=endpoint.request_schema,
+        response_schema=endpoint.response_schema,
+    )
+
+
 def has_handler(
     bus: Connection,
     message_type: Union[str, type],
@@ -472,19 +599,6 @@ def has_handler(
         True when a micro service (a natsbus pool or any other) lists the
         subject. A plain subscriber that does not answer INFO is not seen.
     """
-    try:
-        wanted_kind = Kind(kind) if kind is not None else None
-    except ValueError:
-        raise ConfigError(f"kind must be 'command' or 'query', got {kind!r}") from None
-    if isinstance(message_type, type):
-        wanted_kind = wanted_kind or message_kind(message_type)
-        name = type_name(message_type)
-    else:
-        name = message_type
-    subjects = set()
-    if wanted_kind in (None, Kind.COMMAND):
-        subjects.add(command_subject(name))
-    if wanted_kind in (None, Kind.QUERY):
-        subjects.add(query_subject(name))
+    subjects = set(_subjects(message_type, kind))
     services = discover(bus, timeout=timeout, quiet=quiet)
     return any(endpoint.subject in subjects for service in services for endpoint in service.endpoints)

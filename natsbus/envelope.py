@@ -343,6 +343,11 @@ Headers = Optional[Dict[str, str]]
 ERROR_HEADER = "Nats-Service-Error"
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 
+#: Headers of a reply to a scatter-gather request (``scatter.queries.{Type}``):
+#: the answering instance's id, as it reports it to ``$SRV.PING``, and its service name.
+INSTANCE_HEADER = "Natsbus-Instance"
+SERVICE_HEADER = "Natsbus-Service"
+
 
 def header_value(text: str, limit: int = 1024) -> str:
     """``text`` made fit for a NATS header value: one line, at most ``limit`` characters."""

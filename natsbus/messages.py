@@ -35,6 +35,7 @@ __all__ = [
     "message_kind",
     "query_subject",
     "result_type",
+    "scatter_subject",
     "subject_for",
     "type_name",
 ]
@@ -160,6 +161,19 @@ def query_subject(name: str) -> str:
     """``queries.{name}``, as the spec's ``CqrsRequestHandler.query_subject``."""
     _check_token(name)
     return f"queries.{name}"
+
+
+def scatter_subject(name: str) -> str:
+    """``scatter.queries.{name}``: the query sent to every instance that serves it.
+
+    Each :class:`~natsbus.WorkerPool` subscribes it for each query it
+    serves, without a queue group, beside ``queries.{name}`` (which stays
+    load-balanced). It cannot collide with ``queries.{name}``, whatever
+    the name, and it lies outside ``commands.>`` and ``queries.>``.
+    See ``QueryBus.ask_all`` and the wire contract's "Scatter-gather".
+    """
+    _check_token(name)
+    return f"scatter.queries.{name}"
 
 
 def subject_for(kind: Kind, name: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import heapq
 import itertools
 import logging
@@ -38,13 +39,13 @@ from typing import (
 )
 
 from ._micro import MicroResponder
-from ._transport import RawHeaders, as_headers
+from ._transport import RawHeaders, Transport, as_headers
 from .bus import Bus
 from .context import parse_deadline
 from .cqrs import DEFAULT, DefaultType
 from .discovery import ServiceStats
 from .dispatch import Dispatcher, HandlerRoute
-from .envelope import error_reply, peek_id
+from .envelope import INSTANCE_HEADER, SERVICE_HEADER, error_reply, peek_id
 from .errors import (
     BusClosedError,
     BusyError,
@@ -55,7 +56,7 @@ from .errors import (
     PermissionDeniedError,
     RegistrationError,
 )
-from .messages import Kind
+from .messages import Kind, scatter_subject
 from .middleware import HandlerRequest, Middleware
 
 if TYPE_CHECKING:
@@ -89,8 +90,10 @@ class _Work:
         data: The request body.
         headers: Its headers, as the transport got them (parsed on the worker thread).
         received: ``time.monotonic()`` when it was admitted.
-        job: A durable command's job: it runs, stores and acknowledges the
-            command itself (see :meth:`WorkerPool.run_reserved`); ``None`` for a request.
+        job: A job that answers for itself: a durable command (it runs, stores
+            and acknowledges the command; see :meth:`WorkerPool.run_reserved`)
+            or a scatter-gather request (its reply carries the instance's
+            headers); ``None`` for an ordinary request.
     """
 
     route: Optional[HandlerRoute]
@@ -220,9 +223,11 @@ class WorkerPool:
 
     Each handler's subject (``commands.{Type}`` / ``queries.{Type}``) is
     subscribed in a queue group, so instances of one service share the
-    load. At most ``max_workers`` handlers run at once and at most
-    ``max_pending`` requests wait; past that a request is answered at once
-    with a busy error (code 503) so its caller can retry elsewhere.
+    load; each query's ``scatter.queries.{Type}`` is subscribed without
+    one, so ``QueryBus.ask_all()`` reaches every instance. At most
+    ``max_workers`` handlers run at once and at most ``max_pending``
+    requests wait; past that a request is answered at once with a busy
+    error (code 503) so its caller can retry elsewhere.
 
     Args:
         bus: The connection to serve on; may be ``None`` and given later
@@ -454,6 +459,10 @@ class WorkerPool:
             for route in self.dispatcher.routes:
                 transport.denied_subscriptions.discard(route.subject.lower())  # asked afresh
                 subs.append(await transport.subscribe(route.subject, self.queue_group, self._admitter(route)))
+                if route.kind is Kind.QUERY:  # scatter-gather (ask_all): every instance, no queue group
+                    scatter = scatter_subject(route.name)
+                    transport.denied_subscriptions.discard(scatter.lower())
+                    subs.append(await transport.subscribe(scatter, "", self._scatter_admitter(route, transport)))
             subs.extend(await self.micro.subscribe(transport))  # $SRV.*: discoverable once serving
             await transport.flush()  # the server has every SUB before we return
             return subs
@@ -463,6 +472,7 @@ class WorkerPool:
                 self.idempotency.open(bus)
             if self.durable is not None:  # streams, bucket and consumer exist with our settings
                 self.durable.prepare(bus)
+            self.micro.prepare()  # endpoint schemas for INFO: made here, not on the loop thread
             self._subs = bus.run(subscribe_all)
             # The flush's round trip came back after any -ERR the SUBs caused.
             denied = [s for s in self.subjects if s.lower() in transport.denied_subscriptions]
@@ -470,6 +480,17 @@ class WorkerPool:
                 raise PermissionDeniedError(
                     f"permission denied: this connection may not subscribe to {', '.join(denied)}",
                     subject=denied[0],
+                )
+            scatter_denied = [
+                scatter_subject(r.name)
+                for r in self.dispatcher.routes
+                if r.kind is Kind.QUERY and scatter_subject(r.name).lower() in transport.denied_subscriptions
+            ]
+            if scatter_denied:  # ordinary requests are served; ask_all() just gets no answer from here
+                logger.warning(
+                    "permission denied: %s may not subscribe to %s; ask_all() gets no answer from this instance",
+                    self.service_id,
+                    ", ".join(scatter_denied),
                 )
         except BaseException:
             subs, self._subs = self._subs, []
@@ -524,7 +545,49 @@ class WorkerPool:
 
         return admit
 
-    def _refuse_busy(self, route: HandlerRoute, reply: str, data: bytes) -> None:
+    def _scatter_admitter(
+        self, route: HandlerRoute, transport: Transport
+    ) -> Callable[[str, str, bytes, RawHeaders], None]:
+        """Admit requests to ``scatter.queries.X`` (ask_all; no queue group), as :meth:`_admitter` does.
+
+        They share the pool's capacity. Each runs as a job on a worker
+        thread, as durable commands do, so that its reply, success or
+        error, carries this instance's id and service name (the wire
+        contract's "Scatter-gather"). A handler's ``time_limit`` is not
+        enforced on them: the asker's own timeout ends its wait.
+        """
+        capacity = self.max_workers + self.max_pending
+        identity = {INSTANCE_HEADER: self.micro.id, SERVICE_HEADER: self.service_id}
+
+        def answer(reply: str, data: bytes, raw_headers: RawHeaders, received: float) -> None:
+            # A worker thread: the same dispatch as _work, the reply with the instance's headers.
+            headers = as_headers(raw_headers)
+            deadline = parse_deadline(headers, received)
+            body, reply_headers = self.dispatcher.dispatch(
+                route, data, transport.max_payload, headers=headers, deadline=deadline
+            )
+            transport.publish(reply, body, {**(reply_headers or {}), **identity})
+
+        def admit(subject: str, reply: str, data: bytes, headers: RawHeaders) -> None:
+            # Loop thread: decide and hand off, as _admitter's admit.
+            if not reply:
+                self.dropped_without_reply += 1
+                return
+            with self._lock:
+                busy = self._inflight >= capacity or not self._accepting
+                if not busy:
+                    self._inflight += 1
+            if busy:
+                self._refuse_busy(route, reply, data, identity)
+            else:
+                job = functools.partial(answer, reply, data, headers, time.monotonic())
+                self._queue.put(_Work(route, "", b"", None, 0.0, job))
+
+        return admit
+
+    def _refuse_busy(
+        self, route: HandlerRoute, reply: str, data: bytes, extra: Optional[Dict[str, str]] = None
+    ) -> None:
         self.refused_busy += 1
         message_id, _ = peek_id(data)
         error = BusyError(
@@ -535,7 +598,7 @@ class WorkerPool:
         body, headers = error_reply(route.kind, message_id or "", error)
         self.dispatcher.count(route, time.perf_counter_ns(), error.message)  # an error reply, in the stats too
         logger.debug("refused %s %s: busy", route.subject, message_id)
-        self._bus()._transport.publish(reply, body, headers)
+        self._bus()._transport.publish(reply, body, {**(headers or {}), **extra} if extra else headers)
 
     def _answer_overrun(self, route: HandlerRoute, reply: str, data: bytes) -> None:
         """Watchdog thread: the handler overran; the caller gets a 504 now."""

@@ -37,8 +37,9 @@ from natsbus import (
     ServicePing,
     WorkerPool,
 )
-from natsbus.demo import CreateUserCommand, GetUserQuery
+from natsbus.demo import CreateUserCommand, GetUserQuery, User, UserCreated
 from natsbus.discovery import control_subject, format_rfc3339, parse_rfc3339
+from natsbus.schema import json_schema
 
 # nats-py's own micro service calls datetime.utcnow(), deprecated since Python 3.12.
 NATS_PY_SERVICE_WARNINGS = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")
@@ -67,14 +68,21 @@ def _mine(url: str, subject: str, id: str) -> Dict[str, Any]:
 def test_pool_answers_ping_info_stats_on_all_three_subject_forms(nats_url: str, user_pool: WorkerPool) -> None:
     id = user_pool.micro.id
     identity = {"name": "user-service", "id": id, "version": "0.0.0", "metadata": {}}
+    schemas = {
+        "CreateUserCommand": (json_schema(CreateUserCommand), json_schema(UserCreated)),
+        "GetUserQuery": (json_schema(GetUserQuery), json_schema(User)),
+    }
     endpoints = [
         {
-            "name": "CreateUserCommand",
-            "subject": "commands.CreateUserCommand",
+            "name": name,
+            "subject": subject,
             "queue_group": "user-service",
-            "metadata": {},
-        },
-        {"name": "GetUserQuery", "subject": "queries.GetUserQuery", "queue_group": "user-service", "metadata": {}},
+            "metadata": {"request_schema": request, "response_schema": response},
+        }
+        for (name, subject), (request, response) in zip(
+            [("CreateUserCommand", "commands.CreateUserCommand"), ("GetUserQuery", "queries.GetUserQuery")],
+            schemas.values(),
+        )
     ]
     for verb in VERBS:
         for subject in _forms(verb, "user-service", id):
@@ -84,6 +92,8 @@ def test_pool_answers_ping_info_stats_on_all_three_subject_forms(nats_url: str, 
             assert {k: response[k] for k in identity} == identity
             if verb == "INFO":
                 assert response["description"] == ""
+                for endpoint in response["endpoints"]:  # the schemas are JSON text: metadata maps str to str
+                    endpoint["metadata"] = {k: json.loads(v) for k, v in endpoint["metadata"].items()}
                 assert response["endpoints"] == endpoints
             if verb == "STATS":
                 assert [(e["name"], e["subject"], e["queue_group"]) for e in response["endpoints"]] == [
@@ -252,10 +262,14 @@ def test_discover_and_stats_return_attrs_objects(bus: Bus, user_pool: WorkerPool
     id = user_pool.micro.id
     (info,) = bus.discover("user-service", id)
     assert (info.name, info.id, info.version, info.description) == ("user-service", id, "0.0.0", "")
-    assert info.endpoints == (
-        EndpointInfo("CreateUserCommand", "commands.CreateUserCommand", "user-service"),
-        EndpointInfo("GetUserQuery", "queries.GetUserQuery", "user-service"),
-    )
+    assert [(e.name, e.subject, e.queue_group) for e in info.endpoints] == [
+        ("CreateUserCommand", "commands.CreateUserCommand", "user-service"),
+        ("GetUserQuery", "queries.GetUserQuery", "user-service"),
+    ]
+    assert [(e.request_schema, e.response_schema) for e in info.endpoints] == [
+        (json_schema(CreateUserCommand), json_schema(UserCreated)),
+        (json_schema(GetUserQuery), json_schema(User)),
+    ]
     assert [e.kind.value if e.kind else None for e in info.endpoints] == ["command", "query"]
     (ping,) = bus.ping("user-service", id)
     assert ping == ServicePing("user-service", id, "0.0.0")

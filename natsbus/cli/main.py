@@ -41,6 +41,7 @@ import sys
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, TextIO
 
 from .._version import __version__
+from .contracts import add_contract_commands, run_contract_command
 from .options import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, add_connection_options, exit_code, open_bus
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_ops_commands(sub)
     _add_durable_commands(sub)
     _add_batch_commands(sub)
+    add_contract_commands(sub)  # ask --all, schema, asyncapi: natsbus.cli.contracts
     from ..bench.runner import add_arguments as add_bench_arguments
 
     bench = sub.add_parser(
@@ -114,6 +116,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from .worker import run_worker
 
         return run_worker(args, sys.stderr)
+    if (status := run_contract_command(args, sys.stdout, sys.stderr)) is not None:
+        return status
     if args.command in _OPS_COMMANDS:
         return _run_ops(args, sys.stdout, sys.stderr)
     if args.command == "durable":

@@ -9,7 +9,7 @@ from typing import List
 
 import attrs
 
-from natsbus import Bus, Command, CommandBus, Query, QueryBus
+from natsbus import Bus, Command, CommandBus, InstanceResult, Query, QueryBus
 from natsbus.ports import CommandBusPort, QueryBusPort
 from natsbus.testing import InMemoryBus
 
@@ -45,4 +45,7 @@ def misuse(bus: Bus, memory: InMemoryBus) -> None:
     names: List[int] = queries.ask_many([GetName("1")])  # E: expected "Query[int]"
     wrong_port: CommandBusPort = QueryBus(bus)  # E: Incompatible types in assignment
     wrong_memory: QueryBusPort = memory.commands  # E: Incompatible types in assignment
-    print(count, names, wrong_port, wrong_memory)
+    queries.ask_all(CreateUser("a"))  # E: No overload variant of "ask_all"
+    queries.ask_all(Plain(1))  # E: No overload variant of "ask_all"
+    every: List[InstanceResult[int]] = queries.ask_all(GetName("1"))  # E: expected "Query[int]"
+    print(count, names, wrong_port, wrong_memory, every)

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Union
 
 import attrs
 
-from natsbus import Bus, Command, CommandBus, Query, QueryBus, QueryCache, RetryPolicy
+from natsbus import Bus, Command, CommandBus, InstanceResult, Query, QueryBus, QueryCache, RetryPolicy
 from natsbus.ports import CommandBusPort, QueryBusPort
 from natsbus.testing import InMemoryBus
 
@@ -44,7 +44,10 @@ def client(bus: Bus) -> None:
     as_dict: Dict[str, Any] = commands.execute(Plain(1), returns=dict)
     plain_many: List[int] = queries.ask_many([Plain(2)], returns=int)
     plain_future: Future[str] = queries.submit(Plain(3), returns=str)
-    print(name, future, many, mixed, names, as_dict, plain_many, plain_future)
+    everywhere: List[InstanceResult[str]] = queries.ask_all(GetName("1"), timeout=2.0, max_replies=3, stall=0.5)
+    first_name: str = everywhere[0].unwrap()
+    plain_all: List[InstanceResult[int]] = queries.ask_all(Plain(4), returns=int)
+    print(name, future, many, mixed, names, as_dict, plain_many, plain_future, first_name, plain_all)
 
 
 def through_ports(commands: CommandBusPort, queries: QueryBusPort) -> str:
