@@ -13,13 +13,9 @@ queue, which never blocks).
 
 from __future__ import annotations
 
-import collections
 import enum
 import functools
-import heapq
-import itertools
 import logging
-import queue
 import signal
 import threading
 import time
@@ -27,19 +23,18 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
-    Deque,
     Dict,
     Iterable,
     List,
     Mapping,
     Optional,
     Sequence,
-    Tuple,
     Union,
 )
 
 from ._micro import MicroResponder
 from ._transport import RawHeaders, Transport, as_headers
+from ._workqueue import STOP, Jobs, Watchdog, Work
 from .bus import Bus
 from .context import parse_deadline
 from .cqrs import DEFAULT, DefaultType
@@ -64,103 +59,9 @@ if TYPE_CHECKING:
     from .durable import DurableConfig
     from .idempotency import IdempotencyStore
 
-# Work items are frozen to the type checker (assigning a field is a mypy
-# error) and a plain slotted class at run time. They are built on the loop
-# thread for every request: attrs' frozen __init__ stores each field through
-# object.__setattr__ (a bound method and an argument tuple per field), about
-# 1.5 us where the 5-tuple they replace took 0.06 us; the plain slotted class
-# takes 0.3 us and, like the tuple, one allocation.
-if TYPE_CHECKING:
-    from attrs import frozen as _work_item_class
-else:
-    from attrs import define as _work_item_class
-
 __all__ = ["Dispatcher", "HandlerRoute", "WorkerPool"]  # Dispatcher, HandlerRoute: from natsbus.dispatch
 
 logger = logging.getLogger("natsbus.worker")
-
-
-@_work_item_class(slots=True, weakref_slot=False, eq=False)
-class _Work:
-    """One item of the pool's work queue: a request to answer, or a durable command to run.
-
-    Attributes:
-        route: The handler of a request (``None`` for a durable command).
-        reply: Where the request's reply goes.
-        data: The request body.
-        headers: Its headers, as the transport got them (parsed on the worker thread).
-        received: ``time.monotonic()`` when it was admitted.
-        job: A job that answers for itself: a durable command (it runs, stores
-            and acknowledges the command; see :meth:`WorkerPool.run_reserved`)
-            or a scatter-gather request (its reply carries the instance's
-            headers); ``None`` for an ordinary request.
-    """
-
-    route: Optional[HandlerRoute]
-    reply: str
-    data: bytes
-    headers: RawHeaders
-    received: float
-    job: Optional[Callable[[], None]] = None
-
-    def describe(self) -> str:
-        """What it is, for logs."""
-        return self.route.subject if self.route is not None else "a durable command"
-
-
-class _Jobs:
-    """The pool's work queue: idle workers park, each on a lock of its own.
-
-    At most one parked worker is being woken at a time: :meth:`put` wakes
-    one only when no wake-up is already under way, and a woken worker that
-    leaves items behind wakes the next. A burst of N requests thus costs
-    as many wake-ups as workers it needs, one after another, and a worker
-    already running takes queued items without any.
-    ``queue.SimpleQueue`` coalesces wake-ups the same way, but with several
-    consumers blocked on its one lock, every taker also wakes another
-    idle worker for nothing (to block again at once): two needless context
-    switches per request when the pool is idle.
-    """
-
-    def __init__(self) -> None:
-        self._items: Deque[Any] = collections.deque()
-        self._parked: List[Any] = []  # locks parked workers wait on (held); the last parked wakes first
-        self._waking = False
-        self._mutex = threading.Lock()
-
-    def put(self, item: Any) -> None:
-        """Queue ``item`` (any thread; never blocks)."""
-        self._items.append(item)
-        # Always under the mutex: a worker checks for items and parks under
-        # it, so looking at _parked outside could miss one that is parking.
-        self._wake()
-
-    def _wake(self) -> None:
-        with self._mutex:
-            if not self._parked or self._waking:
-                return
-            waiter = self._parked.pop()
-            self._waking = True
-        waiter.release()
-
-    def get(self, park: Any) -> Any:
-        """Take the next item, parking on ``park`` (an acquired lock) while there is none."""
-        items = self._items
-        while True:
-            try:
-                item = items.popleft()
-            except IndexError:
-                pass
-            else:
-                if items and self._parked and not self._waking:
-                    self._wake()  # more work than this thread: wake the next
-                return item
-            with self._mutex:
-                if items:  # queued between the look and the mutex
-                    continue
-                self._parked.append(park)
-            park.acquire()  # released by _wake()
-            self._waking = False
 
 
 class _State(enum.Enum):
@@ -168,54 +69,6 @@ class _State(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-_STOP = None  # the sentinel that ends a worker thread
-
-
-class _Watchdog:
-    """Answers for handlers that overrun their time limit.
-
-    Each timed request has a one-shot claim on its reply. Whoever claims
-    first answers: the worker thread with the handler's reply, or this
-    thread with a 504 once the limit passes. The overrunning handler keeps
-    its thread (Python cannot kill a thread); its late result is dropped.
-    """
-
-    def __init__(self, pool: WorkerPool) -> None:
-        self._pool = pool
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"natsbus-watchdog-{pool.service_id}", daemon=True)
-        self._thread.start()
-
-    def watch(self, deadline: float, claim: threading.Lock, route: HandlerRoute, reply: str, data: bytes) -> None:
-        self._queue.put((deadline, claim, route, reply, data))
-
-    def stop(self, timeout: float) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        heap: List[Tuple[float, int, Any]] = []
-        seq = itertools.count()
-        while True:
-            wait = None if not heap else max(0.0, heap[0][0] - time.monotonic())
-            try:
-                item = self._queue.get(timeout=wait)
-            except queue.Empty:
-                item = ()
-            if item is _STOP:
-                return
-            if item:
-                heapq.heappush(heap, (item[0], next(seq), item))
-            now = time.monotonic()
-            while heap and heap[0][0] <= now:
-                _, claim, route, reply, data = heapq.heappop(heap)[2]
-                if claim.acquire(blocking=False):
-                    try:
-                        self._pool._answer_overrun(route, reply, data)
-                    except Exception:  # the watchdog must outlive any one failure
-                        logger.exception("answering an overrun on %s failed", route.subject)
 
 
 class WorkerPool:
@@ -304,10 +157,10 @@ class WorkerPool:
         # in _inflight (the pool's capacity) but not as work in flight.
         self._reserved = 0
         self._completed = 0
-        self._queue = _Jobs()
+        self._queue = Jobs()
         self._threads: List[threading.Thread] = []
         self._subs: List[Any] = []
-        self._watchdog: Optional[_Watchdog] = None
+        self._watchdog: Optional[Watchdog] = None
         self._stop_requested = threading.Event()
         # Cleared once stop() has drained the subscriptions: anything that
         # still arrives (a drain that failed) is refused as busy, not queued
@@ -452,7 +305,7 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
         if any(route.time_limit for route in self.dispatcher.routes):
-            self._watchdog = _Watchdog(self)
+            self._watchdog = Watchdog(self.service_id, self._answer_overrun)
 
         async def subscribe_all() -> List[Any]:
             subs = []
@@ -522,7 +375,7 @@ class WorkerPool:
     def _admitter(self, route: HandlerRoute) -> Callable[[str, str, bytes, RawHeaders], None]:
         capacity = self.max_workers + self.max_pending
         put = self._queue.put
-        work = _Work
+        work = Work
         lock = self._lock
         monotonic = time.monotonic
 
@@ -581,7 +434,7 @@ class WorkerPool:
                 self._refuse_busy(route, reply, data, identity)
             else:
                 job = functools.partial(answer, reply, data, headers, time.monotonic())
-                self._queue.put(_Work(route, "", b"", None, 0.0, job))
+                self._queue.put(Work(route, "", b"", None, 0.0, job))
 
         return admit
 
@@ -634,7 +487,7 @@ class WorkerPool:
         park.acquire()
         while True:
             item = get(park)
-            if item is _STOP:
+            if item is STOP:
                 return
             job = item.job
             claim: Optional[threading.Lock] = None
@@ -668,7 +521,7 @@ class WorkerPool:
                     if self._inflight - self._reserved <= 1:  # stop() from a handler waits for 1
                         self._idle.notify_all()
 
-    def _interrupted(self, exc: BaseException, item: _Work, claim: Optional[threading.Lock], transport: Any) -> None:
+    def _interrupted(self, exc: BaseException, item: Work, claim: Optional[threading.Lock], transport: Any) -> None:
         """A worker thread: a handler raised ``exc``, which is no ``Exception``; the pool stops.
 
         What a one-threaded server would do with a ``KeyboardInterrupt`` or
@@ -847,11 +700,11 @@ class WorkerPool:
         """For the durable consumer: run ``job`` on a reserved thread; it answers for itself (no reply subject)."""
         with self._lock:
             self._reserved -= 1  # work in flight from now on
-        self._queue.put(_Work(None, "", b"", None, 0.0, job))
+        self._queue.put(Work(None, "", b"", None, 0.0, job))
 
     def _halt_threads(self, timeout: float) -> None:
         for _ in self._threads:
-            self._queue.put(_STOP)
+            self._queue.put(STOP)
         end = time.monotonic() + timeout
         for thread in self._threads:
             if thread is not threading.current_thread():  # stop() called by a handler

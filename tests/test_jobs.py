@@ -9,8 +9,8 @@ from typing import Any, List
 import attrs
 
 from natsbus import Command
+from natsbus._workqueue import Jobs, Work
 from natsbus.dispatch import Dispatcher
-from natsbus.worker import _Jobs, _Work
 
 
 @attrs.frozen
@@ -34,7 +34,7 @@ class _CountingLock:
         self._lock.release()
 
 
-def _park_all(jobs: _Jobs, count: int) -> List[Any]:
+def _park_all(jobs: Jobs, count: int) -> List[Any]:
     """``count`` consumers parked in ``jobs.get``; returns [(thread, lock, got)]."""
     consumers = []
     for _ in range(count):
@@ -51,7 +51,7 @@ def _park_all(jobs: _Jobs, count: int) -> List[Any]:
 
 
 def test_one_item_wakes_exactly_one_parked_worker() -> None:
-    jobs = _Jobs()
+    jobs = Jobs()
     consumers = _park_all(jobs, 6)
     jobs.put("job")
     woken = [c for c in consumers if c[1].wakes]
@@ -63,7 +63,7 @@ def test_one_item_wakes_exactly_one_parked_worker() -> None:
 
 
 def test_a_burst_wakes_one_worker_per_item_and_loses_nothing() -> None:
-    jobs = _Jobs()
+    jobs = Jobs()
     consumers = _park_all(jobs, 4)
     for i in range(4):
         jobs.put(i)
@@ -74,7 +74,7 @@ def test_a_burst_wakes_one_worker_per_item_and_loses_nothing() -> None:
 
 
 def test_many_producers_and_consumers_take_every_item_once() -> None:
-    jobs = _Jobs()
+    jobs = Jobs()
     taken: List[int] = []
     stop = object()
 
@@ -111,7 +111,7 @@ def test_many_producers_and_consumers_take_every_item_once() -> None:
 def test_a_put_racing_a_worker_that_is_parking_still_wakes_it() -> None:
     # A worker has found nothing queued (under the mutex) and is about to
     # park when the item arrives: the put must not miss it.
-    jobs = _Jobs()
+    jobs = Jobs()
     park = _CountingLock()
     jobs._mutex.acquire()  # the worker, between "nothing queued" and "parked"
     putter = threading.Thread(target=jobs.put, args=("job",))
@@ -125,8 +125,8 @@ def test_a_put_racing_a_worker_that_is_parking_still_wakes_it() -> None:
 
 def test_a_work_item_is_a_slotted_object_and_a_durable_job_has_no_route() -> None:
     route = Dispatcher("svc").register(lambda cmd: cmd.n, message_type=Ping)
-    request = _Work(route, "_INBOX.x", b"{}", None, 1.0)
-    job = _Work(None, "", b"", None, 0.0, job=lambda: None)
+    request = Work(route, "_INBOX.x", b"{}", None, 1.0)
+    job = Work(None, "", b"", None, 0.0, job=lambda: None)
     assert not hasattr(request, "__dict__")  # one allocation per request, as the tuple it replaced
     assert (request.job, request.describe()) == (None, "commands.Ping")
     assert (job.route, job.describe()) == (None, "a durable command")

@@ -23,12 +23,12 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
-def test_readme_and_changelog_render_without_warnings() -> None:
+def test_readme_changelog_and_architecture_render_without_warnings() -> None:
     import io
 
     import docutils.core
 
-    for name in ("README.rst", "CHANGELOG.rst"):
+    for name in ("README.rst", "CHANGELOG.rst", "docs/architecture.rst"):
         warnings = io.StringIO()
         docutils.core.publish_string(
             (ROOT / name).read_text(),
