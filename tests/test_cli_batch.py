@@ -15,11 +15,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import attrs
 import pytest
 from batch_support import Steps, serving
+from waiting import wait_until
 
 from natsbus import Bus, Command, CommandBus, WorkerPool
 from natsbus.cli import main
@@ -495,11 +496,3 @@ def read_rows(path: Path) -> List[Dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        threading.Event().wait(0.01)  # polling a condition with a deadline

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from typing import Callable, List, Optional
 
 import attrs
 import pytest
 from durable_app import Apply, config_for
+from waiting import wait_until
 
 from natsbus import Bus, Command, CommandBus, HandlerError, WorkerPool, current_request
 from natsbus._transport.jetstream import jetstream_for
@@ -31,14 +31,6 @@ class Echo(Command[int]):
 
 
 BODY = b'{"command_type":"Quit","command_id":"cmd-q","payload":{"code":3}}'
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.01)  # polling a condition with a deadline
 
 
 def quitter(exc: BaseException) -> Callable[[Quit], int]:

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import attrs
 import durable_app
@@ -17,6 +17,7 @@ import nats.js.errors
 import pytest
 from daemon import WorkerProcess
 from durable_app import Apply, config_for
+from waiting import wait_until
 
 from natsbus import (
     Bus,
@@ -62,14 +63,6 @@ class Add(Command[int]):
 @attrs.frozen
 class Lookup(Query[int]):
     n: int
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.02)  # polling a condition with a deadline
 
 
 def subject_matches(pattern: str, subject: str) -> bool:

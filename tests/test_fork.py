@@ -6,13 +6,13 @@ import multiprocessing
 import os
 import re
 import threading
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import attrs
 import pytest
+from waiting import wait_until
 from webserver import gunicorn, stop
 
 from natsbus import Bus, Command, CommandBus, NatsServer, Query, QueryBus, QueryCache, WorkerPool
@@ -66,17 +66,6 @@ def _connections(server: NatsServer, name: str) -> List[int]:
     """The server-side ids of the client connections named ``name``."""
     connz = server.monitor_json("connz?limit=1024")
     return sorted(c["cid"] for c in connz.get("connections") or [] if c.get("name") == name)
-
-
-def _wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting until {what}")
-        time.sleep(0.02)
 
 
 # -- multiprocessing with the fork start method ------------------------------------
@@ -156,7 +145,7 @@ def test_a_bus_used_before_fork_works_in_children_and_goes_on_in_the_parent(
         assert parent_errors == [] and all(parent_calls[n] > 0 for n in range(4))
         assert commands.execute(Echo("after")) == "AFTER"
         assert parent.is_connected
-        _wait_until(lambda: _connections(server, "fork-parent") == [parent_cid], 10, "the children's went")
+        wait_until(lambda: _connections(server, "fork-parent") == [parent_cid], 10, "the children's went")
     finally:
         parent.close()
 
@@ -177,7 +166,7 @@ def test_the_server_sees_the_parent_close_while_a_forked_child_lives(server: Nat
         # The child closed its copy of the socket when forked: closing the
         # parent's Bus ends the connection now, not when the child exits.
         parent.close()
-        _wait_until(lambda: _connections(server, "fork-closing-parent") == [], 5, "the server saw the close")
+        wait_until(lambda: _connections(server, "fork-closing-parent") == [], 5, "the server saw the close")
         assert child.is_alive()
     finally:
         release.set()
@@ -274,4 +263,4 @@ def test_gunicorn_preload_workers_use_a_bus_made_in_the_master(
     for noise in ("Traceback", "Task was destroyed", "Event loop is closed", "unclosed", "Exception ignored"):
         assert noise not in log, log
     # Every process closed its own Bus on the way out (the exit hook).
-    _wait_until(lambda: _connections(server, "preload-app") == [], 10, "every connection closed")
+    wait_until(lambda: _connections(server, "preload-app") == [], 10, "every connection closed")

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, List, Optional
 import attrs
 import effects
 import pytest
+from waiting import wait_until
 
 from natsbus import (
     Bus,
@@ -52,14 +53,6 @@ class Refuse(Command[None]):
 @attrs.frozen
 class Count(Query[int]):
     n: int
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.01)  # polling a condition with a deadline
 
 
 def command_body(message_type: str, command_id: str, payload: Any) -> bytes:

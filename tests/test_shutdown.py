@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, List
@@ -13,6 +12,7 @@ import attrs
 import effects
 import pytest
 from durable_app import Apply, config_for
+from waiting import wait_until
 
 from natsbus import Bus, Command, CommandBus, DurableConfig, WorkerPool, current_request, durable
 from natsbus._consumer import DurableConsumer
@@ -24,14 +24,6 @@ pytestmark = pytest.mark.timeout(60)
 @attrs.frozen
 class Hold(Command[int]):
     n: int
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.01)  # polling a condition with a deadline
 
 
 @pytest.fixture()

@@ -13,6 +13,7 @@ import attrs
 import pytest
 from daemon import WorkerProcess
 from daemon_handlers import Hold
+from waiting import wait_until
 from worker_app import Add, Big, Fail, Remaining, Sleep, Slow
 
 from natsbus import (
@@ -342,7 +343,7 @@ def test_rolling_restart_of_two_instances_costs_no_failed_call(
                 assert old.wait(30) == 0
                 workers[index] = WorkerProcess(url)
                 workers[index].wait_ready()
-                _wait_until(lambda before=before: sum(calls) > before + 200)
+                wait_until(lambda before=before: sum(calls) > before + 200)
         finally:
             stop.set()
             for t in threads:
@@ -352,12 +353,4 @@ def test_rolling_restart_of_two_instances_costs_no_failed_call(
 
 
 def _wait_for_line(path: Path, text: str, timeout: float = 10.0) -> None:
-    _wait_until(lambda: path.exists() and text in path.read_text(), timeout)
-
-
-def _wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        threading.Event().wait(0.01)
+    wait_until(lambda: path.exists() and text in path.read_text(), timeout)
