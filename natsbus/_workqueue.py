@@ -78,14 +78,15 @@ class Jobs:
     """
 
     def __init__(self) -> None:
-        self._items: Deque[Any] = collections.deque()
+        #: The queued items (a worker that finds it empty writes its reply directly).
+        self.items: Deque[Any] = collections.deque()
         self._parked: List[Any] = []  # locks parked workers wait on (held); the last parked wakes first
         self._waking = False
         self._mutex = threading.Lock()
 
     def put(self, item: Any) -> None:
         """Queue ``item`` (any thread; never blocks)."""
-        self._items.append(item)
+        self.items.append(item)
         # Always under the mutex: a worker checks for items and parks under
         # it, so looking at _parked outside could miss one that is parking.
         self._wake()
@@ -100,7 +101,7 @@ class Jobs:
 
     def get(self, park: Any) -> Any:
         """Take the next item, parking on ``park`` (an acquired lock) while there is none."""
-        items = self._items
+        items = self.items
         while True:
             try:
                 item = items.popleft()

@@ -451,7 +451,7 @@ class WorkerPool:
         body, headers = error_reply(route.kind, message_id or "", error)
         self.dispatcher.count(route, time.perf_counter_ns(), error.message)  # an error reply, in the stats too
         logger.debug("refused %s %s: busy", route.subject, message_id)
-        self._bus()._transport.publish(reply, body, {**(headers or {}), **extra} if extra else headers)
+        self._bus().live_transport().publish(reply, body, {**(headers or {}), **extra} if extra else headers)
 
     def _answer_overrun(self, route: HandlerRoute, reply: str, data: bytes) -> None:
         """Watchdog thread: the handler overran; the caller gets a 504 now."""
@@ -472,7 +472,7 @@ class WorkerPool:
         self.dispatcher.count_error(route, error.message)
         body, headers = error_reply(route.kind, message_id or "", error)
         try:
-            self._bus()._transport.publish(reply, body, headers)
+            self._bus().live_transport().publish(reply, body, headers)
         except BusClosedError:
             pass
 
@@ -482,7 +482,7 @@ class WorkerPool:
         if self.idempotency is not None:  # a repeated command_id gets the reply already sent
             dispatch = self.idempotency.wrap(dispatch, self._bus())
         get = self._queue.get
-        pending = self._queue._items
+        pending = self._queue.items
         park = threading.Lock()
         park.acquire()
         while True:
@@ -655,7 +655,7 @@ class WorkerPool:
         if serving:
             assert bus is not None
             try:
-                bus.run(bus._transport.flush, max(0.1, deadline - time.monotonic()))
+                bus.run(bus.live_transport().flush, max(0.1, deadline - time.monotonic()))
             except Exception as exc:
                 logger.warning("flushing the replies of %s failed: %s", self.service_id, exc)
         self._state = _State.STOPPED
