@@ -330,7 +330,8 @@ class _MessageBus:
         if envelope.id != message_id:
             raise EnvelopeError(f"response from {route.subject} answers {envelope.id!r}, not {message_id!r}")
         if not envelope.success:
-            raise service_error(envelope, reply.headers, route.subject)
+            # An in-memory reply keeps the handler's own exception (natsbus.testing).
+            raise service_error(envelope, reply.headers, route.subject) from getattr(reply, "cause", None)
         return _structure_result(envelope.payload, target, route)
 
     def _submit(self, request: _Request, timeout: TimeoutArg, returns: Any) -> Future[Any]:

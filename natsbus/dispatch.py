@@ -208,8 +208,13 @@ class Dispatcher:
         *,
         headers: Headers = None,
         deadline: Optional[float] = None,
+        failed: Optional[Callable[[BaseException], None]] = None,
     ) -> Tuple[bytes, Headers]:
         """Handle one request body; return the reply body and headers.
+
+        ``failed``, when given, is called with the handler's exception when
+        the handler (or its middleware) raised one (the in-memory test bus
+        keeps it as the ``__cause__`` of the error its caller gets).
 
         Every failure (an ``Exception``) becomes an error envelope. A
         request whose ``deadline`` (``time.monotonic()``) has passed is not
@@ -263,9 +268,13 @@ class Dispatcher:
                 result = route.call(message)
         except ServiceError as exc:
             logger.info("%s %s failed: %s", route.label, message_id, exc)
+            if failed is not None:
+                failed(exc)
             return self._error(route, kind, message_id, exc, started)
         except Exception as exc:  # a handler failure must never take the pool down
             logger.error("handler %s failed on %s", route.label, message_id, exc_info=True)
+            if failed is not None:
+                failed(exc)
             text = str(exc) or type(exc).__name__
             return self._error(route, kind, message_id, HandlerError(text), started)
         except BaseException as exc:  # KeyboardInterrupt, SystemExit, ...: never swallowed

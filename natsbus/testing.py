@@ -86,6 +86,17 @@ T = TypeVar("T")
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 
+class _Reply(Reply):
+    """A reply that also carries the handler's exception, which becomes the error's ``__cause__``."""
+
+    def __new__(cls, data: bytes, headers: Headers, cause: Optional[BaseException]) -> _Reply:
+        reply = super().__new__(cls, data, headers)
+        reply.cause = cause
+        return reply
+
+    cause: Optional[BaseException]
+
+
 class InMemoryBus:
     """Runs registered handlers in-process, with the NATS path's encoding and errors.
 
@@ -108,6 +119,11 @@ class InMemoryBus:
         handler_middleware: Handler middleware around each handler, as
             ``WorkerPool(middleware=...)`` runs it (with ``dispatcher=``,
             give it to that dispatcher's pool instead).
+        propagate_exceptions: Raise the handler's own exception in the
+            caller instead of the typed natsbus error (like Celery's
+            ``task_eager_propagates``). Either way, the natsbus error's
+            ``__cause__`` is the handler's exception, so a failing test
+            shows the handler's traceback.
 
     Attributes:
         commands: An :class:`InMemoryCommandBus` (``execute()``).
@@ -131,6 +147,7 @@ class InMemoryBus:
         query_timeout: Optional[float] = 3.0,
         client_middleware: Sequence[Middleware[ClientCall]] = (),
         handler_middleware: Sequence[Middleware[HandlerRequest]] = (),
+        propagate_exceptions: bool = False,
     ) -> None:
         if max_workers < 1:
             raise ConfigError(f"max_workers must be >= 1, got {max_workers}")
@@ -145,6 +162,7 @@ class InMemoryBus:
         self.max_workers = max_workers
         self.max_payload = max_payload
         self.sent: List[Any] = []
+        self.propagate_exceptions = propagate_exceptions
         self._lock = threading.Lock()
         self._closed = False
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -253,15 +271,19 @@ class InMemoryBus:
         received = time.monotonic()
 
         def serve() -> None:
+            raised: List[BaseException] = []
             try:
                 deadline = parse_deadline(headers, received)
                 body, reply_headers = self.dispatcher.dispatch(
-                    route, payload, self.max_payload, headers=headers, deadline=deadline
+                    route, payload, self.max_payload, headers=headers, deadline=deadline, failed=raised.append
                 )
             except BaseException as exc:  # KeyboardInterrupt and the like: the caller sees it too
                 self._settle(token, None, exc)
                 raise
-            self._settle(token, Reply(body, reply_headers), None)
+            if raised and self.propagate_exceptions:
+                self._settle(token, None, raised[0])  # the handler's own exception, as Celery's eager mode
+            else:
+                self._settle(token, _Reply(body, reply_headers, raised[0] if raised else None), None)
 
         if self.eager:
             serve()

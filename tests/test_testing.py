@@ -337,3 +337,39 @@ def test_in_memory_buses_keep_their_middleware_and_retry_through_with_timeout() 
     queries = InMemoryQueryBus(memory, 2.0, middleware=[second]).with_timeout(1.0)
     assert (commands.timeout, commands.retry, commands.middleware) == (1.0, policy, (first, second))
     assert (queries.timeout, queries.middleware) == (1.0, (second,))
+
+
+@attrs.frozen
+class Explode(Command[int]):
+    how: str
+
+
+def _exploding(cmd: Explode) -> int:
+    if cmd.how == "missing":
+        raise NotFoundError("no such thing")
+    raise ValueError(f"boom: {cmd.how}")
+
+
+def test_the_handlers_exception_is_the_cause_of_the_error_the_caller_gets() -> None:
+    memory = InMemoryBus([_exploding], eager=True)
+    with pytest.raises(HandlerError) as failed:
+        memory.commands.execute(Explode("disk"))
+    assert type(failed.value.__cause__) is ValueError and str(failed.value.__cause__) == "boom: disk"
+    with pytest.raises(NotFoundError) as missing:
+        memory.commands.execute(Explode("missing"))
+    assert isinstance(missing.value.__cause__, NotFoundError) and missing.value.__cause__ is not missing.value
+    threaded = InMemoryBus([_exploding], eager=False)
+    try:
+        with pytest.raises(HandlerError) as again:
+            threaded.commands.submit(Explode("net")).result(5)
+        assert type(again.value.__cause__) is ValueError
+    finally:
+        threaded.close()
+
+
+def test_propagate_exceptions_raises_the_handlers_own_exception() -> None:
+    memory = InMemoryBus([_exploding], propagate_exceptions=True)
+    with pytest.raises(ValueError, match="boom: now"):
+        memory.commands.execute(Explode("now"))
+    with pytest.raises(NotFoundError, match="no such thing"):
+        memory.commands.submit(Explode("missing")).result(5)
