@@ -4,7 +4,7 @@ The public API lives here. Public modules beyond it (the same list as
 :data:`PUBLIC_MODULES`, which the tests check)::
 
     natsbus.codec                 the JSON converter and its validation texts
-    natsbus.config                NatsConfig, tls_context, redact_url
+    natsbus.config                NatsConfig, tls_context, redact_url, redact_text
     natsbus.contrib.django        the Django app (settings, checks, natsbus_worker)
     natsbus.contrib.django.checks its system checks
     natsbus.contrib.flask         the Flask extension

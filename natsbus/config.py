@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import unquote, urlsplit
 
 import attrs
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_URL", "NatsConfig", "redact_url", "tls_context"]
+__all__ = ["DEFAULT_URL", "NatsConfig", "redact_text", "redact_url", "tls_context"]
 
 #: Where natsbus connects when neither ``servers`` nor ``NATS_URL`` is given.
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -21,16 +23,46 @@ def redact_url(url: str) -> str:
     """``url`` fit to show: a password (or token) in it becomes ``***``.
 
     ``nats://alice:s3cret@host:4222`` -> ``nats://alice:***@host:4222``;
-    ``nats://t0ken@host`` (a token) -> ``nats://***@host``.
+    ``nats://t0ken@host`` (a token) -> ``nats://***@host``; the same
+    without a scheme (``alice:s3cret@host`` -> ``alice:***@host``).
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url
+        scheme, rest = "", url
     userinfo, at, hostpart = rest.rpartition("@")
-    if not at:
+    if not at or "/" in userinfo:
         return url
     user, colon, _ = userinfo.partition(":")
-    return f"{scheme}://{user}:***@{hostpart}" if colon else f"{scheme}://***@{hostpart}"
+    shown = f"{user}:***" if colon else "***"
+    return f"{scheme}{sep}{shown}@{hostpart}"
+
+
+# A URL with credentials inside a longer text: scheme://userinfo@
+_URL_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s/@'\"]+)@")
+
+#: Secrets shorter than this are not searched for in texts (they would
+#: garble them); URLs are redacted whatever their password's length.
+MIN_SECRET_LENGTH = 4
+
+
+def redact_text(text: str, secrets: Iterable[Optional[str]] = ()) -> str:
+    """``text`` fit to show: credentials of URLs in it, and each of ``secrets``, become ``***``.
+
+    Args:
+        text: An error text, log line, ...
+        secrets: Values that must not appear (passwords, tokens, seeds);
+            empty ones and those shorter than :data:`MIN_SECRET_LENGTH` are skipped.
+    """
+
+    def userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match.group(2).partition(":")
+        return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
+
+    text = _URL_USERINFO.sub(userinfo, text)
+    for secret in secrets:
+        if secret and len(secret) >= MIN_SECRET_LENGTH and secret in text:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _servers_repr(servers: Tuple[str, ...]) -> str:
@@ -85,6 +117,18 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
         raise ConfigError(f"NatsConfig.{attribute.name} must be > 0, got {value!r}")
 
 
+def _file_secrets(path: Optional[str]) -> List[str]:
+    """The lines of a seed or creds file that could be keys: long, with no spaces."""
+    if not path:
+        return []
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as handle:
+            lines = [line.strip() for line in handle]
+    except OSError:
+        return []
+    return [line for line in lines if len(line) >= 16 and " " not in line and not line.startswith(("---", "***"))]
+
+
 @attrs.frozen(kw_only=True)
 class NatsConfig:
     """How a :class:`~natsbus.Bus` connects to NATS.
@@ -135,6 +179,25 @@ class NatsConfig:
     tls: Optional[ssl.SSLContext] = None
     tls_hostname: Optional[str] = None
     inbox_prefix: str = "_INBOX"
+
+    def secrets(self) -> List[str]:
+        """What must never appear in a text: passwords and tokens (in URLs too), key file contents.
+
+        Reads the NKey seed and creds files, so it is for error paths, not
+        hot ones. See :func:`redact_text`.
+        """
+        found = [value for value in (self.password, self.token) if value]
+        for url in self.servers:
+            try:
+                parts = urlsplit(url if "://" in url else f"nats://{url}")
+                values = [parts.password, parts.username if parts.password is None else None]
+            except ValueError:
+                continue
+            for value in values:
+                if value:
+                    found += [value, unquote(value)]
+        found += _file_secrets(self.nkeys_seed) + _file_secrets(self.user_credentials)
+        return found
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> NatsConfig:
