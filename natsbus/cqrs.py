@@ -8,7 +8,6 @@ retries, the query cache, client middleware, ``submit`` and the pipelined
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import queue
@@ -58,7 +57,7 @@ from .messages import (
     type_name,
 )
 from .middleware import ClientCall, Middleware, run_client
-from .policies import QueryCache, RetryPolicy
+from .policies import DEFAULT, QueryCache, RetryArg, RetryPolicy, TimeoutArg
 
 __all__ = ["CommandBus", "DEFAULT", "Message", "QueryBus", "Requester", "RetryArg", "TimeoutArg"]
 
@@ -102,15 +101,6 @@ class Requester(Protocol):
         ...
 
 
-class _Default(enum.Enum):
-    DEFAULT = "DEFAULT"
-
-
-#: "Use the bus's own timeout" (``None`` would mean "no limit").
-DEFAULT = _Default.DEFAULT
-TimeoutArg = Union[float, None, _Default]
-#: A call's ``retry``: a policy, ``None`` for no retry, or DEFAULT for the bus's.
-RetryArg = Union[RetryPolicy, None, _Default]
 #: ``progress(done, total)`` of the ``*_many`` calls (``total`` is None for iterators).
 Progress = Callable[[int, Optional[int]], None]
 #: A message that declares no result type (a plain attrs class): calls take it with ``returns=``.
@@ -196,7 +186,7 @@ class _MessageBus:
     def _call(self, request: _Request, timeout: TimeoutArg, returns: Any, retry: RetryArg) -> Tuple[Any, Reply]:
         """Send (and resend, per the retry policy); return the result and its reply."""
         limit = self._limit(timeout)
-        policy = self.retry if isinstance(retry, _Default) else retry
+        policy = self.retry if retry is DEFAULT else retry
         attempt = 0
         while True:
             try:
