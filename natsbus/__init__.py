@@ -29,7 +29,7 @@ here; see ``docs/architecture.rst`` for how the package is layered.
 from typing import TYPE_CHECKING, Any, Dict, List
 
 from ._version import __version__
-from .bus import Bus
+from .bus import Bus, ConnectionState
 from .codec import converter
 from .config import NatsConfig
 from .context import RequestContext, current_request
@@ -147,6 +147,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "ConnectError",
+    "ConnectionState",
     "DEFAULT",
     "DeadLetter",
     "DeadlineExceededError",

@@ -117,6 +117,11 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
         raise ConfigError(f"NatsConfig.{attribute.name} must be > 0, got {value!r}")
 
 
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value < 0:
+        raise ConfigError(f"NatsConfig.{attribute.name} must be >= 0 or None, got {value!r}")
+
+
 def _file_secrets(path: Optional[str]) -> List[str]:
     """The lines of a seed or creds file that could be keys: long, with no spaces."""
     if not path:
@@ -139,17 +144,34 @@ class NatsConfig:
         servers: One URL, a comma-separated string, or a sequence of URLs
             (several for a cluster; the client fails over between them).
         name: The client name the server shows in its monitoring.
-        connect_timeout: Seconds the first connection may take in all,
-            across every server and retry, before :class:`ConnectError`.
+        connect_timeout: Seconds the first connection may take in all.
+            Each server is tried once, in random order, within its share
+            of it; one that refuses (nothing listens, the login or TLS is
+            refused) fails at once, so :class:`ConnectError` comes as soon
+            as every server has failed, naming each and its reason.
+        connect_in_background: When no server lets the Bus in at first,
+            do not raise :class:`ConnectError`: return a Bus that keeps
+            trying every ``reconnect_time_wait`` and serves once NATS is
+            there (a web process started before NATS); calls fail with
+            :class:`NotConnectedError` meanwhile. For clients: a
+            ``WorkerPool`` needs a connected Bus.
         allow_reconnect: Reconnect after a lost connection.
         max_reconnect_attempts: Attempts per server; -1 retries forever.
         reconnect_time_wait: Seconds between attempts on one server.
+        reconnect_grace: Seconds a call made while the Bus is not
+            connected waits for the connection before it fails with
+            :class:`NotConnectedError` (nothing sent); ``None``: up to the
+            call's own timeout. Short, so that an outage does not hold a
+            web thread for a call's whole timeout; long enough to ride out
+            a cluster failover, which can take one ``reconnect_time_wait``
+            (when nats-py tried the next server less than that ago) and a
+            handshake: keep it above ``reconnect_time_wait``. A call's
+            ``reconnect_grace=`` argument wins over it.
         ping_interval: Seconds between client PINGs (detects dead servers).
         max_outstanding_pings: Unanswered PINGs before the connection is
             considered dead.
-        fail_fast_when_disconnected: While reconnecting, fail new calls at
-            once with :class:`NotConnectedError` instead of buffering them
-            until their own deadline.
+        fail_fast_when_disconnected: ``reconnect_grace=0``, by its older
+            name: calls made while disconnected fail at once.
         reconnect_buffer_size: Bytes of outgoing data buffered while
             reconnecting.
         user, password, token: Plain credentials.
@@ -164,9 +186,11 @@ class NatsConfig:
     servers: Tuple[str, ...] = attrs.field(default=(DEFAULT_URL,), converter=_to_servers, repr=_servers_repr)
     name: Optional[str] = None
     connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    connect_in_background: bool = False
     allow_reconnect: bool = True
     max_reconnect_attempts: int = -1
     reconnect_time_wait: float = attrs.field(default=0.5, validator=_positive)
+    reconnect_grace: Optional[float] = attrs.field(default=1.0, validator=_non_negative)
     ping_interval: float = attrs.field(default=20.0, validator=_positive)
     max_outstanding_pings: int = 3
     fail_fast_when_disconnected: bool = False

@@ -50,16 +50,35 @@ class CommandBusPort(Protocol):
     """
 
     @overload
-    def execute(self, command: Command[R], *, timeout: TimeoutArg = ..., retry: RetryArg = ...) -> R: ...
+    def execute(
+        self,
+        command: Command[R],
+        *,
+        timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
+        retry: RetryArg = ...,
+    ) -> R: ...
 
     @overload
-    def execute(self, command: Message, *, timeout: TimeoutArg = ..., returns: Type[T], retry: RetryArg = ...) -> T: ...
+    def execute(
+        self,
+        command: Message,
+        *,
+        timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
+        returns: Type[T],
+        retry: RetryArg = ...,
+    ) -> T: ...
 
     @overload
-    def submit(self, command: Command[R], *, timeout: TimeoutArg = ...) -> Future[R]: ...
+    def submit(
+        self, command: Command[R], *, timeout: TimeoutArg = ..., reconnect_grace: TimeoutArg = ...
+    ) -> Future[R]: ...
 
     @overload
-    def submit(self, command: Message, *, timeout: TimeoutArg = ..., returns: Type[T]) -> Future[T]: ...
+    def submit(
+        self, command: Message, *, timeout: TimeoutArg = ..., reconnect_grace: TimeoutArg = ..., returns: Type[T]
+    ) -> Future[T]: ...
 
     @overload
     def execute_many(
@@ -68,6 +87,7 @@ class CommandBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[False] = ...,
         progress: Optional[Progress] = ...,
     ) -> List[R]: ...
@@ -79,6 +99,7 @@ class CommandBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = ...,
     ) -> List[Union[R, Exception]]: ...
@@ -90,6 +111,7 @@ class CommandBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[False] = ...,
         progress: Optional[Progress] = ...,
         returns: Type[T],
@@ -102,6 +124,7 @@ class CommandBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = ...,
         returns: Type[T],
@@ -116,7 +139,15 @@ class QueryBusPort(Protocol):
     """
 
     @overload
-    def ask(self, query: Query[R], *, timeout: TimeoutArg = ..., retry: RetryArg = ..., cache: bool = ...) -> R: ...
+    def ask(
+        self,
+        query: Query[R],
+        *,
+        timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
+        retry: RetryArg = ...,
+        cache: bool = ...,
+    ) -> R: ...
 
     @overload
     def ask(
@@ -124,16 +155,19 @@ class QueryBusPort(Protocol):
         query: Message,
         *,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         returns: Type[T],
         retry: RetryArg = ...,
         cache: bool = ...,
     ) -> T: ...
 
     @overload
-    def submit(self, query: Query[R], *, timeout: TimeoutArg = ...) -> Future[R]: ...
+    def submit(self, query: Query[R], *, timeout: TimeoutArg = ..., reconnect_grace: TimeoutArg = ...) -> Future[R]: ...
 
     @overload
-    def submit(self, query: Message, *, timeout: TimeoutArg = ..., returns: Type[T]) -> Future[T]: ...
+    def submit(
+        self, query: Message, *, timeout: TimeoutArg = ..., reconnect_grace: TimeoutArg = ..., returns: Type[T]
+    ) -> Future[T]: ...
 
     @overload
     def ask_many(
@@ -142,6 +176,7 @@ class QueryBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[False] = ...,
         progress: Optional[Progress] = ...,
     ) -> List[R]: ...
@@ -153,6 +188,7 @@ class QueryBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = ...,
     ) -> List[Union[R, Exception]]: ...
@@ -164,6 +200,7 @@ class QueryBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[False] = ...,
         progress: Optional[Progress] = ...,
         returns: Type[T],
@@ -176,6 +213,7 @@ class QueryBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = ...,
         returns: Type[T],
