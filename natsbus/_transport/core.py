@@ -84,10 +84,11 @@ DIRECT_MAX_IN_FLIGHT = 2
 ABORT_TIMEOUT = 0.25
 
 
-#: A connect try cut off by the server mid-handshake is tried again this
-#: many times at once, to learn why (a refused client certificate shows as
-#: a reset now and then: the write fails before the TLS alert is read).
-RESET_RETRIES = 3
+#: A connect try cut off by the server mid-handshake is tried again after
+#: each of these pauses, to learn why: a refused client certificate shows
+#: as a reset now and then (the server closes as the client writes its
+#: CONNECT, and asyncio drops the TLS alert that was on its way).
+RESET_RETRY_PAUSES = (0.01, 0.04, 0.16)
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, nerr.UnexpectedEOF)
 
 
@@ -174,6 +175,8 @@ class Transport(FrameWriter):
         self._down_telling = False  # whether that reason names a cause (a refused login, TLS)
         self._gave_up = False
         self._secrets: Optional[List[str]] = None
+        #: Whether the current connect try got through its TLS handshake (known on the fast path).
+        self.tls_handshake_done = False
         self.max_payload = 1024 * 1024
         self._fail_fast = config.fail_fast_when_disconnected
         #: Subjects (lowercased, as nats-py reports them) the server refused to let us subscribe.
@@ -219,11 +222,12 @@ class Transport(FrameWriter):
                 continue
             tried_until = loop.time() + budget
             error = await self._try(order[index:] + order[:index], budget)
-            for _ in range(RESET_RETRIES):
+            for pause in RESET_RETRY_PAUSES:
                 # Cut off mid-handshake: the server's reason (a TLS alert) may
                 # have been lost with the connection; a new try often reads it.
-                if not isinstance(error, RESET_ERRORS) or tried_until - loop.time() <= 0.001:
+                if not isinstance(error, RESET_ERRORS) or tried_until - loop.time() <= pause + 0.001:
                     break
+                await asyncio.sleep(pause)
                 error = await self._try(order[index:] + order[:index], tried_until - loop.time())
             if error is None:
                 await self._on_connected()
@@ -232,6 +236,8 @@ class Transport(FrameWriter):
                 reason = f"no answer within {budget:.2g}s"
             else:
                 reason = self._scrub(connect_reason(error))
+                if isinstance(error, RESET_ERRORS) and self.tls_handshake_done:
+                    reason += " right after the TLS handshake: does the server refuse this client's certificate?"
             failures.append(Failure(url, error, reason))
         return failures
 
@@ -245,6 +251,7 @@ class Transport(FrameWriter):
         names a cause (a refused login, TLS) is the one kept.
         """
         nc = self._new_client()
+        self.tls_handshake_done = False  # set by the fast path's TCP transport
         first: List[BaseException] = []
         phase = "trying"
 
