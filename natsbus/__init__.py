@@ -4,7 +4,7 @@ The public API lives here. Public modules beyond it (the same list as
 :data:`PUBLIC_MODULES`, which the tests check)::
 
     natsbus.codec                 the JSON converter and its validation texts
-    natsbus.config                NatsConfig, tls_context, redact_url
+    natsbus.config                NatsConfig, tls_context, redact_url, redact_text
     natsbus.contrib.django        the Django app (settings, checks, natsbus_worker)
     natsbus.contrib.django.checks its system checks
     natsbus.contrib.flask         the Flask extension
@@ -30,7 +30,7 @@ here; see ``docs/architecture.rst`` for how the package is layered.
 from typing import TYPE_CHECKING, Any, Dict, List
 
 from ._version import __version__
-from .bus import Bus
+from .bus import Bus, ConnectionState
 from .codec import converter
 from .config import NatsConfig
 from .context import RequestContext, current_request
@@ -150,6 +150,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "ConnectError",
+    "ConnectionState",
     "DEFAULT",
     "DeadLetter",
     "DeadlineExceededError",

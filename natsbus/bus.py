@@ -29,22 +29,21 @@ from typing import (
 import attrs
 
 from ._micro import DISCOVERY_QUIET, DISCOVERY_TIMEOUT
-from ._transport import Headers, PendingReply, Reply, Transport
+from ._transport import ConnectionState, Headers, PendingReply, Reply, Transport
 from ._transport.pending import await_reply
 from ._transport.portal import Portal
 from .config import NatsConfig, redact_url
-from .errors import (
-    BusClosedError,
-)
+from .errors import BusClosedError, NotConnectedError
 from .messages import (
     Kind,
 )
+from .policies import DEFAULT, TimeoutArg
 
 if TYPE_CHECKING:  # natsbus.discovery loads on the first discovery call
     from . import discovery
 
 
-__all__ = ["Bus"]
+__all__ = ["Bus", "ConnectionState"]
 
 logger = logging.getLogger("natsbus.bus")
 
@@ -110,12 +109,28 @@ if hasattr(os, "register_at_fork"):
 atexit.register(_close_live_buses)
 
 
+def bounded_grace(grace: TimeoutArg, default: Optional[float], limit: Optional[float]) -> Optional[float]:
+    """A call's reconnect grace: its own or ``default``, never longer than its timeout ``limit``."""
+    seconds = default if grace is DEFAULT else grace
+    if limit is not None and (seconds is None or seconds > limit):
+        return limit
+    return seconds
+
+
 class Bus:
     """A connection to NATS, usable from any number of threads at once.
 
     It owns one background thread running an asyncio loop with a nats-py
     client; every method blocks the calling thread, never the loop. It
-    connects when built and fails fast when no server answers.
+    connects when built, trying each server once: a server that refuses
+    fails at once, so a Bus nobody lets in fails in milliseconds, not
+    after ``connect_timeout``.
+
+    While it is disconnected, a call waits up to its reconnect grace
+    (``config.reconnect_grace``, 1 s by default; or the call's
+    ``reconnect_grace=``) for the connection, then raises
+    :class:`NotConnectedError` without sending anything. nats-py goes on
+    reconnecting meanwhile; :attr:`state` says where it stands.
 
     After ``os.fork()`` the child's first call opens its own connection
     (and loop thread); the parent keeps its own.
@@ -126,8 +141,10 @@ class Bus:
         **overrides: :class:`NatsConfig` fields that win over ``config``.
 
     Raises:
-        ConnectError: no server answered within ``config.connect_timeout``;
-            the text names the URLs.
+        ConnectError: no server let the Bus in; the text names each URL
+            and its reason (refused, a refused login, TLS, no answer
+            within ``config.connect_timeout``). Not with
+            ``config.connect_in_background``: that Bus keeps trying.
     """
 
     def __init__(self, config: Union[NatsConfig, str, None] = None, **overrides: Any) -> None:
@@ -183,11 +200,45 @@ class Bus:
 
     @property
     def is_connected(self) -> bool:
-        """Whether this process's connection is up right now (false while reconnecting).
+        """Whether calls are sent at once now: connected (after a reconnect, re-subscribed).
 
-        False in a forked child until its first call opens its own.
+        False while reconnecting, before ``connect_in_background`` got in,
+        once closed, and in a forked child until its first call opens its own.
         """
         return self._state is _State.OPEN and self._pid == os.getpid() and self._transport.is_connected
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection stands (:class:`ConnectionState`), e.g. for a health check."""
+        if self._state is _State.CLOSED:
+            return ConnectionState.CLOSED
+        if self._pid != os.getpid():
+            return ConnectionState.CONNECTING  # a forked child connects on its first call
+        return self._transport.state
+
+    @property
+    def reconnect_grace(self) -> Optional[float]:
+        """Seconds a call waits for the connection while disconnected, unless it says otherwise.
+
+        ``config.reconnect_grace`` (0 with ``config.fail_fast_when_disconnected``).
+        """
+        return 0.0 if self.config.fail_fast_when_disconnected else self.config.reconnect_grace
+
+    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the Bus is connected (or closed); whether it is.
+
+        For start-up scripts and health checks; calls wait by themselves
+        (up to their reconnect grace).
+
+        Args:
+            timeout: Seconds; ``None`` waits as long as it takes.
+
+        Raises:
+            LoopThreadError: called on the Bus's loop thread.
+        """
+        transport = self.live_transport()
+        self._portal.check_caller("Bus.wait_connected()")
+        return transport.wait_connected(timeout)
 
     @property
     def connected_url(self) -> str:
@@ -206,6 +257,7 @@ class Bus:
         *,
         timeout: Optional[float] = 5.0,
         headers: Optional[Mapping[str, str]] = None,
+        reconnect_grace: TimeoutArg = DEFAULT,
     ) -> Reply:
         """Send raw bytes and wait for the raw reply (no envelopes).
 
@@ -214,19 +266,32 @@ class Bus:
             payload: The body.
             timeout: Seconds; ``None`` waits forever.
             headers: NATS headers to send.
+            reconnect_grace: Seconds to wait for the connection when
+                disconnected (within ``timeout``); default
+                :attr:`reconnect_grace`; ``None``: up to ``timeout``.
 
         Returns:
             ``Reply(data, headers)``.
 
         Raises:
             RequestTimeoutError: no reply in time.
+            NotConnectedError: disconnected for the whole grace; nothing sent.
             NoHandlerError: nobody subscribes ``subject``.
             PayloadTooLargeError: ``payload`` is over the server's limit.
             BusClosedError: the Bus is (or got) closed.
             LoopThreadError: called on the Bus's loop thread.
         """
-        pending = self.begin_request(subject, payload, dict(headers) if headers else None)
-        return await_reply(pending, timeout, "Request timeout after {ms}ms")
+        hdrs = dict(headers) if headers else None
+        left = timeout
+        try:
+            pending = self.begin_request(subject, payload, hdrs)
+        except NotConnectedError:
+            started = time.monotonic()
+            grace = bounded_grace(reconnect_grace, self.reconnect_grace, timeout)
+            pending = self.begin_request(subject, payload, hdrs, reconnect_grace=grace)
+            if timeout is not None:
+                left = max(0.0, timeout - (time.monotonic() - started))
+        return await_reply(pending, left, "Request timeout after {ms}ms", timeout)
 
     def publish(self, subject: str, payload: bytes, *, headers: Optional[Mapping[str, str]] = None) -> None:
         """Publish raw bytes without waiting for anything (fire and forget).
@@ -236,6 +301,9 @@ class Bus:
 
         Raises:
             PayloadTooLargeError: ``payload`` is over the server's limit.
+            NotConnectedError: not connected yet (``connect_in_background``),
+                or disconnected with ``fail_fast_when_disconnected``; while
+                reconnecting it is otherwise buffered (``reconnect_buffer_size``).
             BusClosedError: the Bus is closed.
         """
         transport = self.live_transport()
@@ -257,15 +325,54 @@ class Bus:
         payload: bytes,
         headers: Headers = None,
         notify: Optional[Callable[[PendingReply], None]] = None,
+        *,
+        reconnect_grace: Optional[float] = 0.0,
     ) -> PendingReply:
-        """Send a request; return its :class:`PendingReply` at once (the ``Requester`` seam).
+        """Send a request; return its :class:`PendingReply` (the ``Requester`` seam).
 
         ``notify`` is called with the PendingReply once it completes, on the
         loop thread (or a closing thread): it must only hand off.
+
+        Args:
+            reconnect_grace: Seconds to wait for the connection when it is
+                down (``None``: as long as it takes); by default none: the
+                seam raises at once and its caller decides.
+
+        Raises:
+            NotConnectedError: not connected (for ``reconnect_grace``);
+                nothing was sent.
         """
         transport = self.live_transport()
         self._portal.check_caller("a blocking natsbus request")
-        return transport.request(subject, payload, headers, notify)
+        try:
+            return transport.request(subject, payload, headers, notify)
+        except NotConnectedError:
+            if reconnect_grace is not None and reconnect_grace <= 0:
+                raise
+        return self._request_when_connected(subject, payload, headers, notify, reconnect_grace)
+
+    def _request_when_connected(
+        self,
+        subject: str,
+        payload: bytes,
+        headers: Headers,
+        notify: Optional[Callable[[PendingReply], None]],
+        grace: Optional[float],
+    ) -> PendingReply:
+        """The request, sent as soon as the connection is back within ``grace`` seconds."""
+        deadline = None if grace is None else time.monotonic() + grace
+        while True:
+            transport = self.live_transport()
+            if transport.state is ConnectionState.DISCONNECTED:  # no reconnect is coming
+                raise transport.not_connected_error(subject)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise transport.not_connected_error(subject, waited=grace or 0.0)
+            transport.wait_connected(left)
+            try:
+                return transport.request(subject, payload, headers, notify)
+            except NotConnectedError:
+                continue  # down again already (a closed Bus raises BusClosedError instead)
 
     def completer(self) -> Completer:
         """The thread that completes this Bus's futures (started on first use; the ``Requester`` seam)."""
@@ -407,7 +514,7 @@ class Bus:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<natsbus.Bus {self._state.value} servers={[redact_url(url) for url in self.config.servers]}>"
+        return f"<natsbus.Bus {self.state.value} servers={[redact_url(url) for url in self.config.servers]}>"
 
 
 class Completer:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import unquote, urlsplit
 
 import attrs
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_URL", "NatsConfig", "SCHEMES", "redact_url", "tls_context"]
+__all__ = ["DEFAULT_URL", "NatsConfig", "SCHEMES", "redact_text", "redact_url", "tls_context"]
 
 #: Where natsbus connects when neither ``servers`` nor ``NATS_URL`` is given.
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -24,16 +26,46 @@ def redact_url(url: str) -> str:
     """``url`` fit to show: a password (or token) in it becomes ``***``.
 
     ``nats://alice:s3cret@host:4222`` -> ``nats://alice:***@host:4222``;
-    ``nats://t0ken@host`` (a token) -> ``nats://***@host``.
+    ``nats://t0ken@host`` (a token) -> ``nats://***@host``; the same
+    without a scheme (``alice:s3cret@host`` -> ``alice:***@host``).
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url
+        scheme, rest = "", url
     userinfo, at, hostpart = rest.rpartition("@")
-    if not at:
+    if not at or "/" in userinfo:
         return url
     user, colon, _ = userinfo.partition(":")
-    return f"{scheme}://{user}:***@{hostpart}" if colon else f"{scheme}://***@{hostpart}"
+    shown = f"{user}:***" if colon else "***"
+    return f"{scheme}{sep}{shown}@{hostpart}"
+
+
+# A URL with credentials inside a longer text: scheme://userinfo@
+_URL_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s/@'\"]+)@")
+
+#: Secrets shorter than this are not searched for in texts (they would
+#: garble them); URLs are redacted whatever their password's length.
+MIN_SECRET_LENGTH = 4
+
+
+def redact_text(text: str, secrets: Iterable[Optional[str]] = ()) -> str:
+    """``text`` fit to show: credentials of URLs in it, and each of ``secrets``, become ``***``.
+
+    Args:
+        text: An error text, log line, ...
+        secrets: Values that must not appear (passwords, tokens, seeds);
+            empty ones and those shorter than :data:`MIN_SECRET_LENGTH` are skipped.
+    """
+
+    def userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match.group(2).partition(":")
+        return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
+
+    text = _URL_USERINFO.sub(userinfo, text)
+    for secret in secrets:
+        if secret and len(secret) >= MIN_SECRET_LENGTH and secret in text:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _servers_repr(servers: Tuple[str, ...]) -> str:
@@ -94,6 +126,23 @@ def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> Non
         raise ConfigError(f"NatsConfig.{attribute.name} must be > 0, got {value!r}")
 
 
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value < 0:
+        raise ConfigError(f"NatsConfig.{attribute.name} must be >= 0 or None, got {value!r}")
+
+
+def _file_secrets(path: Optional[str]) -> List[str]:
+    """The lines of a seed or creds file that could be keys: long, with no spaces."""
+    if not path:
+        return []
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8", errors="replace") as handle:
+            lines = [line.strip() for line in handle]
+    except OSError:
+        return []
+    return [line for line in lines if len(line) >= 16 and " " not in line and not line.startswith(("---", "***"))]
+
+
 @attrs.frozen(kw_only=True)
 class NatsConfig:
     """How a :class:`~natsbus.Bus` connects to NATS.
@@ -105,17 +154,34 @@ class NatsConfig:
             (several for a cluster; the client fails over between them);
             each ``nats://``, ``tls://``, ``ws://`` or ``wss://``.
         name: The client name the server shows in its monitoring.
-        connect_timeout: Seconds the first connection may take in all,
-            across every server and retry, before :class:`ConnectError`.
+        connect_timeout: Seconds the first connection may take in all.
+            Each server is tried once, in random order, within its share
+            of it; one that refuses (nothing listens, the login or TLS is
+            refused) fails at once, so :class:`ConnectError` comes as soon
+            as every server has failed, naming each and its reason.
+        connect_in_background: When no server lets the Bus in at first,
+            do not raise :class:`ConnectError`: return a Bus that keeps
+            trying every ``reconnect_time_wait`` and serves once NATS is
+            there (a web process started before NATS); calls fail with
+            :class:`NotConnectedError` meanwhile. For clients: a
+            ``WorkerPool`` needs a connected Bus.
         allow_reconnect: Reconnect after a lost connection.
         max_reconnect_attempts: Attempts per server; -1 retries forever.
         reconnect_time_wait: Seconds between attempts on one server.
+        reconnect_grace: Seconds a call made while the Bus is not
+            connected waits for the connection before it fails with
+            :class:`NotConnectedError` (nothing sent); ``None``: up to the
+            call's own timeout. Short, so that an outage does not hold a
+            web thread for a call's whole timeout; long enough to ride out
+            a cluster failover, which can take one ``reconnect_time_wait``
+            (when nats-py tried the next server less than that ago) and a
+            handshake: keep it above ``reconnect_time_wait``. A call's
+            ``reconnect_grace=`` argument wins over it.
         ping_interval: Seconds between client PINGs (detects dead servers).
         max_outstanding_pings: Unanswered PINGs before the connection is
             considered dead.
-        fail_fast_when_disconnected: While reconnecting, fail new calls at
-            once with :class:`NotConnectedError` instead of buffering them
-            until their own deadline.
+        fail_fast_when_disconnected: ``reconnect_grace=0``, by its older
+            name: calls made while disconnected fail at once.
         reconnect_buffer_size: Bytes of outgoing data buffered while
             reconnecting.
         user, password, token: Plain credentials.
@@ -130,9 +196,11 @@ class NatsConfig:
     servers: Tuple[str, ...] = attrs.field(default=(DEFAULT_URL,), converter=_to_servers, repr=_servers_repr)
     name: Optional[str] = None
     connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    connect_in_background: bool = False
     allow_reconnect: bool = True
     max_reconnect_attempts: int = -1
     reconnect_time_wait: float = attrs.field(default=0.5, validator=_positive)
+    reconnect_grace: Optional[float] = attrs.field(default=1.0, validator=_non_negative)
     ping_interval: float = attrs.field(default=20.0, validator=_positive)
     max_outstanding_pings: int = 3
     fail_fast_when_disconnected: bool = False
@@ -145,6 +213,25 @@ class NatsConfig:
     tls: Optional[ssl.SSLContext] = None
     tls_hostname: Optional[str] = None
     inbox_prefix: str = "_INBOX"
+
+    def secrets(self) -> List[str]:
+        """What must never appear in a text: passwords and tokens (in URLs too), key file contents.
+
+        Reads the NKey seed and creds files, so it is for error paths, not
+        hot ones. See :func:`redact_text`.
+        """
+        found = [value for value in (self.password, self.token) if value]
+        for url in self.servers:
+            try:
+                parts = urlsplit(url if "://" in url else f"nats://{url}")
+                values = [parts.password, parts.username if parts.password is None else None]
+            except ValueError:
+                continue
+            for value in values:
+                if value:
+                    found += [value, unquote(value)]
+        found += _file_secrets(self.nkeys_seed) + _file_secrets(self.user_credentials)
+        return found
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> NatsConfig:

@@ -8,7 +8,6 @@ retries, the query cache, client middleware, ``submit`` and the pipelined
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import math
@@ -41,13 +40,14 @@ from attrs import AttrsInstance
 from . import codec
 from ._transport import GatheredReply, Headers, PendingReply, Reply
 from ._transport.pending import await_reply
-from .bus import Bus, Completer
+from .bus import Bus, Completer, bounded_grace
 from .context import DEADLINE_HEADER
 from .envelope import INSTANCE_HEADER, SERVICE_HEADER, decode_response, new_id, service_error, utc_timestamp
 from .errors import (
     ConfigError,
     EnvelopeError,
     NatsBusError,
+    NotConnectedError,
     RequestTimeoutError,
 )
 from .messages import (
@@ -62,7 +62,7 @@ from .messages import (
     type_name,
 )
 from .middleware import ClientCall, Middleware, run_client
-from .policies import QueryCache, RetryPolicy
+from .policies import DEFAULT, DefaultType, QueryCache, RetryArg, RetryPolicy, TimeoutArg
 
 __all__ = [
     "CommandBus",
@@ -116,17 +116,6 @@ class Requester(Protocol):
         ...
 
 
-class DefaultType(enum.Enum):
-    """The type of :data:`DEFAULT` ("the default"), for annotations."""
-
-    DEFAULT = "DEFAULT"
-
-
-#: "Use the bus's own timeout" (``None`` would mean "no limit").
-DEFAULT = DefaultType.DEFAULT
-TimeoutArg = Union[float, None, DefaultType]
-#: A call's ``retry``: a policy, ``None`` for no retry, or DEFAULT for the bus's.
-RetryArg = Union[RetryPolicy, None, DefaultType]
 #: ``progress(done, total)`` of the ``*_many`` calls (``total`` is None for iterators).
 Progress = Callable[[int, Optional[int]], None]
 #: A message that declares no result type (a plain attrs class): calls take it with ``returns=``.
@@ -260,14 +249,16 @@ class _MessageBus:
             raise ConfigError(f"{what} {why}: it needs a natsbus.Bus connected to NATS, not {type(self.bus).__name__}")
         return self.bus
 
-    def _call(self, request: _Request, timeout: TimeoutArg, returns: Any, retry: RetryArg) -> Tuple[Any, Reply]:
+    def _call(
+        self, request: _Request, timeout: TimeoutArg, returns: Any, retry: RetryArg, grace: TimeoutArg
+    ) -> Tuple[Any, Reply]:
         """Send (and resend, per the retry policy); return the result and its reply."""
         limit = self._limit(timeout)
-        policy = self.retry if isinstance(retry, DefaultType) else retry
+        policy = self.retry if retry is DEFAULT else retry
         attempt = 0
         while True:
             try:
-                reply = self._exchange(request, limit)
+                reply = self._exchange(request, limit, grace)
                 return self._result(reply, request.route, request.message_id, returns), reply
             except NatsBusError as exc:
                 if policy is None or not policy.should_retry(exc, attempt):
@@ -290,15 +281,49 @@ class _MessageBus:
                 self._header_cache[limit] = headers
         return headers
 
-    def _exchange(self, request: _Request, limit: Optional[float]) -> Reply:
+    def _exchange(self, request: _Request, limit: Optional[float], grace: TimeoutArg) -> Reply:
         headers = self._headers(limit)
         if request.headers:  # a new dict: the cached deadline headers are shared
             headers = {**request.headers, **headers} if headers else dict(request.headers)
-        pending = self.bus.begin_request(request.route.subject, request.body, headers)
+        try:
+            pending = self.bus.begin_request(request.route.subject, request.body, headers)
+        except NotConnectedError as exc:
+            pending, left = self._when_connected(exc, request, headers, None, limit, grace)
+            return await_reply(pending, left, self._timeout_text, limit)
         return await_reply(pending, limit, self._timeout_text)
 
+    def _when_connected(
+        self,
+        error: NotConnectedError,
+        request: _Request,
+        headers: Headers,
+        notify: Optional[Callable[[PendingReply], None]],
+        limit: Optional[float],
+        grace: TimeoutArg,
+    ) -> Tuple[PendingReply, Optional[float]]:
+        """The request, sent once the Bus is connected again within the call's reconnect grace.
+
+        Returns:
+            Its PendingReply, and what is left of ``limit`` for the reply.
+
+        Raises:
+            NotConnectedError: still disconnected when the grace ran out.
+        """
+        bus = self.bus
+        if not isinstance(bus, Bus):  # a requester that knows no reconnects
+            raise error
+        started = time.monotonic()
+        pending = bus.begin_request(
+            request.route.subject,
+            request.body,
+            headers,
+            notify,
+            reconnect_grace=bounded_grace(grace, bus.reconnect_grace, limit),
+        )
+        return pending, None if limit is None else max(0.0, limit - (time.monotonic() - started))
+
     def _call_in_chain(
-        self, message: Any, request: _Request, timeout: TimeoutArg, returns: Any, retry: Any
+        self, message: Any, request: _Request, timeout: TimeoutArg, returns: Any, retry: Any, grace: TimeoutArg
     ) -> Tuple[Any, Reply]:
         """:meth:`_call` inside the client middleware chain (only called when there is one)."""
         route = request.route
@@ -309,7 +334,7 @@ class _MessageBus:
         def send() -> Tuple[Any, Reply]:
             # Read once the before-hooks have run: they may have added headers.
             sent = attrs.evolve(request, headers=dict(call.headers)) if call.headers else request
-            return self._call(sent, timeout, returns, retry)
+            return self._call(sent, timeout, returns, retry, grace)
 
         return run_client(self.middleware, call, send, lambda pair: pair[0])  # after-hooks get the result
 
@@ -334,16 +359,21 @@ class _MessageBus:
             raise service_error(envelope, reply.headers, route.subject) from getattr(reply, "cause", None)
         return _structure_result(envelope.payload, target, route)
 
-    def _submit(self, request: _Request, timeout: TimeoutArg, returns: Any) -> Future[Any]:
+    def _submit(self, request: _Request, timeout: TimeoutArg, returns: Any, grace: TimeoutArg) -> Future[Any]:
         limit = self._limit(timeout)
         completer = self.bus.completer()
-        pending = self.bus.begin_request(request.route.subject, request.body, self._headers(limit), completer.notify)
+        headers = self._headers(limit)
+        left = limit
+        try:
+            pending = self.bus.begin_request(request.route.subject, request.body, headers, completer.notify)
+        except NotConnectedError as exc:
+            pending, left = self._when_connected(exc, request, headers, completer.notify, limit, grace)
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         ms = round((limit or 0) * 1000)
         completer.watch(
             pending,
-            None if limit is None else time.monotonic() + limit,
+            None if left is None else time.monotonic() + left,
             lambda reply: self._result(reply, request.route, request.message_id, returns),
             future,
             lambda: RequestTimeoutError(self._timeout_text.format(ms=ms), subject=request.route.subject, timeout=limit),
@@ -358,6 +388,7 @@ class _MessageBus:
         return_exceptions: bool,
         progress: Optional[Callable[[int, Optional[int]], None]],
         returns: Any,
+        grace: TimeoutArg,
     ) -> List[Any]:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
@@ -372,6 +403,9 @@ class _MessageBus:
         done: queue.SimpleQueue[PendingReply] = queue.SimpleQueue()
         finished = 0
         exhausted = False
+        # Once a wait for the connection ran out, the rest fail at once until
+        # one is sent: one outage costs the whole call one grace, not one each.
+        outage = False
         ms = round((limit or 0) * 1000)
         headers = self._headers(limit)
 
@@ -394,13 +428,23 @@ class _MessageBus:
                         break
                     index = len(results)
                     results.append(None)
+                    left = limit
                     try:
                         request = self._build(message)
-                        pending = self.bus.begin_request(request.route.subject, request.body, headers, done.put)
+                        try:
+                            pending = self.bus.begin_request(request.route.subject, request.body, headers, done.put)
+                        except NotConnectedError as exc:
+                            call_grace: TimeoutArg = 0.0 if outage else grace
+                            pending, left = self._when_connected(exc, request, headers, done.put, limit, call_grace)
+                    except NotConnectedError as exc:
+                        outage = True
+                        settle(index, exc, True)
+                        continue
                     except (NatsBusError, TypeError, ValueError) as exc:
                         settle(index, exc, True)
                         continue
-                    deadline = math.inf if limit is None else time.monotonic() + limit
+                    outage = False
+                    deadline = math.inf if left is None else time.monotonic() + left
                     outstanding[pending] = (index, deadline, request)
                 if not outstanding:
                     if exhausted:
@@ -486,6 +530,7 @@ class CommandBus(_MessageBus):
         command: Command[R],
         *,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         retry: RetryArg = DEFAULT,
         command_id: Optional[str] = None,
     ) -> R: ...
@@ -496,6 +541,7 @@ class CommandBus(_MessageBus):
         command: Message,
         *,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         returns: Type[T],
         retry: RetryArg = DEFAULT,
         command_id: Optional[str] = None,
@@ -506,6 +552,7 @@ class CommandBus(_MessageBus):
         command: Any,
         *,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         returns: Optional[type] = None,
         retry: RetryArg = DEFAULT,
         command_id: Optional[str] = None,
@@ -515,6 +562,10 @@ class CommandBus(_MessageBus):
         Args:
             command: An attrs instance (a :class:`Command` or any attrs class).
             timeout: Seconds for this call; default the bus's; ``None`` no limit.
+            reconnect_grace: Seconds to wait for the connection when the
+                Bus is disconnected, within ``timeout``; default the Bus's
+                (``NatsConfig.reconnect_grace``, 0.5 s); ``None``: up to
+                ``timeout``; 0: fail at once.
             returns: Build the result as this type (overrides ``Command[R]``).
             retry: A :class:`RetryPolicy` for this call, or ``None`` for no
                 retry; default the bus's. Retries reuse the ``command_id``.
@@ -529,6 +580,8 @@ class CommandBus(_MessageBus):
 
         Raises:
             RequestTimeoutError: ``Command request timeout after 5000ms``.
+            NotConnectedError: the Bus stayed disconnected for the whole
+                reconnect grace; nothing was sent (safe to retry).
             NoHandlerError: ``No handler available for commands.X``, at once.
             ServiceError: the handler failed; a subclass per error code
                 (``InvalidRequestError`` for ``Invalid request format: ...``).
@@ -541,17 +594,28 @@ class CommandBus(_MessageBus):
         if command_id is not None:
             request = self._with_id(request, command_id)
         if self.middleware:
-            return self._call_in_chain(command, request, timeout, returns, retry)[0]
-        return self._call(request, timeout, returns, retry)[0]
+            return self._call_in_chain(command, request, timeout, returns, retry, reconnect_grace)[0]
+        return self._call(request, timeout, returns, retry, reconnect_grace)[0]
 
     @overload
     def submit(
-        self, command: Command[R], *, timeout: TimeoutArg = DEFAULT, command_id: Optional[str] = None
+        self,
+        command: Command[R],
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
+        command_id: Optional[str] = None,
     ) -> Future[R]: ...
 
     @overload
     def submit(
-        self, command: Message, *, timeout: TimeoutArg = DEFAULT, returns: Type[T], command_id: Optional[str] = None
+        self,
+        command: Message,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
+        returns: Type[T],
+        command_id: Optional[str] = None,
     ) -> Future[T]: ...
 
     def submit(
@@ -559,6 +623,7 @@ class CommandBus(_MessageBus):
         command: Any,
         *,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         returns: Optional[type] = None,
         command_id: Optional[str] = None,
     ) -> Future[Any]:
@@ -566,7 +631,8 @@ class CommandBus(_MessageBus):
 
         The future fails with the errors :meth:`execute` raises once the
         request is sent (the timeout included); errors found before sending
-        (a closed Bus, a payload over the limit, a bad message) are raised
+        (a closed Bus, a payload over the limit, a bad message, no connection
+        within ``reconnect_grace``, which ``submit()`` waits for) are raised
         here. No retries: a future is one attempt. Callbacks run on a natsbus
         helper thread shared by the Bus's futures (never the loop): keep
         them short.
@@ -574,15 +640,18 @@ class CommandBus(_MessageBus):
         Args:
             command: An attrs instance.
             timeout: Seconds; default the bus's; ``None`` no limit.
+            reconnect_grace: As for :meth:`execute`.
             returns: As for :meth:`execute`.
             command_id: As for :meth:`execute`.
 
         Raises:
             ConfigError: ``command_id`` is not a non-empty string.
-            BusClosedError, PayloadTooLargeError, MessageTypeError: before sending.
+            BusClosedError, PayloadTooLargeError, MessageTypeError, NotConnectedError: before sending.
         """
         request = self._build(command)
-        return self._submit(request if command_id is None else self._with_id(request, command_id), timeout, returns)
+        if command_id is not None:
+            request = self._with_id(request, command_id)
+        return self._submit(request, timeout, returns, reconnect_grace)
 
     @overload
     def execute_many(
@@ -591,6 +660,7 @@ class CommandBus(_MessageBus):
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         return_exceptions: Literal[False] = False,
         progress: Optional[Progress] = None,
     ) -> List[R]: ...
@@ -602,6 +672,7 @@ class CommandBus(_MessageBus):
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = None,
     ) -> List[Union[R, Exception]]: ...
@@ -613,6 +684,7 @@ class CommandBus(_MessageBus):
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         return_exceptions: Literal[False] = False,
         progress: Optional[Progress] = None,
         returns: Type[T],
@@ -625,6 +697,7 @@ class CommandBus(_MessageBus):
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = None,
         returns: Type[T],
@@ -636,6 +709,7 @@ class CommandBus(_MessageBus):
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         return_exceptions: bool = False,
         progress: Optional[Progress] = None,
         returns: Optional[type] = None,
@@ -650,6 +724,9 @@ class CommandBus(_MessageBus):
             messages: The commands.
             concurrency: Requests in flight at most.
             timeout: Seconds per command.
+            reconnect_grace: As for :meth:`execute`, for the whole call: once
+                a wait for the connection ran out, the commands after it
+                fail at once (until one is sent again).
             return_exceptions: Put each failure (a natsbus exception) in
                 the result list instead of raising the first one.
             progress: Called as ``progress(done, total)`` after each
@@ -663,7 +740,7 @@ class CommandBus(_MessageBus):
             NatsBusError: the first failure, unless ``return_exceptions``;
                 the commands still in flight are abandoned.
         """
-        return self._many(messages, concurrency, timeout, return_exceptions, progress, returns)
+        return self._many(messages, concurrency, timeout, return_exceptions, progress, returns, reconnect_grace)
 
     def with_timeout(self, seconds: Optional[float]) -> CommandBus:
         """A copy of this bus with another default timeout."""
@@ -757,7 +834,13 @@ class QueryBus(_MessageBus):
 
     @overload
     def ask(
-        self, query: Query[R], *, timeout: TimeoutArg = DEFAULT, retry: RetryArg = DEFAULT, cache: bool = True
+        self,
+        query: Query[R],
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
+        retry: RetryArg = DEFAULT,
+        cache: bool = True,
     ) -> R: ...
 
     @overload
@@ -766,6 +849,7 @@ class QueryBus(_MessageBus):
         query: Message,
         *,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         returns: Type[T],
         retry: RetryArg = DEFAULT,
         cache: bool = True,
@@ -776,6 +860,7 @@ class QueryBus(_MessageBus):
         query: Any,
         *,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         returns: Optional[type] = None,
         retry: RetryArg = DEFAULT,
         cache: bool = True,
@@ -790,8 +875,8 @@ class QueryBus(_MessageBus):
         store = self.cache if cache else None
         if store is None:
             if self.middleware:
-                return self._call_in_chain(query, request, timeout, returns, retry)[0]
-            return self._call(request, timeout, returns, retry)[0]
+                return self._call_in_chain(query, request, timeout, returns, retry, reconnect_grace)[0]
+            return self._call(request, timeout, returns, retry, reconnect_grace)[0]
         key = (request.route.name, codec.dumps(request.payload))
         hit = store.get(key)
         if hit is not None:
@@ -799,9 +884,9 @@ class QueryBus(_MessageBus):
             reply, message_id = hit
             return self._result(reply, request.route, message_id, returns)
         if self.middleware:
-            result, reply = self._call_in_chain(query, request, timeout, returns, retry)
+            result, reply = self._call_in_chain(query, request, timeout, returns, retry, reconnect_grace)
         else:
-            result, reply = self._call(request, timeout, returns, retry)
+            result, reply = self._call(request, timeout, returns, retry, reconnect_grace)
         store.put(key, (reply, request.message_id))
         return result
 
@@ -902,22 +987,35 @@ class QueryBus(_MessageBus):
         return results
 
     @overload
-    def submit(self, query: Query[R], *, timeout: TimeoutArg = DEFAULT) -> Future[R]: ...
+    def submit(
+        self, query: Query[R], *, timeout: TimeoutArg = DEFAULT, reconnect_grace: TimeoutArg = DEFAULT
+    ) -> Future[R]: ...
 
     @overload
-    def submit(self, query: Message, *, timeout: TimeoutArg = DEFAULT, returns: Type[T]) -> Future[T]: ...
+    def submit(
+        self, query: Message, *, timeout: TimeoutArg = DEFAULT, reconnect_grace: TimeoutArg = DEFAULT, returns: Type[T]
+    ) -> Future[T]: ...
 
-    def submit(self, query: Any, *, timeout: TimeoutArg = DEFAULT, returns: Optional[type] = None) -> Future[Any]:
+    def submit(
+        self,
+        query: Any,
+        *,
+        timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
+        returns: Optional[type] = None,
+    ) -> Future[Any]:
         """Send ``query`` now; return a ``concurrent.futures.Future`` of its result.
 
         Callbacks run on a natsbus helper thread, never the loop; they share
         one thread per Bus, so one that blocks delays every other future of
         the Bus. The future fails with the errors :meth:`ask` raises
         once the request is sent (the timeout included); errors found before
-        sending (a closed Bus, a payload over the limit, a bad message) are
-        raised by ``submit()`` itself. No retries: a future is one attempt.
+        sending (a closed Bus, a payload over the limit, a bad message, no
+        connection within ``reconnect_grace``, which ``submit()`` waits
+        for) are raised by ``submit()`` itself. No retries: a future is one
+        attempt.
         """
-        return self._submit(self._build(query), timeout, returns)
+        return self._submit(self._build(query), timeout, returns, reconnect_grace)
 
     @overload
     def ask_many(
@@ -926,6 +1024,7 @@ class QueryBus(_MessageBus):
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         return_exceptions: Literal[False] = False,
         progress: Optional[Progress] = None,
     ) -> List[R]: ...
@@ -937,6 +1036,7 @@ class QueryBus(_MessageBus):
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = None,
     ) -> List[Union[R, Exception]]: ...
@@ -948,6 +1048,7 @@ class QueryBus(_MessageBus):
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         return_exceptions: Literal[False] = False,
         progress: Optional[Progress] = None,
         returns: Type[T],
@@ -960,6 +1061,7 @@ class QueryBus(_MessageBus):
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = None,
         returns: Type[T],
@@ -971,12 +1073,13 @@ class QueryBus(_MessageBus):
         *,
         concurrency: int = 64,
         timeout: TimeoutArg = DEFAULT,
+        reconnect_grace: TimeoutArg = DEFAULT,
         return_exceptions: bool = False,
         progress: Optional[Progress] = None,
         returns: Optional[type] = None,
     ) -> List[Any]:
         """Ask many queries from one thread, pipelined; see :meth:`CommandBus.execute_many`."""
-        return self._many(messages, concurrency, timeout, return_exceptions, progress, returns)
+        return self._many(messages, concurrency, timeout, return_exceptions, progress, returns, reconnect_grace)
 
     def with_timeout(self, seconds: Optional[float]) -> QueryBus:
         """A copy of this bus with another default timeout."""

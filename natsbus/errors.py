@@ -13,8 +13,8 @@ raises. Where an error meets a builtin's contract it is also that builtin
     │   ├── BusClosedError                  the Bus or WorkerPool is closed
     │   └── LoopThreadError                 a blocking call from the loop thread
     ├── TransportError                      the connection to NATS
-    │   ├── ConnectError (ConnectionError)  could not connect; names the URLs
-    │   ├── NotConnectedError               disconnected and told to fail fast
+    │   ├── ConnectError (ConnectionError)  could not connect; names each URL and why
+    │   │   └── NotConnectedError           not connected now: nothing was sent
     │   └── JetStreamError                  a JetStream call failed (no JetStream, ...)
     ├── EnvelopeError (ValueError)          bytes that are not a valid envelope
     ├── TraceContextError (ValueError)      a malformed W3C ``traceparent``
@@ -137,10 +137,10 @@ class TransportError(NatsBusError):
 
 
 class ConnectError(TransportError, ConnectionError):
-    """Could not connect to any of ``servers`` within the connect timeout.
+    """Could not connect to any of ``servers``; the text names each and its reason.
 
     Attributes:
-        servers: The URLs that were tried.
+        servers: The URLs that were tried (any password in them as ``***``).
     """
 
     def __init__(self, message: str, servers: tuple[str, ...] = ()) -> None:
@@ -148,8 +148,14 @@ class ConnectError(TransportError, ConnectionError):
         self.servers = servers
 
 
-class NotConnectedError(TransportError):
-    """The Bus is disconnected and was configured to fail fast meanwhile."""
+class NotConnectedError(ConnectError):
+    """The Bus is not connected now, and its reconnect grace passed: nothing was sent.
+
+    Raised by a call made while the Bus is reconnecting (or, with
+    ``connect_in_background``, has not connected yet) once the call's
+    ``reconnect_grace`` passed without a connection. The request never
+    left the process, so it is always safe to retry.
+    """
 
 
 class JetStreamError(TransportError):

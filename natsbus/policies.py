@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import enum
 import os
 import random
 import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Hashable, Optional, Tuple, Type
+from typing import Any, Hashable, Optional, Tuple, Type, Union
 
 import attrs
 
 from .errors import BusyError, ConfigError, NoHandlerError, RequestTimeoutError
 
-__all__ = ["QueryCache", "RetryPolicy"]
+__all__ = ["DEFAULT", "DefaultType", "QueryCache", "RetryArg", "RetryPolicy", "TimeoutArg"]
+
+
+class DefaultType(enum.Enum):
+    """The type of :data:`DEFAULT` ("the default"), for annotations."""
+
+    DEFAULT = "DEFAULT"
+
+
+#: A per-call argument's "use the configured value" (``None`` would mean
+#: "no limit"): the bus's timeout or retry policy, the Bus's reconnect grace.
+DEFAULT = DefaultType.DEFAULT
+#: A call's ``timeout`` (or ``reconnect_grace``): seconds, ``None`` for no
+#: limit, or DEFAULT for the configured value.
+TimeoutArg = Union[float, None, DefaultType]
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -61,6 +76,10 @@ class RetryPolicy:
         base = min(self.max_backoff, self.backoff * (self.multiplier**attempt))
         spread = base * self.jitter
         return max(0.0, base + random.uniform(-spread, spread))
+
+
+#: A call's ``retry``: a policy, ``None`` for no retry, or DEFAULT for the bus's.
+RetryArg = Union[RetryPolicy, None, DefaultType]
 
 
 class QueryCache:

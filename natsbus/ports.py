@@ -51,20 +51,46 @@ class CommandBusPort(Protocol):
 
     @overload
     def execute(
-        self, command: Command[R], *, timeout: TimeoutArg = ..., retry: RetryArg = ..., command_id: Optional[str] = ...
+        self,
+        command: Command[R],
+        *,
+        timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
+        retry: RetryArg = ...,
+        command_id: Optional[str] = ...,
     ) -> R: ...
 
     @overload
-    def execute(self, command: Message, *, timeout: TimeoutArg = ..., returns: Type[T], retry: RetryArg = ...) -> T: ...
+    def execute(
+        self,
+        command: Message,
+        *,
+        timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
+        returns: Type[T],
+        retry: RetryArg = ...,
+        command_id: Optional[str] = ...,
+    ) -> T: ...
 
     @overload
     def submit(
-        self, command: Command[R], *, timeout: TimeoutArg = ..., command_id: Optional[str] = ...
+        self,
+        command: Command[R],
+        *,
+        timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
+        command_id: Optional[str] = ...,
     ) -> Future[R]: ...
 
     @overload
     def submit(
-        self, command: Message, *, timeout: TimeoutArg = ..., returns: Type[T], command_id: Optional[str] = ...
+        self,
+        command: Message,
+        *,
+        timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
+        returns: Type[T],
+        command_id: Optional[str] = ...,
     ) -> Future[T]: ...
 
     @overload
@@ -74,6 +100,7 @@ class CommandBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[False] = ...,
         progress: Optional[Progress] = ...,
     ) -> List[R]: ...
@@ -85,6 +112,7 @@ class CommandBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = ...,
     ) -> List[Union[R, Exception]]: ...
@@ -96,6 +124,7 @@ class CommandBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[False] = ...,
         progress: Optional[Progress] = ...,
         returns: Type[T],
@@ -108,6 +137,7 @@ class CommandBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = ...,
         returns: Type[T],
@@ -122,7 +152,15 @@ class QueryBusPort(Protocol):
     """
 
     @overload
-    def ask(self, query: Query[R], *, timeout: TimeoutArg = ..., retry: RetryArg = ..., cache: bool = ...) -> R: ...
+    def ask(
+        self,
+        query: Query[R],
+        *,
+        timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
+        retry: RetryArg = ...,
+        cache: bool = ...,
+    ) -> R: ...
 
     @overload
     def ask(
@@ -130,16 +168,19 @@ class QueryBusPort(Protocol):
         query: Message,
         *,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         returns: Type[T],
         retry: RetryArg = ...,
         cache: bool = ...,
     ) -> T: ...
 
     @overload
-    def submit(self, query: Query[R], *, timeout: TimeoutArg = ...) -> Future[R]: ...
+    def submit(self, query: Query[R], *, timeout: TimeoutArg = ..., reconnect_grace: TimeoutArg = ...) -> Future[R]: ...
 
     @overload
-    def submit(self, query: Message, *, timeout: TimeoutArg = ..., returns: Type[T]) -> Future[T]: ...
+    def submit(
+        self, query: Message, *, timeout: TimeoutArg = ..., reconnect_grace: TimeoutArg = ..., returns: Type[T]
+    ) -> Future[T]: ...
 
     @overload
     def ask_many(
@@ -148,6 +189,7 @@ class QueryBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[False] = ...,
         progress: Optional[Progress] = ...,
     ) -> List[R]: ...
@@ -159,6 +201,7 @@ class QueryBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = ...,
     ) -> List[Union[R, Exception]]: ...
@@ -170,6 +213,7 @@ class QueryBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[False] = ...,
         progress: Optional[Progress] = ...,
         returns: Type[T],
@@ -182,6 +226,7 @@ class QueryBusPort(Protocol):
         *,
         concurrency: int = ...,
         timeout: TimeoutArg = ...,
+        reconnect_grace: TimeoutArg = ...,
         return_exceptions: Literal[True],
         progress: Optional[Progress] = ...,
         returns: Type[T],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 import threading
 import time
@@ -64,23 +65,21 @@ def _reveal(cmd: Secret) -> str:
 
 
 def refused(config: NatsConfig) -> ConnectError:
-    """The ConnectError of a Bus the server refuses, within the connect timeout (plus a grace)."""
+    """The ConnectError of a Bus the server refuses, without waiting out the connect timeout."""
     started = time.monotonic()
     with pytest.raises(ConnectError) as info:
         Bus(config)
-    assert time.monotonic() - started < config.connect_timeout + 2
+    assert time.monotonic() - started < config.connect_timeout
     return info.value
 
 
 def refused_for_authorization(error: ConnectError) -> bool:
     """Whether the text gives the server's reason: authorization violation.
 
-    The server sends that and closes at once; now and then the close resets
-    the connection before the client has read the reason, and a reset is
-    all the client can report.
+    The server sends that and closes at once, and the connection reset
+    that follows must not take the reason's place.
     """
-    text = str(error).lower()
-    return "authorization violation" in text or "connection reset by peer" in text
+    return "(login refused: authorization violation)" in str(error).lower()
 
 
 def both_ways(url: str, fields: Dict[str, Any], env: Dict[str, str]) -> None:
@@ -104,6 +103,24 @@ def test_user_and_password(tmp_path: Path) -> None:
         )
         error = refused(NatsConfig(servers=server.url, user="alice", password="wrong", connect_timeout=1))
         assert server.url in str(error) and refused_for_authorization(error)
+
+
+def test_a_hundred_refused_logins_all_name_the_authorization_failure() -> None:
+    # nats-py 2.16 raises the server's "Authorization Violation" as a plain
+    # nats.errors.Error, and the connection reset that follows used to take
+    # its place now and then (11 of 60 tries in the report).
+    with NatsServer(jetstream=False, args=["--user", "u", "--pass", "p"]) as server:
+        ways = [
+            NatsConfig(servers=server.url, user="u", password="wrong"),  # a wrong password
+            NatsConfig(servers=server.url),  # no credentials
+            NatsConfig(servers=f"nats://u:wrong@127.0.0.1:{server.port}"),  # a wrong password in the URL
+        ]
+        errors = [refused(ways[i % 3]) for i in range(100)]
+    assert [str(e) for e in errors if not refused_for_authorization(e)] == []
+    assert (
+        str(errors[2])
+        == f"could not connect to NATS at nats://u:***@127.0.0.1:{server.port} (login refused: Authorization Violation)"
+    )
 
 
 def test_token(tmp_path: Path) -> None:
@@ -177,14 +194,24 @@ def test_tls_connections_are_written_by_the_loop_only(pki: Pki, tls_server: Nats
         assert bus._transport.partial_writes == 0
 
 
-def test_tls_refusals_are_connect_errors(pki: Pki, tls_server: NatsServer) -> None:
-    # No client certificate: the server verifies clients.
-    refused(NatsConfig(servers=tls_server.url, tls=tls_context(str(pki.ca)), connect_timeout=1))
-    # A CA that did not sign the server's certificate.
-    error = refused(NatsConfig(servers=tls_server.url, tls=tls_context(str(pki.other_ca)), connect_timeout=1))
-    assert "certificate" in str(error).lower()
-    # No TLS at all, to a server that requires it.
-    refused(NatsConfig(servers=tls_server.url, connect_timeout=1))
+def test_tls_refusals_are_connect_errors_naming_the_tls_failure(pki: Pki, tls_server: NatsServer) -> None:
+    cases = [
+        # No client certificate: the server verifies clients. Its alert can
+        # be lost with the connection it closes (the client's first write
+        # fails first); new tries nearly always read it, and if none does,
+        # the text says the reset came right after the TLS handshake.
+        (tls_context(str(pki.ca)), "alert certificate required|right after the tls handshake", 30),
+        # A CA that did not sign the server's certificate.
+        (tls_context(str(pki.other_ca)), "certificate verify failed", 5),
+        # No TLS configured, to a server that requires it: the system's CAs do not know ours.
+        (None, "certificate verify failed", 5),
+    ]
+    for context, reason, tries in cases:
+        for _ in range(tries):
+            error = refused(NatsConfig(servers=tls_server.url, tls=context, connect_timeout=5))
+            text = str(error)
+            assert text.startswith(f"could not connect to NATS at {tls_server.url} (") and "TLS" in text, text
+            assert re.search(reason, text, re.I), text
 
 
 def test_tls_files_that_do_not_load_are_config_errors(pki: Pki, tmp_path: Path) -> None:

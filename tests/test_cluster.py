@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from typing import Callable, Iterator, List, Optional, Tuple
@@ -9,7 +10,16 @@ from typing import Callable, Iterator, List, Optional, Tuple
 import attrs
 import pytest
 
-from natsbus import Bus, Command, CommandBus, NatsCluster, NoHandlerError, RequestTimeoutError, WorkerPool
+from natsbus import (
+    Bus,
+    Command,
+    CommandBus,
+    ConnectionState,
+    NatsCluster,
+    NoHandlerError,
+    RequestTimeoutError,
+    WorkerPool,
+)
 from natsbus.server import ServerError
 
 #: Seconds a call may overrun its own timeout (scheduling on a busy 2-core box).
@@ -154,3 +164,38 @@ def test_killing_a_node_moves_its_clients_and_workers_and_calls_go_on(cluster: N
     errors = [o.error for o in outcomes if o.error is not None]
     assert [e for e in errors if not isinstance(e, (RequestTimeoutError, NoHandlerError))] == []
     assert all(cluster.routed_peers(i) == 2 for i in range(3))
+
+
+@pytest.mark.slow
+def test_calls_made_while_a_client_fails_over_succeed_within_the_default_reconnect_grace(cluster: NatsCluster) -> None:
+    # Every default (reconnect_time_wait 0.5 s, reconnect_grace 1 s): the
+    # grace that keeps an outage from holding web threads still rides out a
+    # failover. The client moves to another node within milliseconds, or
+    # within one reconnect_time_wait when the node it tries first is one it
+    # tried less than that ago (here: the dead one, connected to just now).
+    client = Bus(cluster.url, name="grace-client")
+    client_node = cluster.node_of(client.connected_url)
+    worker_node = (client_node + 1) % 3
+    worker_bus, pool = _serve(cluster.urls[worker_node], "grace")
+    commands = CommandBus(client, timeout=5.0)
+    try:
+        _until_served(lambda: commands.execute(WhereAmI("warm-up")))
+        before = client.connected_url
+        cluster.kill(client_node)
+        # From the moment the client knows its node is gone (or has moved on
+        # already), no call is lost: it waits for the new node, then is sent.
+        deadline = time.monotonic() + 10
+        while client.is_connected and client.connected_url == before:
+            assert time.monotonic() < deadline, "the client never noticed its node die"
+            time.sleep(0.001)
+        with concurrent.futures.ThreadPoolExecutor(8) as threads:
+            answers = list(threads.map(lambda i: commands.execute(WhereAmI(f"over-{i}")), range(8)))
+        assert answers == [f"over-{i} via {cluster.urls[worker_node]}" for i in range(8)]
+        assert client.state is ConnectionState.CONNECTED
+        assert cluster.node_of(client.connected_url) != client_node
+    finally:
+        pool.stop(drain_timeout=5)
+        worker_bus.close()
+        client.close()
+        if not cluster.nodes[client_node].running:
+            cluster.start_node(client_node)  # rejoin, for the module's other tests

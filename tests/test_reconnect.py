@@ -111,16 +111,19 @@ def test_sixteen_threads_ride_out_a_server_restart(server: NatsServer) -> None:
 
         server.stop()
         _wait_until(lambda: not client.is_connected and not worker_bus.is_connected, 5, "both buses saw it go")
-        # Calls made now, with no server at all, wait for the reconnect. The
+        # Calls made now, with no server at all, that may wait for the
+        # reconnect (reconnect_grace=None: up to their timeout) get it. The
         # client may get back before the worker has re-subscribed: then the
         # server says at once that nobody serves the subject (NoHandlerError).
         submitted_at = time.monotonic()
-        futures = [commands.submit(Echo(f"down-{i}")) for i in range(8)]
+        patient = concurrent.futures.ThreadPoolExecutor(8)
+        futures = [patient.submit(commands.execute, Echo(f"down-{i}"), reconnect_grace=None) for i in range(8)]
         assert not any(f.done() for f in futures)  # none failed at once
         server.start()
         restarted_at = time.monotonic()
         concurrent.futures.wait(futures, timeout + GRACE)
         assert time.monotonic() - submitted_at <= timeout + GRACE
+        patient.shutdown()
         for i, future in enumerate(futures):
             assert future.done()
             error = future.exception()
@@ -137,15 +140,16 @@ def test_sixteen_threads_ride_out_a_server_restart(server: NatsServer) -> None:
 
     # Every call ended within its timeout (plus a small grace), with a
     # result or a clear natsbus error: calls in flight when the server went
-    # lose their reply and time out.
+    # lose their reply and time out; calls made while it was down waited
+    # their reconnect grace (1 s by default) and raised NotConnectedError.
     assert max(c.ended - c.started for c in calls) <= timeout + GRACE
-    errors = [c.error for c in calls if c.error is not None]
+    not_connected = [c for c in calls if isinstance(c.error, NotConnectedError)]
+    assert max((c.ended - c.started for c in not_connected), default=0.0) <= client.config.reconnect_grace + GRACE
+    errors = [c.error for c in calls if c.error is not None and not isinstance(c.error, NotConnectedError)]
     assert [e for e in errors if not isinstance(e, (RequestTimeoutError, NoHandlerError))] == []
     assert len(errors) <= 16 * 2, f"{len(errors)} of {len(calls)} calls failed"
-    # Nothing leaked: two loops, the pool's four workers, the completer.
-    assert names_while_up == sorted(
-        ["natsbus-loop", "natsbus-loop", "natsbus-completer"] + [f"natsbus-worker-echo-{i}" for i in range(4)]
-    )
+    # Nothing leaked: two loops and the pool's four workers.
+    assert names_while_up == sorted(["natsbus-loop", "natsbus-loop"] + [f"natsbus-worker-echo-{i}" for i in range(4)])
     # The worker pool serves again with no user action (nats-py re-subscribed).
     assert pool.running and worker_bus.is_connected and client.is_connected
 
@@ -164,7 +168,9 @@ def test_fail_fast_when_disconnected_raises_at_once_and_recovers(server: NatsSer
         server.stop()
         _wait_until(lambda: not client.is_connected, 5, "the client saw the server go")
         started = time.monotonic()
-        with pytest.raises(NotConnectedError, match=r"^not connected to NATS; cannot send to commands\.Echo$"):
+        with pytest.raises(
+            NotConnectedError, match=r"^not connected to NATS \(reconnecting: .+\); cannot send to commands\.Echo$"
+        ):
             commands.execute(Echo("down"))
         assert time.monotonic() - started < 0.5
         with pytest.raises(NotConnectedError):
@@ -185,16 +191,19 @@ def test_fail_fast_when_disconnected_raises_at_once_and_recovers(server: NatsSer
         client.close()
 
 
-def test_a_call_made_while_disconnected_times_out_on_its_own_deadline(server: NatsServer) -> None:
+def test_a_call_made_while_disconnected_waits_no_longer_than_its_timeout(server: NatsServer) -> None:
     worker_bus, pool = _serve(server.url)
-    client = Bus(server.url, reconnect_time_wait=0.2)
+    client = Bus(server.url, reconnect_time_wait=0.2)  # reconnect_grace 1 s: longer than the call's timeout
     commands = CommandBus(client)
     try:
         assert commands.execute(Echo("up")) == "UP"
         server.stop()
         _wait_until(lambda: not client.is_connected, 5, "the client saw the server go")
         started = time.monotonic()
-        with pytest.raises(RequestTimeoutError, match=r"^Command request timeout after 400ms$"):
+        with pytest.raises(
+            NotConnectedError,
+            match=r"^not connected to NATS \(reconnecting: .+\); cannot send to commands\.Echo after waiting 0\.4s",
+        ):
             commands.execute(Echo("down"), timeout=0.4)
         elapsed = time.monotonic() - started
         assert 0.4 <= elapsed < 0.4 + GRACE
@@ -204,10 +213,10 @@ def test_a_call_made_while_disconnected_times_out_on_its_own_deadline(server: Na
         client.close()
 
 
-def test_calls_made_while_disconnected_wait_for_the_reconnect_and_succeed(server: NatsServer) -> None:
+def test_calls_given_a_long_reconnect_grace_wait_for_the_reconnect_and_succeed(server: NatsServer) -> None:
     # The pool serves on the caller's own connection: on reconnect nats-py
-    # replays the subscriptions before the requests buffered meanwhile, so
-    # every one of them finds its handler.
+    # replays the subscriptions before the calls waiting meanwhile are
+    # sent, so every one of them finds its handler.
     bus, pool = _serve(server.url)
     commands = CommandBus(bus, timeout=5.0)
     results: List[object] = []
@@ -216,8 +225,11 @@ def test_calls_made_while_disconnected_wait_for_the_reconnect_and_succeed(server
         server.stop()
         _wait_until(lambda: not bus.is_connected, 5, "the bus saw the server go")
         started = time.monotonic()
-        futures = [commands.submit(Echo(f"down-{i}")) for i in range(8)]
-        caller = threading.Thread(target=lambda: results.append(commands.execute(Echo("blocking"))))
+        patient = concurrent.futures.ThreadPoolExecutor(8)
+        futures = [patient.submit(commands.execute, Echo(f"down-{i}"), reconnect_grace=5.0) for i in range(8)]
+        caller = threading.Thread(
+            target=lambda: results.append(commands.execute(Echo("blocking"), reconnect_grace=None))
+        )
         caller.start()
         assert not any(f.done() for f in futures)
         server.start()
@@ -225,6 +237,7 @@ def test_calls_made_while_disconnected_wait_for_the_reconnect_and_succeed(server
         caller.join(5.0 + GRACE)
         assert results == ["BLOCKING"]
         assert time.monotonic() - started < 5.0
+        patient.shutdown()
     finally:
         pool.stop(drain_timeout=5)
         bus.close()
@@ -248,7 +261,7 @@ def test_after_a_reconnect_no_request_overtakes_the_replayed_subscriptions(
         if threading.current_thread().name == "natsbus-loop" and not release.is_set():
             replaying.set()
             release.wait(5)
-        return real_sub_cmd(*args, **kwargs)  # type: ignore[arg-type]
+        return real_sub_cmd(*args, **kwargs)
 
     with Bus(server.url, reconnect_time_wait=0.1) as bus:
         nc = bus._transport._nc

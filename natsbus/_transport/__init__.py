@@ -14,7 +14,7 @@ One module a concept:
 """
 
 from .connection import Connection
-from .core import Transport
+from .core import ConnectionState, Transport
 from .errors import ERROR_MAP, map_error
 from .nats_client import FAST_PATH, new_nuid
 from .pending import GatheredReply, PendingReply, Reply, WaitTimeout
@@ -22,6 +22,7 @@ from .wire import Handler, Headers, RawHeaders, as_headers, header_value, parse_
 
 __all__ = [
     "Connection",
+    "ConnectionState",
     "ERROR_MAP",
     "FAST_PATH",
     "GatheredReply",

@@ -40,10 +40,12 @@ API can do, which both paths do when this nats-py allows it:
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import logging
+import random
 import threading
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 import nats.errors as nerr
 from nats.aio.client import Client
@@ -51,17 +53,18 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.nuid import NUID
 
-from ..config import NatsConfig
+from ..config import NatsConfig, redact_text, redact_url
 from ..errors import (
     BusClosedError,
     ConfigError,
     ConnectError,
+    NatsBusError,
     NoHandlerError,
     NotConnectedError,
     PayloadTooLargeError,
     PermissionDeniedError,
 )
-from .errors import PERMISSION_RE, TELLING_ERRORS, mapped_core
+from .errors import PERMISSION_RE, connect_reason, is_telling, mapped_core
 from .nats_client import DRAIN, FAST, FAST_PATH, WITHOUT, NatsClient, missing_by_use, missing_internals
 from .pending import GatheredReply, PendingReply, Reply
 from .portal import Doorbell, Portal
@@ -73,6 +76,50 @@ logger = logging.getLogger("natsbus.transport")
 #: A caller writes its request to the socket itself only while this few
 #: requests are in flight; with more, the loop batches their frames.
 DIRECT_MAX_IN_FLIGHT = 2
+
+
+#: Seconds closing a failed connect try may take. Its socket is closed at
+#: once; what is left is asyncio's wait for the close, which never ends
+#: after a failed TLS handshake (the stream never hears of the close).
+ABORT_TIMEOUT = 0.25
+
+
+#: A connect try cut off by the server mid-handshake is tried again after
+#: each of these pauses, to learn why: a refused client certificate shows
+#: as a reset now and then (the server closes as the client writes its
+#: CONNECT, and asyncio drops the TLS alert that was on its way).
+RESET_RETRY_PAUSES = (0.01, 0.04, 0.16)
+RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, nerr.UnexpectedEOF)
+
+
+class ConnectionState(enum.Enum):
+    """Where a :class:`~natsbus.Bus`'s connection stands (``bus.state``), for health checks."""
+
+    #: Not connected yet: ``connect_in_background`` is still trying (or a
+    #: forked child has not made its first call).
+    CONNECTING = "connecting"
+    #: Connected: calls are sent at once.
+    CONNECTED = "connected"
+    #: The connection was lost; nats-py is reconnecting. Calls wait up to
+    #: their reconnect grace, then raise NotConnectedError.
+    RECONNECTING = "reconnecting"
+    #: Not connected, and no longer trying (``max_reconnect_attempts`` spent,
+    #: or ``allow_reconnect=False``); calls raise NotConnectedError.
+    DISCONNECTED = "disconnected"
+    #: The Bus is closed.
+    CLOSED = "closed"
+
+
+class Failure(NamedTuple):
+    """One server's failed try to connect: its URL, the error, and the reason as shown."""
+
+    url: str
+    error: Optional[BaseException]
+    reason: str
+
+
+class _TryOver(Exception):
+    """Raised from nats-py's error callback to end a connect try at its first failure."""
 
 
 class Transport(FrameWriter):
@@ -116,7 +163,20 @@ class Transport(FrameWriter):
         self._pump_task: Optional[asyncio.Task[None]] = None
         self._started = False
         self._closed = False
-        self._last_error: Optional[BaseException] = None
+        # Connected and usable: set on the loop once connected (after a
+        # reconnect: once the subscriptions are replayed), cleared when the
+        # connection goes. Callers read it on the hot path; waiters for a
+        # reconnect wait on the event.
+        self._up = False
+        self._connected = threading.Event()
+        self._connector: Optional[asyncio.Task[None]] = None  # connect_in_background's retries
+        self._failures: List[Failure] = []  # the latest round of tries, until connected
+        self._down_reason = ""  # why the connection is down now (redacted)
+        self._down_telling = False  # whether that reason names a cause (a refused login, TLS)
+        self._gave_up = False
+        self._secrets: Optional[List[str]] = None
+        #: Whether the current connect try got through its TLS handshake (known on the fast path).
+        self.tls_handshake_done = False
         self.max_payload = 1024 * 1024
         self._fail_fast = config.fail_fast_when_disconnected
         #: Subjects (lowercased, as nats-py reports them) the server refused to let us subscribe.
@@ -125,18 +185,118 @@ class Transport(FrameWriter):
     # -- lifecycle (loop thread) -------------------------------------------
 
     async def connect(self) -> None:
-        """Connect within ``config.connect_timeout``, or raise ConnectError."""
+        """Connect, trying each server once; or raise ConnectError naming each server and why it failed.
+
+        A server that refuses (nothing listens, the login or TLS is
+        refused) fails at once, so this takes as long as the slowest
+        answer, not ``config.connect_timeout`` (which bounds it). With
+        ``config.connect_in_background`` a failed round is no error: the
+        transport keeps trying in the background (see :meth:`_keep_connecting`).
+        """
+        failures = await self._connect_round()
+        if failures is None:
+            return
+        self._failures = failures
+        text = self._failure_text(failures)
+        if self.config.connect_in_background:
+            logger.warning("%s; trying again every %gs", text, self.config.reconnect_time_wait)
+            self._connector = asyncio.get_running_loop().create_task(self._keep_connecting())
+            return
+        self._closed = True
+        cause = next((f.error for f in failures if f.error is not None and is_telling(f.error)), None)
+        raise ConnectError(text, servers=self._shown_servers()) from cause
+
+    async def _connect_round(self) -> Optional[List[Failure]]:
+        """One try of each server, in random order, within ``connect_timeout``; None once one let us in."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.connect_timeout
+        order = list(cfg.servers)
+        random.shuffle(order)  # as nats-py does: clients spread over a cluster's nodes
+        failures: List[Failure] = []
+        for index, url in enumerate(order):
+            # An equal share of what is left, so one silent server cannot use it all.
+            budget = (deadline - loop.time()) / (len(order) - index)
+            if budget <= 0.001:
+                failures.append(Failure(url, None, f"not tried: connect_timeout={cfg.connect_timeout:g}s ran out"))
+                continue
+            tried_until = loop.time() + budget
+            error = await self._try(order[index:] + order[:index], budget)
+            for pause in RESET_RETRY_PAUSES:
+                # Cut off mid-handshake: the server's reason (a TLS alert) may
+                # have been lost with the connection; a new try often reads it.
+                if not isinstance(error, RESET_ERRORS) or tried_until - loop.time() <= pause + 0.001:
+                    break
+                await asyncio.sleep(pause)
+                error = await self._try(order[index:] + order[:index], tried_until - loop.time())
+            if error is None:
+                await self._on_connected()
+                return None
+            if isinstance(error, asyncio.TimeoutError):
+                reason = f"no answer within {budget:.2g}s"
+            else:
+                reason = self._scrub(connect_reason(error))
+                if isinstance(error, RESET_ERRORS) and self.tls_handshake_done:
+                    reason += " right after the TLS handshake: does the server refuse this client's certificate?"
+            failures.append(Failure(url, error, reason))
+        return failures
+
+    async def _try(self, servers: List[str], budget: float) -> Optional[BaseException]:
+        """Try ``servers[0]`` once (the others are the pool to fail over to later); its error, or None.
+
+        nats-py's own connect loop goes on to the next server, or tries the
+        same one again, after a failure, and the reason of the first would
+        be lost (a refused login is followed by a connection reset). So the
+        error callback ends the try at its first error, and the error that
+        names a cause (a refused login, TLS) is the one kept.
+        """
+        nc = self._new_client()
+        self.tls_handshake_done = False  # set by the fast path's TCP transport
+        first: List[BaseException] = []
+        phase = "trying"
+
+        async def on_error(exc: Exception) -> None:
+            if phase == "done":
+                await self._on_error(exc)
+                return
+            if not first or (is_telling(exc) and not is_telling(first[0])):
+                first[:] = [exc]  # a TLS alert may come only as the failed try is closed
+            if phase == "trying":
+                raise _TryOver()
+
+        try:
+            await asyncio.wait_for(nc.connect(**self._options(servers, on_error)), budget)
+        except (Exception, asyncio.CancelledError) as exc:
+            phase = "closing"
+            await self._abort(ABORT_TIMEOUT)
+            phase = "done"
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return first[0] if first else exc
+        phase = "done"
+        return None
+
+    def _new_client(self) -> Client:
+        """A fresh nats-py client for a connect try (a failed one is not reused)."""
+        nc = NatsClient(self) if self.fast_path else Client()
+        self._nc = nc
+        self._direct = nc.direct if isinstance(nc, NatsClient) else {}
+        return nc
+
+    def _options(self, servers: List[str], error_cb: Callable[[Exception], Awaitable[None]]) -> Dict[str, Any]:
         cfg = self.config
         options: Dict[str, Any] = dict(
-            servers=list(cfg.servers),
+            servers=servers,
+            dont_randomize=True,  # servers[0] first: the one this try is for
             name=cfg.name,
-            error_cb=self._on_error,
+            error_cb=error_cb,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
             allow_reconnect=cfg.allow_reconnect,
             max_reconnect_attempts=cfg.max_reconnect_attempts,
             reconnect_time_wait=cfg.reconnect_time_wait,
-            connect_timeout=max(1, min(cfg.connect_timeout, 5.0)),
+            connect_timeout=max(1, min(cfg.connect_timeout, 5.0)),  # per step, for reconnects too
             ping_interval=cfg.ping_interval,
             max_outstanding_pings=cfg.max_outstanding_pings,
             pending_size=cfg.reconnect_buffer_size,
@@ -153,29 +313,20 @@ class Transport(FrameWriter):
             options["tls"] = cfg.tls
         if cfg.tls_hostname:
             options["tls_hostname"] = cfg.tls_hostname
-        urls = ", ".join(cfg.servers)
-        try:
-            await asyncio.wait_for(self._nc.connect(**options), cfg.connect_timeout)
-        except BaseException as exc:
-            cause = self._last_error if isinstance(exc, asyncio.TimeoutError) else exc
-            self._closed = True  # quiet: no "disconnected" warning while aborting
-            await self._abort()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            reason = f": {cause}" if cause is not None and str(cause) else ""
-            if cause is not None and not str(cause):
-                reason = f": {type(cause).__name__}"
-            raise ConnectError(
-                f"could not connect to NATS at {urls} within {cfg.connect_timeout:g}s{reason}",
-                servers=cfg.servers,
-            ) from cause
+        return options
+
+    async def _on_connected(self) -> None:
+        """A try got in: set up the reply inbox and the writers; calls may go."""
+        nc = self._nc
+        # Reconnects pick the next server at random again, as nats-py does by default.
+        nc.options["dont_randomize"] = False
         self._loop = asyncio.get_running_loop()
         for use, names in missing_by_use().items():
             logger.warning("this nats-py lacks %s, which %s uses: %s", ", ".join(names), use, WITHOUT[use])
-        self.max_payload = self._nc.max_payload or self.max_payload
-        self._prefix = f"{cfg.inbox_prefix}.{NUID().next().decode()}."
+        self.max_payload = nc.max_payload or self.max_payload
+        self._prefix = f"{self.config.inbox_prefix}.{NUID().next().decode()}."
         self._prefix_bytes = self._prefix.encode()
-        sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        sub = await nc.subscribe(self._prefix + "*", cb=self._on_reply)
         if self.fast_path:
             self._direct[sub._id] = self._on_reply_raw
             self._set_target(self._candidate)  # direct writes from now on
@@ -183,11 +334,55 @@ class Transport(FrameWriter):
             self._outbox = Doorbell(self._loop)
             self._pump_task = self._loop.create_task(self._pump())
         self._started = True
+        self._failures = []
+        self._set_up(True)
 
-    async def _abort(self) -> None:
+    async def _keep_connecting(self) -> None:
+        """``connect_in_background``: a round of tries every ``reconnect_time_wait`` until one gets in."""
+        cfg = self.config
+        rounds = 0
+        while not self._closed:
+            await asyncio.sleep(cfg.reconnect_time_wait)
+            if self._closed:
+                return
+            failures = await self._connect_round()
+            if failures is None:
+                logger.warning("connected to NATS at %s", self.connected_url)
+                return
+            self._failures = failures
+            rounds += 1
+            if 0 < cfg.max_reconnect_attempts <= rounds:
+                self._gave_up = True
+                self._set_up(False)  # wakes the calls waiting for it
+                logger.error("%s; gave up after %d tries", self._failure_text(failures), rounds)
+                return
+            logger.debug("%s; trying again in %gs", self._failure_text(failures), cfg.reconnect_time_wait)
+
+    def _failure_text(self, failures: List[Failure]) -> str:
+        order = {url: index for index, url in enumerate(self.config.servers)}
+        shown = sorted(failures, key=lambda f: order.get(f.url, 0))
+        return "could not connect to NATS at " + ", ".join(f"{redact_url(f.url)} ({f.reason})" for f in shown)
+
+    def _shown_servers(self) -> Tuple[str, ...]:
+        return tuple(redact_url(url) for url in self.config.servers)
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with every credential of the config (and in URLs) as ``***``."""
+        if self._secrets is None:
+            self._secrets = self.config.secrets()
+        return redact_text(text, self._secrets)
+
+    def _set_up(self, up: bool) -> None:
+        self._up = up and not self._closed
+        if self._up or self._closed or self._gave_up:
+            self._connected.set()  # waiters wake (and find it closed, or given up: no use waiting)
+        else:
+            self._connected.clear()
+
+    async def _abort(self, timeout: Optional[float] = None) -> None:
         try:
-            await self._nc.close()
-        except Exception:  # pragma: no cover - best effort after a failed connect
+            await asyncio.wait_for(self._nc.close(), timeout)
+        except Exception:  # best effort after a failed connect
             pass
 
     async def close(self, flush_timeout: float = 5.0) -> None:
@@ -199,14 +394,23 @@ class Transport(FrameWriter):
         except Exception as exc:  # closing anyway; a lost flush is only logged
             logger.debug("flush before close failed: %r", exc)
         self._closed = True
+        self._set_up(False)
         self._fail_waiters(BusClosedError("the Bus was closed while waiting for a reply"))
         if self._pump_task is not None:
             self._pump_task.cancel()
+        connector, self._connector = self._connector, None
+        if connector is not None:
+            connector.cancel()
+            try:
+                await connector
+            except BaseException as exc:  # cancelled, as asked
+                logger.debug("the background connect ended with %r", exc)
         await self._abort()
 
     def mark_closed(self) -> None:
         """From any thread: refuse new requests, fail the waiting ones."""
         self._closed = True
+        self._set_up(False)
         self._fail_waiters(BusClosedError("the Bus was closed while waiting for a reply"))
 
     def release_after_fork(self) -> None:
@@ -224,6 +428,7 @@ class Transport(FrameWriter):
         without them the child's copy stays open until it exits.
         """
         self._closed = True
+        self._up = False
         self._waiters = {}  # the parent's callers; they do not exist here
         writer = getattr(getattr(self._nc, "_transport", None), "_bare_io_writer", None)
         try:
@@ -314,17 +519,27 @@ class Transport(FrameWriter):
     # -- callbacks (loop thread) -------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        # The cause a failed connect reports: an authorization or TLS failure
-        # is not overwritten by the connection resets that follow it.
-        if isinstance(exc, TELLING_ERRORS) or not isinstance(self._last_error, TELLING_ERRORS):
-            self._last_error = exc
+        if isinstance(exc, nerr.UnexpectedEOF) and self._up:
+            # The server closed the connection: nats-py says so here, just
+            # before it starts reconnecting, and calls the disconnected
+            # callback only once the old socket is closed. Calls made in
+            # between must not go into its reconnect buffer as if connected.
+            self._lost()
         text = str(exc)
         match = PERMISSION_RE.search(text)
         if match:
             self._fail_permission(match.group(1), match.group(2).strip())
-            logger.warning("NATS permissions violation: %s", text)
-        else:
-            logger.debug("nats error: %r", exc)
+            logger.warning("NATS permissions violation: %s", self._scrub(text))
+            return
+        if self._started and not self._up and not self._closed:
+            # A reconnect try failed: what callers are told meanwhile. A reason
+            # that names a cause (a refused login, TLS) is not overwritten by
+            # the connection reset that follows it.
+            reason = self._scrub(connect_reason(exc))
+            if is_telling(exc) or not self._down_telling:
+                self._down_reason = reason
+                self._down_telling = is_telling(exc)
+        logger.debug("nats error: %s", self._scrub(repr(exc)))
 
     def _fail_permission(self, action: str, subject: str) -> None:
         # nats-py lowercases the server's error text, subject included, so
@@ -344,16 +559,35 @@ class Transport(FrameWriter):
                 )
 
     async def _on_disconnected(self) -> None:
-        if not self._closed:
-            logger.warning("disconnected from NATS; reconnecting")
+        if self._up and not self._closed:
+            self._lost()
+        self._set_up(False)
+
+    def _lost(self) -> None:
+        self._set_up(False)
+        self._down_reason = "the connection was lost"
+        self._down_telling = False
+        logger.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
         # nats-py calls this once subscriptions are replayed and a round trip
-        # is done: a direct write can no longer overtake a SUB.
+        # is done: a direct write can no longer overtake a SUB, and a request
+        # sent now finds its reply inbox subscribed.
         if self.fast_path:
             self._set_target(self._candidate)
         self.max_payload = self._nc.max_payload or self.max_payload
+        self._down_reason = ""
+        self._set_up(True)
         logger.warning("reconnected to NATS at %s", self.connected_url)
+
+    async def _on_closed(self) -> None:
+        # nats-py stopped for good: we closed it (a Bus closing, a failed
+        # try), or it gave up reconnecting (max_reconnect_attempts spent,
+        # or allow_reconnect=False).
+        if self._started and not self._closed and not self._gave_up:
+            self._gave_up = True
+            logger.error("the connection to NATS is closed; no more reconnects (%s)", self._down_reason or "closed")
+        self._set_up(False)
 
     def _on_reply_raw(self, subject: bytes, reply: bytes, data: bytes, headers: Optional[bytes]) -> None:
         waiter = self._waiters.pop(subject[len(self._prefix_bytes) :], None)
@@ -380,14 +614,58 @@ class Transport(FrameWriter):
 
     @property
     def connected_url(self) -> str:
-        """The URL of the server this connection is on, or ``""``."""
+        """The URL of the server this connection is on (a password in it as ``***``), or ``""``."""
         url = self._nc.connected_url
-        return url.geturl() if url is not None else ""
+        return redact_url(url.geturl()) if url is not None else ""
 
     @property
     def is_connected(self) -> bool:
-        """Whether the connection is up right now."""
-        return bool(self._nc.is_connected)
+        """Whether calls are sent at once now (connected, subscriptions replayed)."""
+        # nats-py knows of a lost connection a moment before it tells us.
+        return self._up and bool(self._nc.is_connected)
+
+    @property
+    def started(self) -> bool:
+        """Whether the first connection was made (with ``connect_in_background`` it may come late)."""
+        return self._started
+
+    @property
+    def state(self) -> ConnectionState:
+        """Where the connection stands."""
+        if self._closed:
+            return ConnectionState.CLOSED
+        if self.is_connected:
+            return ConnectionState.CONNECTED
+        if self._gave_up:
+            return ConnectionState.DISCONNECTED
+        return ConnectionState.RECONNECTING if self._started else ConnectionState.CONNECTING
+
+    def wait_connected(self, timeout: Optional[float]) -> bool:
+        """Block until connected, closed or ``timeout`` seconds passed; whether connected.
+
+        Not on the loop thread (the loop is what connects).
+        """
+        if not self._up and not self._closed and not self._gave_up:
+            self._connected.wait(timeout)
+        return self._up
+
+    def not_connected_error(self, subject: str, waited: float = 0.0, action: str = "send to") -> NatsBusError:
+        """The error for a call that found the connection down: why, and for how long it waited."""
+        if self._closed:
+            return BusClosedError("the Bus is closed")
+        if not self._started:
+            failures = self._failures
+            tried = self._failure_text(failures).removeprefix("could not connect to NATS at ") if failures else ""
+            more = "gave up" if self._gave_up else "trying again in the background"
+            why = f"could not connect yet: {tried}; {more}" if tried else "connecting"
+        elif self._gave_up:
+            why = f"closed, no more reconnects: {self._down_reason or 'the connection was lost'}"
+        else:
+            why = f"reconnecting: {self._down_reason or 'the connection was lost'}"
+        after = f" after waiting {waited:g}s for a reconnect" if waited else ""
+        return NotConnectedError(
+            f"not connected to NATS ({why}); cannot {action} {subject}{after}", servers=self._shown_servers()
+        )
 
     def request(
         self,
@@ -404,11 +682,14 @@ class Transport(FrameWriter):
 
         Raises:
             BusClosedError: the transport is closed.
+            NotConnectedError: not connected now (nothing was sent; the
+                caller may wait for the connection and try again).
             PayloadTooLargeError: over the server's max payload.
-            NotConnectedError: disconnected, with ``fail_fast_when_disconnected``.
             ConfigError: a malformed subject or header.
         """
-        self._check_send(subject, payload)
+        if not self._up:  # the one check while connected: closed or down is not up
+            raise self.not_connected_error(subject)
+        self._check_payload(subject, payload)
         token = b"%d" % next(self._counter)
         waiter = PendingReply(subject, token, self._waiters, notify)
         data = frame(subject.encode(), self._prefix_bytes + token, payload, headers) if self.fast_path else b""
@@ -457,8 +738,12 @@ class Transport(FrameWriter):
             raise
 
     def _check_send(self, subject: str, payload: bytes) -> None:
-        if self._closed or not self._started:
-            raise BusClosedError("the Bus is closed")
+        """Before a publish: what is sent while reconnecting is buffered, unless told to fail fast."""
+        if self._closed or not self._started or (self._fail_fast and not self._up):
+            raise self.not_connected_error(subject)
+        self._check_payload(subject, payload)
+
+    def _check_payload(self, subject: str, payload: bytes) -> None:
         check_subject(subject)
         if len(payload) > self.max_payload:
             raise PayloadTooLargeError(
@@ -468,8 +753,6 @@ class Transport(FrameWriter):
                 size=len(payload),
                 limit=self.max_payload,
             )
-        if self._fail_fast and not self._nc.is_connected:
-            raise NotConnectedError(f"not connected to NATS; cannot send to {subject}")
 
     # -- subscriptions (loop thread, through the portal) ----------------------
 
@@ -483,6 +766,8 @@ class Transport(FrameWriter):
         async def callback(msg: Msg) -> None:
             handler(msg.subject, msg.reply, msg.data, msg.headers)
 
+        if not self._started:  # no connection yet to subscribe on (connect_in_background)
+            raise self.not_connected_error(subject, action="subscribe to")
         with mapped_core(subject):
             sub = await self._nc.subscribe(subject, queue=queue, cb=callback)
         if self.fast_path:
@@ -558,9 +843,10 @@ class Transport(FrameWriter):
 
         Raises:
             BusClosedError: the transport is closed.
+            NotConnectedError: it never connected (``connect_in_background``).
         """
         if self._closed or not self._started:
-            raise BusClosedError("the Bus is closed")
+            raise self.not_connected_error(subject)
         loop = asyncio.get_running_loop()
         inbox = self._nc.new_inbox()
         arrived: asyncio.Queue[Tuple[float, Msg]] = asyncio.Queue()

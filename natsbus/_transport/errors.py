@@ -18,6 +18,7 @@ works around ``await``: no async form is needed.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import ssl
 from types import TracebackType
@@ -40,7 +41,42 @@ from ..errors import (
 )
 
 #: Connect failures that say more than the connection errors that follow them.
-TELLING_ERRORS = (nerr.AuthorizationError, ssl.SSLError)
+TELLING_ERRORS = (
+    nerr.AuthorizationError,
+    nerr.SecureConnRequiredError,
+    nerr.SecureConnWantedError,
+    nerr.SecureConnFailedError,
+    ssl.SSLError,
+)
+#: What a server's ``-ERR`` says when it refuses a login (nats-py 2.16
+#: raises it as a plain ``nats.errors.Error``; older ones as AuthorizationError).
+REFUSED_LOGIN_RE = re.compile(
+    r"authorization violation|authentication (?:timeout|expired|revoked)|user authentication|authorization failed",
+    re.I,
+)
+
+
+def is_telling(exc: BaseException) -> bool:
+    """Whether a connect failure names its cause (a refused login, TLS), whatever class carries it."""
+    return isinstance(exc, TELLING_ERRORS) or (isinstance(exc, nerr.Error) and bool(REFUSED_LOGIN_RE.search(str(exc))))
+
+
+def connect_reason(exc: BaseException) -> str:
+    """Why one try to connect failed, in a few words (not yet redacted: see ``redact_text``)."""
+    text = str(exc)
+    if isinstance(exc, nerr.Error):
+        if isinstance(exc, nerr.AuthorizationError):  # nats-py's class for the server's words below
+            return "login refused: Authorization Violation"
+        text = text.removeprefix("nats: ").strip().strip("'")
+        if REFUSED_LOGIN_RE.search(text):
+            return f"login refused: {text}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {text}"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return text or type(exc).__name__
+
+
 #: A permissions violation the server reports, and the subject it names.
 PERMISSION_RE = re.compile(r"Permissions Violation for (Publish|Subscription) to \"?([^\"']+)\"?", re.I)
 

@@ -560,6 +560,8 @@ def jetstream_for(connection: Connection) -> JetStream:
     transport = connection.live_transport()
     js = _CONTEXTS.get(transport)
     if js is None:
+        if not transport.started:  # connect_in_background, not in yet: no client to build it on
+            raise transport.not_connected_error("JetStream", action="use")
         # Built on the loop thread: nats-py's JetStreamContext makes asyncio
         # objects that Python 3.9 binds to the loop of the thread building them.
         if transport.portal.in_loop_thread():

@@ -252,6 +252,7 @@ class LockedTcpTransport(TcpTransport):
         self._owner._candidate = None  # TLS: only the loop may write, through asyncio
         self._owner._set_target(None)
         await super().connect_tls(*args, **kwargs)
+        self._owner.tls_handshake_done = True  # a reset now: likely a refused client certificate
 
     def write(self, payload: bytes) -> None:
         self._under_lock(self._io_writer.write, payload)  # type: ignore[union-attr]

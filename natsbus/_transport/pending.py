@@ -107,15 +107,18 @@ class PendingReply:
         return self._waiters.pop(self.token, None) is not None
 
 
-def await_reply(pending: PendingReply, timeout: Optional[float], text: str) -> Reply:
+def await_reply(pending: PendingReply, timeout: Optional[float], text: str, total: Optional[float] = None) -> Reply:
     """Wait for ``pending``'s reply; on timeout raise RequestTimeoutError.
 
     Args:
         text: The timeout error's text, with ``{ms}`` for the milliseconds
             (``"Command request timeout after {ms}ms"``).
+        total: The call's whole timeout, for the error, when ``timeout``
+            is what is left of it (the call waited for a reconnect first).
     """
     try:
         return pending.result(timeout)
     except WaitTimeout:
-        ms = round((timeout or 0) * 1000)
-        raise RequestTimeoutError(text.format(ms=ms), subject=pending.subject, timeout=timeout) from None
+        shown = timeout if total is None else total
+        ms = round((shown or 0) * 1000)
+        raise RequestTimeoutError(text.format(ms=ms), subject=pending.subject, timeout=shown) from None

@@ -124,6 +124,9 @@ def _loop_gone(nats_url: str, fast_path: bool) -> Iterator[Transport]:
         transport.portal.stop()
         assert transport.portal._loop is not None and transport.portal._loop.is_closed()
         assert not transport._closed
+        # nats-py's closed callback marked the connection down; a caller that
+        # passed the check before that still goes on to the hand-off.
+        transport._up = True
         yield transport
 
 
