@@ -416,9 +416,21 @@ class WorkerPool:
             # A worker thread: the same dispatch as _work, the reply with the instance's headers.
             headers = as_headers(raw_headers)
             deadline = parse_deadline(headers, received)
-            body, reply_headers = self.dispatcher.dispatch(
-                route, data, transport.max_payload, headers=headers, deadline=deadline
-            )
+            try:
+                body, reply_headers = self.dispatcher.dispatch(
+                    route, data, transport.max_payload, headers=headers, deadline=deadline
+                )
+            except BaseException as exc:  # SystemExit and the like: the asker is answered, then the pool stops
+                error = HandlerError(
+                    f"Handler for {route.name} raised {type(exc).__name__}; {self.service_id} is stopping",
+                    subject=route.subject,
+                )
+                body, reply_headers = error_reply(route.kind, peek_id(data)[0] or "", error)
+                try:
+                    transport.publish(reply, body, {**(reply_headers or {}), **identity})
+                except Exception as publish_error:  # the pool stops whatever happened to the reply
+                    logger.warning("the error reply to %s could not be sent: %s", route.subject, publish_error)
+                raise
             transport.publish(reply, body, {**(reply_headers or {}), **identity})
 
         def admit(subject: str, reply: str, data: bytes, headers: RawHeaders) -> None:
@@ -535,7 +547,7 @@ class WorkerPool:
         """
         what = type(exc).__name__
         route = item.route
-        if route is not None:  # a request; a durable command's job logged and nak'd it already
+        if route is not None and item.job is None:  # a request; a job (durable, scatter) answered for itself
             message_id = peek_id(item.data)[0] or ""
             logger.error(
                 "handler %s raised %s on %s %s: stopping the pool",
@@ -552,10 +564,10 @@ class WorkerPool:
                 body, headers = error_reply(route.kind, message_id, error)
                 try:
                     transport.publish(item.reply, body, headers)
-                except BusClosedError:
-                    logger.warning("the Bus closed before the reply to %s could be sent", route.subject)
+                except Exception as publish_error:  # the pool stops whatever happened to the reply
+                    logger.warning("the error reply to %s could not be sent: %s", route.subject, publish_error)
         else:
-            logger.error("a durable command's handler raised %s: stopping the pool", what)
+            logger.error("the handler of %s raised %s: stopping the pool", item.describe(), what)
         with self._lock:
             first = self._interruption is None
             if first:
