@@ -33,6 +33,7 @@ from ._transport import ConnectionState, Headers, PendingReply, Reply, Transport
 from ._transport.pending import await_reply
 from ._transport.portal import Portal
 from .config import NatsConfig, redact_url
+from .context import DEADLINE_HEADER
 from .errors import BusClosedError, NotConnectedError
 from .messages import (
     Kind,
@@ -107,6 +108,17 @@ def _close_live_buses() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_close_live_buses)
+
+
+def _less_waited(headers: Headers, waited: float) -> Headers:
+    """``headers`` with the deadline header shortened by ``waited`` seconds (a new dict)."""
+    if not headers or DEADLINE_HEADER not in headers or waited <= 0:
+        return headers
+    try:
+        ms = int(headers[DEADLINE_HEADER])
+    except ValueError:
+        return headers
+    return {**headers, DEADLINE_HEADER: str(max(1, ms - round(waited * 1000)))}
 
 
 def bounded_grace(grace: TimeoutArg, default: Optional[float], limit: Optional[float]) -> Optional[float]:
@@ -360,7 +372,8 @@ class Bus:
         grace: Optional[float],
     ) -> PendingReply:
         """The request, sent as soon as the connection is back within ``grace`` seconds."""
-        deadline = None if grace is None else time.monotonic() + grace
+        started = time.monotonic()
+        deadline = None if grace is None else started + grace
         while True:
             transport = self.live_transport()
             if transport.state is ConnectionState.DISCONNECTED:  # no reconnect is coming
@@ -370,7 +383,9 @@ class Bus:
                 raise transport.not_connected_error(subject, waited=grace or 0.0)
             transport.wait_connected(left)
             try:
-                return transport.request(subject, payload, headers, notify)
+                # The caller's deadline, as the worker reads it, counts the time waited here.
+                sent = _less_waited(headers, time.monotonic() - started)
+                return transport.request(subject, payload, sent, notify)
             except NotConnectedError:
                 continue  # down again already (a closed Bus raises BusClosedError instead)
 
