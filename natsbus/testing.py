@@ -290,6 +290,9 @@ class InMemoryBus:
         else:
             try:
                 self._pool().submit(serve)
+            except RuntimeError:  # shut down by a close() since _pool() returned
+                self._waiters.pop(token, None)
+                raise BusClosedError("the Bus is closed") from None
             except BaseException:
                 self._waiters.pop(token, None)
                 raise
@@ -311,15 +314,21 @@ class InMemoryBus:
             pending.settle(reply, error)
 
     def close(self) -> None:
-        """Refuse further calls, stop the threads of threaded mode, fail what still waits. Safe twice."""
+        """Refuse further calls, fail the calls still waiting, let the threads of threaded mode end. Safe twice.
+
+        Handlers still running finish on their threads (as on a worker, Python
+        cannot stop them); their replies are dropped. Safe from a handler.
+        """
         with self._lock:
             self._closed = True
             executor, self._executor = self._executor, None
             completer, self._completer = self._completer, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        # As Bus.close(): the calls still waiting fail at once; handlers still
+        # running finish on their threads (their late replies are dropped).
         for token in list(self._waiters):
             self._settle(token, None, BusClosedError("the Bus was closed while waiting for a reply"))
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
         if completer is not None:
             completer.stop(5.0)
 
