@@ -6,10 +6,10 @@ against raw nats-py; ``natsbus worker`` runs a WorkerPool daemon
 
 Ops commands, for any NATS micro service (natsbus pools or not)::
 
-    natsbus ls                          every service instance
+    natsbus ls [NAME [ID]]              every service instance (of NAME)
     natsbus ping [NAME [ID]]            who answers, and how fast
     natsbus info NAME [ID]              endpoints: subject and queue group
-    natsbus stats NAME [ID]             per-endpoint requests, errors, timings
+    natsbus stats NAME [ID]             per-endpoint requests, errors, timings; totals
     natsbus execute TYPE JSON           send a command envelope, print the reply
     natsbus ask TYPE JSON               send a query envelope, print the reply
     natsbus execute-many TYPE FILE      send each line of a JSON Lines or CSV file as a command,
@@ -23,7 +23,9 @@ Durable commands (JetStream; see natsbus.durable)::
     natsbus durable replay SEQ|ID       send a dead-lettered command again
 
 All take ``--server URL`` (default ``NATS_URL``, else nats://127.0.0.1:4222)
-and ``--connect-timeout SECONDS``. One set of exit codes for every command
+and ``--connect-timeout SECONDS``; the ops commands take ``-j`` / ``--json``
+(one JSON document on standard output, errors as JSON objects on standard
+error; the keys are listed in the README's ops CLI section). One set of exit codes for every command
 (:mod:`natsbus.cli.options`): 0 success; 1 the call failed (an error reply,
 a timeout, no handler, no instance answering ``ping`` / ``info`` /
 ``stats``; an empty ``ls`` is not a failure), a batch line failed, or a
