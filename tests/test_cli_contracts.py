@@ -89,6 +89,20 @@ def test_ask_all_reports_an_instances_error_and_exits_1(capsys: Any, nats_url: s
     }
 
 
+def test_ask_all_json_prints_one_list_and_errors_as_json(
+    capsys: Any, nats_url: str, greeters: List[WorkerPool]
+) -> None:
+    status, out, err = run(
+        capsys, "ask", "--all", "GreetEveryoneQuery", '{"name": "fail-on-2"}', "--server", nats_url, "--timeout", "30",
+        "--max-replies", "3", "--json",
+    )  # fmt: skip
+    assert status == 1
+    assert json.loads(err) == {"error": "3 instances answered, 1 with an error", "code": "error_reply"}
+    rows = json.loads(out)  # one document
+    assert sorted(row["instance"] for row in rows) == sorted(pool.micro.id for pool in greeters)
+    assert [row["ok"] for row in rows].count(False) == 1
+
+
 def test_ask_all_with_nobody_serving_exits_1(capsys: Any, nats_url: str) -> None:
     status, out, err = run(capsys, "ask", "--all", "NobodyGreetsQuery", "{}", "--server", nats_url, "--timeout", "30")
     assert (status, out) == (1, "")

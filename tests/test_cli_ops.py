@@ -245,3 +245,196 @@ def test_a_server_url_that_is_not_nats_is_a_usage_error(capsys: Any) -> None:
             main([*argv, "--server", "http://127.0.0.1:4222"])
         assert info.value.code == 2
         assert "argument --server: server URL 'http://127.0.0.1:4222' has the scheme 'http'" in capsys.readouterr().err
+
+
+# -- --json, ls NAME, stats totals, the other-kind hint ----------------------------
+
+INFO_KEYS = ["description", "endpoints", "id", "metadata", "name", "version"]
+ENDPOINT_KEYS = ["metadata", "name", "queue_group", "subject"]
+TOTALS_KEYS = ["average_processing_time", "num_errors", "num_requests", "processing_time"]
+
+
+def error_object(err: str) -> Any:
+    """The one JSON error object a ``--json`` command writes on standard error."""
+    (line,) = err.splitlines()
+    return json.loads(line)
+
+
+@pytest.fixture()
+def billing_pool(nats_url: str) -> Iterator[WorkerPool]:
+    with Bus(nats_url) as other:
+        pool = WorkerPool(other, service_id="billing", version="2.0.0", metadata={"region": "eu"})
+
+        @pool.register
+        def pay(cmd: PayCommand) -> None:
+            return None
+
+        with pool:
+            yield pool
+
+
+def test_ls_json_lists_every_instance_with_stable_keys(
+    capsys: Any, nats_url: str, user_pool: WorkerPool, billing_pool: WorkerPool
+) -> None:
+    status, out, err = run(capsys, nats_url, "ls", "--json")
+    assert (status, err) == (0, "")
+    services = {s["id"]: s for s in json.loads(out)}
+    user, billing = services[user_pool.micro.id], services[billing_pool.micro.id]
+    assert sorted(user) == INFO_KEYS
+    assert (user["name"], user["version"], user["description"], user["metadata"]) == (
+        "user-service",
+        "0.0.0",
+        "",
+        {},
+    )
+    assert [sorted(e) for e in user["endpoints"]] == [ENDPOINT_KEYS, ENDPOINT_KEYS]
+    assert [(e["name"], e["subject"], e["queue_group"]) for e in user["endpoints"]] == [
+        ("CreateUserCommand", "commands.CreateUserCommand", "user-service"),
+        ("GetUserQuery", "queries.GetUserQuery", "user-service"),
+    ]
+    assert (billing["name"], billing["version"], billing["metadata"]) == ("billing", "2.0.0", {"region": "eu"})
+
+
+def test_ls_name_lists_only_that_services_instances(
+    capsys: Any, nats_url: str, user_pool: WorkerPool, billing_pool: WorkerPool
+) -> None:
+    status, out, err = run(capsys, nats_url, "ls", "billing")
+    assert (status, err) == (0, "")
+    assert rows(out) == [
+        ["NAME", "VERSION", "ID", "ENDPOINTS", "DESCRIPTION"],
+        ["billing", "2.0.0", billing_pool.micro.id, "1"],
+    ]
+
+    status, out, err = run(capsys, nats_url, "ls", "billing", "-j")
+    assert (status, err) == (0, "")
+    assert [s["id"] for s in json.loads(out)] == [billing_pool.micro.id]
+
+    status, out, err = run(capsys, nats_url, "ls", "shop", "--timeout", "5")
+    assert (status, out, err) == (0, "", "no instance of shop answered\n")  # nothing running is no failure
+    status, out, err = run(capsys, nats_url, "ls", "shop", "--json", "--timeout", "5")
+    assert (status, json.loads(out), err) == (0, [], "")
+
+
+def test_ping_and_info_json(capsys: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    status, out, err = run(capsys, nats_url, "ping", "user-service", "--json")
+    assert (status, err) == (0, "")
+    (ping,) = json.loads(out)
+    assert sorted(ping) == ["id", "metadata", "name", "rtt_ns", "version"]
+    assert (ping["name"], ping["id"], ping["version"]) == ("user-service", user_pool.micro.id, "0.0.0")
+    assert isinstance(ping["rtt_ns"], int) and ping["rtt_ns"] > 0
+
+    status, out, err = run(capsys, nats_url, "info", "user-service", user_pool.micro.id, "--json")
+    assert (status, err) == (0, "")
+    (info,) = json.loads(out)
+    assert sorted(info) == INFO_KEYS
+    assert [e["subject"] for e in info["endpoints"]] == ["commands.CreateUserCommand", "queries.GetUserQuery"]
+
+
+def test_json_when_nobody_answers_is_an_empty_list_and_an_error_object(capsys: Any, nats_url: str) -> None:
+    for command in ("ping", "info", "stats"):
+        status, out, err = run(capsys, nats_url, command, "nobody-here", "--json", "--timeout", "5")
+        assert (status, json.loads(out) if command != "stats" else json.loads(out)["instances"]) == (1, []), command
+        assert error_object(err) == {"error": "no instance of nobody-here answered within 5s", "code": "no_answer"}
+
+
+def test_stats_totals_in_text_and_json(capsys: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    create = '{"name": "Alice", "email": "alice@example.com"}'
+    assert run(capsys, nats_url, "execute", "CreateUserCommand", create)[0] == 0
+    assert run(capsys, nats_url, "execute", "CreateUserCommand", create)[0] == 1
+    assert run(capsys, nats_url, "ask", "GetUserQuery", '{"user_id": "user-missing"}')[0] == 1
+
+    status, out, err = run(capsys, nats_url, "stats", "user-service", "--json")
+    assert (status, err) == (0, "")
+    document = json.loads(out)
+    assert sorted(document) == ["instances", "totals"]
+    (instance,) = document["instances"]
+    assert sorted(instance) == ["endpoints", "id", "metadata", "name", "started", "totals", "version"]
+    assert instance["id"] == user_pool.micro.id
+    assert instance["started"].endswith("Z")
+    create_stats, get_stats = instance["endpoints"]
+    assert sorted(create_stats) == [
+        "average_processing_time",
+        "last_error",
+        "name",
+        "num_errors",
+        "num_requests",
+        "processing_time",
+        "queue_group",
+        "subject",
+    ]
+    assert (create_stats["name"], create_stats["num_requests"], create_stats["num_errors"]) == (
+        "CreateUserCommand",
+        2,
+        1,
+    )
+    assert (get_stats["num_requests"], get_stats["num_errors"]) == (1, 1)
+    totals = document["totals"]
+    assert sorted(totals) == TOTALS_KEYS
+    assert (totals["num_requests"], totals["num_errors"]) == (3, 2)
+    assert totals["processing_time"] == create_stats["processing_time"] + get_stats["processing_time"] > 0
+    assert totals["average_processing_time"] == totals["processing_time"] // 3
+    assert instance["totals"] == totals  # one instance: its totals are everyone's
+
+    status, out, err = run(capsys, nats_url, "stats", "user-service")
+    assert (status, err) == (0, "")
+    lines = rows(out)
+    assert lines[4][:3] == ["(total)", "3", "2"]
+    assert lines[-1][:6] == ["1", "instance", "answered:", "3", "requests,", "2"]
+    assert lines[-1][-3:] == ["processing", "in", "all"]
+
+
+def test_execute_and_ask_json_print_the_reply_envelope(capsys: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    create = '{"name": "Di", "email": "di@x.org"}'
+    status, out, err = run(capsys, nats_url, "execute", "CreateUserCommand", create, "--json")
+    assert (status, err) == (0, "")
+    assert len(out.splitlines()) == 1  # one compact document
+    created = json.loads(out)
+    assert created["success"] is True and created["command_id"].startswith("cmd-")
+
+    status, out, err = run(capsys, nats_url, "execute", "CreateUserCommand", create, "--json")
+    assert status == 1
+    assert json.loads(out)["error"] == "User already exists with email: di@x.org"  # the envelope, as received
+    assert error_object(err) == {
+        "error": "User already exists with email: di@x.org",
+        "code": "error_reply",
+        "reply_code": "409",
+    }
+
+    user_id = created["payload"]["user_id"]
+    status, out, err = run(capsys, nats_url, "ask", "GetUserQuery", json.dumps({"user_id": user_id}), "-j")
+    assert (status, err) == (0, "")
+    assert json.loads(out)["payload"]["email"] == "di@x.org"
+
+
+def test_a_name_served_under_the_other_kind_gets_a_hint(capsys: Any, nats_url: str, user_pool: WorkerPool) -> None:
+    status, out, err = run(capsys, nats_url, "ask", "CreateUserCommand", "{}")
+    assert (status, out) == (1, "")
+    assert err == (
+        "natsbus ask: No handler available for queries.CreateUserCommand "
+        "(CreateUserCommand is served as a command: use natsbus execute)\n"
+    )
+    status, out, err = run(capsys, nats_url, "execute", "GetUserQuery", "{}", "--json")
+    assert (status, out) == (1, "")
+    assert error_object(err) == {
+        "error": "No handler available for commands.GetUserQuery (GetUserQuery is served as a query: use natsbus ask)",
+        "code": "no_handler",
+        "served_as": "query",
+    }
+    status, out, err = run(capsys, nats_url, "ask", "NobodyServesThis", "{}", "--json")
+    assert (status, out) == (1, "")
+    assert error_object(err) == {"error": "No handler available for queries.NobodyServesThis", "code": "no_handler"}
+
+
+def test_json_errors_before_and_at_connecting(capsys: Any) -> None:
+    status = main(["execute", "bad type!", "{}", "--json", "--server", "nats://127.0.0.1:1"])
+    out, err = capsys.readouterr()
+    assert (status, out, error_object(err)["code"]) == (2, "", "usage")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"nats://127.0.0.1:{s.getsockname()[1]}"
+    for argv in (["ls"], ["ask", "GetUserQuery", "{}"]):
+        status = main([*argv, "--json", "--server", url, "--connect-timeout", "1"])
+        out, err = capsys.readouterr()
+        assert (status, out) == (3, ""), argv
+        error = error_object(err)
+        assert error["code"] == "connect" and url in error["error"]

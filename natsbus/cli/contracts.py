@@ -13,7 +13,9 @@
     {"instance": "Bq1dZp...", "service": "user-service", "ok": true, "result": {...}}
     {"instance": "x7Hk2b...", "service": "user-service", "ok": false, "type": "NotFoundError", "error": "..."}
 
-and a summary on standard error. Exit status: 0 when some instance
+and a summary on standard error. With ``--json`` the rows are one JSON
+list instead, and errors are JSON objects on standard error (as for every
+ops command). Exit status: 0 when some instance
 answered and none with an error; 1 when none answered, one answered with
 an error, or NATS could not be reached; 2 for a usage error.
 """
@@ -28,7 +30,7 @@ import os
 import sys
 from typing import Any, Dict, Optional, TextIO
 
-from .options import add_connection_options, exit_code, open_bus
+from .options import add_connection_options, add_json_option, exit_code, open_bus
 
 __all__ = ["CONTRACT_COMMANDS", "add_contract_commands", "run_contract_command"]
 
@@ -53,6 +55,7 @@ def add_contract_commands(sub: Any) -> None:
     schema.add_argument("service", help="the service name")
     schema.add_argument("type", nargs="?", help="only this message type")
     add_connection_options(schema)
+    add_json_option(schema)  # its output is JSON already: accepted for the same flag everywhere
     schema.add_argument(
         "--timeout",
         type=float,
@@ -92,11 +95,19 @@ def _ask_all(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .batch import _message_class
 
     name = "natsbus ask --all"
+    as_json = getattr(args, "json", False)
+
+    def fail(message: str, code: str) -> None:
+        if as_json:
+            err.write(json.dumps({"error": message, "code": code}, ensure_ascii=False) + "\n")
+        else:
+            err.write(f"{name}: {message}\n")
+
     text = sys.stdin.read() if args.payload == "-" else args.payload
     try:
         payload = json.loads(text)
     except ValueError as exc:
-        err.write(f"{name}: the payload is not valid JSON: {exc}\n")
+        fail(f"the payload is not valid JSON: {exc}", "usage")
         return 2
     try:
         query = _message_class(Kind.QUERY, args.type)(payload)
@@ -104,9 +115,11 @@ def _ask_all(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             queries = QueryBus(bus, timeout=args.timeout, service_id=args.service_id)
             results = queries.ask_all(query, max_replies=args.max_replies, stall=args.stall)
     except NatsBusError as exc:
-        err.write(f"{name}: {exc}\n")
-        return exit_code(exc)
+        status = exit_code(exc)
+        fail(str(exc), {2: "usage", 3: "connect"}.get(status, "failed"))
+        return status
     failed = 0
+    rows = []
     for result in results:
         row: Dict[str, Any] = {"instance": result.instance_id, "service": result.service, "ok": result.ok}
         if result.error is not None:
@@ -114,13 +127,21 @@ def _ask_all(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             row.update(type=type(result.error).__name__, error=str(result.error))
         else:
             row["result"] = result.result
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        rows.append(row)
+        if not as_json:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if as_json:  # one document: the list of the rows
+        out.write(json.dumps(rows, ensure_ascii=False) + "\n")
     out.flush()
     if not results:
-        err.write(f"{name}: no instance serving {args.type} answered within {args.timeout:g}s\n")
+        fail(f"no instance serving {args.type} answered within {args.timeout:g}s", "no_answer")
         return 1
     noun = "instance" if len(results) == 1 else "instances"
-    err.write(f"{name}: {len(results)} {noun} answered, {failed} with an error\n")
+    if as_json:
+        if failed:
+            fail(f"{len(results)} {noun} answered, {failed} with an error", "error_reply")
+    else:
+        err.write(f"{name}: {len(results)} {noun} answered, {failed} with an error\n")
     return 1 if failed else 0
 
 

@@ -6,10 +6,10 @@ against raw nats-py; ``natsbus worker`` runs a WorkerPool daemon
 
 Ops commands, for any NATS micro service (natsbus pools or not)::
 
-    natsbus ls                          every service instance
+    natsbus ls [NAME [ID]]              every service instance (of NAME)
     natsbus ping [NAME [ID]]            who answers, and how fast
     natsbus info NAME [ID]              endpoints: subject and queue group
-    natsbus stats NAME [ID]             per-endpoint requests, errors, timings
+    natsbus stats NAME [ID]             per-endpoint requests, errors, timings; totals
     natsbus execute TYPE JSON           send a command envelope, print the reply
     natsbus ask TYPE JSON               send a query envelope, print the reply
     natsbus execute-many TYPE FILE      send each line of a JSON Lines or CSV file as a command,
@@ -23,7 +23,9 @@ Durable commands (JetStream; see natsbus.durable)::
     natsbus durable replay SEQ|ID       send a dead-lettered command again
 
 All take ``--server URL`` (default ``NATS_URL``, else nats://127.0.0.1:4222)
-and ``--connect-timeout SECONDS``. One set of exit codes for every command
+and ``--connect-timeout SECONDS``; the ops commands take ``-j`` / ``--json``
+(one JSON document on standard output, errors as JSON objects on standard
+error; the keys are listed in the README's ops CLI section). One set of exit codes for every command
 (:mod:`natsbus.cli.options`): 0 success; 1 the call failed (an error reply,
 a timeout, no handler, no instance answering ``ping`` / ``info`` /
 ``stats``; an empty ``ls`` is not a failure), a batch line failed, or a
@@ -38,14 +40,26 @@ import datetime as dt
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO
 
 from .._version import __version__
 from .contracts import add_contract_commands, run_contract_command
-from .options import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, add_connection_options, exit_code, open_bus
+from .options import (
+    EXIT_CONNECT,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SIGINT,
+    EXIT_USAGE,
+    add_connection_options,
+    add_json_option,
+    exit_code,
+    open_bus,
+)
 
 if TYPE_CHECKING:
     from ..bus import Bus
+    from ..discovery import EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
+    from ..messages import Kind
 
 __all__ = ["main"]
 
@@ -143,19 +157,20 @@ def _add_ops_commands(sub: Any) -> None:
     def add(name: str, help: str, timeout: float) -> argparse.ArgumentParser:
         cmd: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
         add_connection_options(cmd)
+        add_json_option(cmd)
         cmd.add_argument(
             "--timeout", type=float, default=timeout, help=f"seconds to wait for replies (default {timeout:g})"
         )
         return cmd
 
-    add("ls", "list every NATS micro service instance", DEFAULT_TIMEOUT)
     for name, help in (
+        ("ls", "list the NATS micro service instances (of one service, given its name)"),
         ("ping", "ping service instances and show the round-trip times"),
         ("info", "show the endpoints of a service's instances"),
-        ("stats", "show per-endpoint requests, errors and timings of a service's instances"),
+        ("stats", "show per-endpoint requests, errors and timings of a service's instances, and totals"),
     ):
         cmd = add(name, help, DEFAULT_TIMEOUT)
-        cmd.add_argument("name", nargs="?" if name == "ping" else None, help="the service name")
+        cmd.add_argument("name", nargs=None if name in ("info", "stats") else "?", help="the service name")
         cmd.add_argument("id", nargs="?", help="one instance's id")
     for name, kind, prefix, example, timeout in (
         ("execute", "command", "commands", "CreateUserCommand", 5.0),
@@ -167,6 +182,36 @@ def _add_ops_commands(sub: Any) -> None:
         cmd.add_argument("--service-id", default="natsbus-cli", help="the service_id put in the envelope")
 
 
+def _fail(args: argparse.Namespace, err: TextIO, message: str, code: str, prefix: bool = True, **extra: Any) -> None:
+    """Report a failure on ``err``: ``natsbus CMD: message`` as text, or one JSON object with ``--json``.
+
+    The JSON object's keys: ``error`` (the message), ``code`` (``usage``,
+    ``connect``, ``no_handler``, ``timeout``, ``error_reply``,
+    ``unsuccessful_reply``, ``no_answer`` or ``failed``) and, where they
+    apply, ``reply_code`` (the reply's error code) and ``served_as`` (the
+    other kind that serves the type name).
+    """
+    if getattr(args, "json", False):
+        err.write(json.dumps({"error": message, "code": code, **extra}, ensure_ascii=False) + "\n")
+    else:
+        err.write(f"natsbus {args.command}: {message}\n" if prefix else message + "\n")
+
+
+def _error_code(exc: BaseException) -> str:
+    """The ``code`` of a ``--json`` error object for an error that ended a command."""
+    from ..errors import NoHandlerError, RequestTimeoutError
+
+    if isinstance(exc, NoHandlerError):
+        return "no_handler"
+    if isinstance(exc, RequestTimeoutError):
+        return "timeout"
+    return {EXIT_CONNECT: "connect", EXIT_USAGE: "usage"}.get(exit_code(exc), "failed")
+
+
+def _dump(out: TextIO, document: Any) -> None:
+    out.write(json.dumps(document, ensure_ascii=False) + "\n")
+
+
 def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from ..errors import MessageTypeError, NatsBusError
     from ..messages import Kind, subject_for
@@ -176,13 +221,13 @@ def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:  # a usage error, before connecting
             subject_for(Kind.COMMAND if args.command == "execute" else Kind.QUERY, args.type)
         except MessageTypeError as exc:
-            err.write(f"natsbus {args.command}: {exc}\n")
+            _fail(args, err, str(exc), "usage")
             return EXIT_USAGE
         text = sys.stdin.read() if args.payload == "-" else args.payload
         try:
             payload = json.loads(text)
         except ValueError as exc:
-            err.write(f"natsbus {args.command}: the payload is not valid JSON: {exc}\n")
+            _fail(args, err, f"the payload is not valid JSON: {exc}", "usage")
             return EXIT_USAGE
     try:
         with open_bus(args, name="natsbus-cli") as bus:
@@ -190,7 +235,7 @@ def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 return _send(bus, args, payload, out, err)
             return _show(bus, args, out, err)
     except NatsBusError as exc:
-        err.write(f"natsbus {args.command}: {exc}\n")
+        _fail(args, err, str(exc), _error_code(exc))
         return exit_code(exc)
 
 
@@ -213,34 +258,45 @@ def _run_batch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     timeout = args.timeout
-    if args.command == "ls":
-        services = bus.discover(timeout=timeout)
-        if not services:
-            err.write("no services answered\n")
-            return EXIT_OK
-        rows = [[s.name, s.version, s.id, str(len(s.endpoints)), s.description] for s in services]
-        out.write(_table(["NAME", "VERSION", "ID", "ENDPOINTS", "DESCRIPTION"], rows))
-        return EXIT_OK
     name, id = args.name, args.id
+    what = f"instance {id} of {name}" if id else (f"instance of {name}" if name else "service")
+    if args.command == "ls":
+        services = bus.discover(name, id, timeout=timeout)
+        if args.json:
+            _dump(out, [_info_json(s) for s in services])
+        elif not services:
+            err.write("no services answered\n" if not name else f"no {what} answered\n")
+        else:
+            rows = [[s.name, s.version, s.id, str(len(s.endpoints)), s.description] for s in services]
+            out.write(_table(["NAME", "VERSION", "ID", "ENDPOINTS", "DESCRIPTION"], rows))
+        return EXIT_OK  # nothing running is an answer too
     if args.command == "ping":
         pings = bus.ping(name, id, timeout=timeout)
-        rows = [[p.name, p.id, p.version, _duration(round((p.rtt or 0.0) * 1e9))] for p in pings]
         found = len(pings)
-        if found:
+        if args.json:
+            _dump(out, [_ping_json(p) for p in pings])
+        elif found:
+            rows = [[p.name, p.id, p.version, _duration(_rtt_ns(p.rtt))] for p in pings]
             out.write(_table(["NAME", "ID", "VERSION", "RTT"], rows))
     elif args.command == "info":
         infos = bus.discover(name, id, timeout=timeout)
-        for info in infos:
+        found = len(infos)
+        if args.json:
+            _dump(out, [_info_json(i) for i in infos])
+        for info in infos if not args.json else ():
             out.write(f"{info.name} {info.version}, instance {info.id}\n")
             out.write(f"  description: {info.description or '-'}\n")
             _write_metadata(out, info.metadata)
             rows = [[e.name, e.subject, e.queue_group or "-"] for e in info.endpoints]
             out.write(_table(["ENDPOINT", "SUBJECT", "QUEUE GROUP"], rows, indent="  ") + "\n")
-        found = len(infos)
     else:
         all_stats = bus.stats(name, id, timeout=timeout)
+        found = len(all_stats)
+        totals = _totals([e for stats in all_stats for e in stats.endpoints])
+        if args.json:
+            _dump(out, {"instances": [_stats_json(s) for s in all_stats], "totals": totals})
         now = dt.datetime.now(dt.UTC)
-        for stats in all_stats:
+        for stats in all_stats if not args.json else ():
             started = stats.started.strftime("%Y-%m-%dT%H:%M:%SZ")
             up = _uptime((now - stats.started).total_seconds())
             out.write(f"{stats.name} {stats.version}, instance {stats.id}, started {started} (up {up})\n")
@@ -256,15 +312,100 @@ def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 ]
                 for e in stats.endpoints
             ]
+            mine = _totals(stats.endpoints)
+            rows.append(
+                [
+                    "(total)",
+                    str(mine["num_requests"]),
+                    str(mine["num_errors"]),
+                    _duration(mine["average_processing_time"]),
+                    _duration(mine["processing_time"]),
+                    "",
+                ]
+            )
             headers = ["ENDPOINT", "REQUESTS", "ERRORS", "AVERAGE", "TOTAL", "LAST ERROR"]
             out.write(_table(headers, rows, indent="  ") + "\n")
-        found = len(all_stats)
-    what = f"instance {id} of {name}" if id else (f"instance of {name}" if name else "service")
+        if found and not args.json:
+            out.write(
+                f"{found} instance{'s' if found != 1 else ''} answered: {totals['num_requests']} "
+                f"request{'s' if totals['num_requests'] != 1 else ''}, {totals['num_errors']} "
+                f"error{'s' if totals['num_errors'] != 1 else ''}, "
+                f"{_duration(totals['processing_time'])} processing in all\n"
+            )
+            return EXIT_OK
     if not found:
-        err.write(f"no {what} answered within {timeout:g}s\n")
+        _fail(args, err, f"no {what} answered within {timeout:g}s", "no_answer", prefix=False)
         return EXIT_FAILED
-    out.write(f"{found} instance{'s' if found != 1 else ''} answered\n")
+    if not args.json:
+        out.write(f"{found} instance{'s' if found != 1 else ''} answered\n")
     return EXIT_OK
+
+
+def _rtt_ns(rtt: Optional[float]) -> int:
+    return round((rtt or 0.0) * 1e9)
+
+
+def _ping_json(ping: ServicePing) -> Dict[str, Any]:
+    """``natsbus ping --json``: one object per instance."""
+    return {
+        "name": ping.name,
+        "id": ping.id,
+        "version": ping.version,
+        "metadata": dict(ping.metadata),
+        "rtt_ns": _rtt_ns(ping.rtt),
+    }
+
+
+def _info_json(info: ServiceInfo) -> Dict[str, Any]:
+    """``natsbus ls --json`` / ``info --json``: one object per instance."""
+    return {
+        "name": info.name,
+        "id": info.id,
+        "version": info.version,
+        "description": info.description,
+        "metadata": dict(info.metadata),
+        "endpoints": [
+            {"name": e.name, "subject": e.subject, "queue_group": e.queue_group, "metadata": dict(e.metadata)}
+            for e in info.endpoints
+        ],
+    }
+
+
+def _stats_json(stats: ServiceStats) -> Dict[str, Any]:
+    """One instance in ``natsbus stats --json``."""
+    return {
+        "name": stats.name,
+        "id": stats.id,
+        "version": stats.version,
+        "started": stats.started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "metadata": dict(stats.metadata),
+        "endpoints": [
+            {
+                "name": e.name,
+                "subject": e.subject,
+                "queue_group": e.queue_group,
+                "num_requests": e.num_requests,
+                "num_errors": e.num_errors,
+                "last_error": e.last_error,
+                "processing_time": e.processing_time,
+                "average_processing_time": e.average_processing_time,
+            }
+            for e in stats.endpoints
+        ],
+        "totals": _totals(stats.endpoints),
+    }
+
+
+def _totals(endpoints: Sequence[EndpointStatsSnapshot]) -> Dict[str, int]:
+    """Requests, errors and processing time (ns) summed over ``endpoints``; the average per request."""
+    requests = sum(e.num_requests for e in endpoints)
+    time = sum(e.processing_time for e in endpoints)
+    return {
+        "num_requests": requests,
+        "num_errors": sum(e.num_errors for e in endpoints),
+        "processing_time": time,
+        "average_processing_time": time // requests if requests else 0,
+    }
 
 
 def _write_metadata(out: TextIO, metadata: Any) -> None:
@@ -274,7 +415,7 @@ def _write_metadata(out: TextIO, metadata: Any) -> None:
 
 def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: TextIO) -> int:
     from ..envelope import ERROR_CODE_HEADER, ERROR_HEADER, create_request_envelope, new_id
-    from ..errors import RequestTimeoutError
+    from ..errors import NoHandlerError, RequestTimeoutError
     from ..messages import Kind
 
     kind = Kind.COMMAND if args.command == "execute" else Kind.QUERY
@@ -283,25 +424,51 @@ def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: Te
     try:
         reply = bus.request(subject, envelope.to_bytes(), timeout=args.timeout)
     except RequestTimeoutError:
-        err.write(f"natsbus {args.command}: {kind.label} request timeout after {round(args.timeout * 1000)}ms\n")
+        _fail(args, err, f"{kind.label} request timeout after {round(args.timeout * 1000)}ms", "timeout")
+        return EXIT_FAILED
+    except NoHandlerError as exc:
+        other = _served_as(bus, args.type, kind)
+        if other is None:
+            _fail(args, err, str(exc), "no_handler")
+        else:
+            verb = "execute" if other is Kind.COMMAND else "ask"
+            hint = f"{args.type} is served as a {other.value}: use natsbus {verb}"
+            _fail(args, err, f"{exc} ({hint})", "no_handler", served_as=other.value)
         return EXIT_FAILED
     try:
         body: Any = json.loads(reply.data)
     except ValueError:
         body = None
         if reply.data:
-            out.write(reply.data.decode("utf-8", "replace") + "\n")
+            text = reply.data.decode("utf-8", "replace")
+            out.write((json.dumps(text, ensure_ascii=False) if args.json else text) + "\n")
     else:
-        out.write(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+        out.write(json.dumps(body, indent=None if args.json else 2, ensure_ascii=False) + "\n")
     headers = reply.headers or {}
     if headers.get(ERROR_HEADER) or headers.get(ERROR_CODE_HEADER):
         code = headers.get(ERROR_CODE_HEADER, "?")
-        err.write(f"natsbus {args.command}: error {code}: {headers.get(ERROR_HEADER, '')}\n")
+        description = headers.get(ERROR_HEADER, "")
+        if args.json:
+            _fail(args, err, description, "error_reply", reply_code=code)
+        else:
+            _fail(args, err, f"error {code}: {description}", "error_reply")
         return EXIT_FAILED
     if isinstance(body, dict) and "success" in body and body["success"] is not True:
-        err.write(f"natsbus {args.command}: {body.get('error') or 'the service answered success: false'}\n")
+        _fail(args, err, str(body.get("error") or "the service answered success: false"), "unsuccessful_reply")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _served_as(bus: Bus, type_name: str, kind: Kind) -> Optional[Kind]:
+    """The other kind, when a running service lists ``type_name`` under it (a short discovery call)."""
+    from ..errors import NatsBusError
+    from ..messages import Kind
+
+    other = Kind.QUERY if kind is Kind.COMMAND else Kind.COMMAND
+    try:
+        return other if bus.has_handler(type_name, kind=other, timeout=1.0) else None
+    except NatsBusError:  # only a hint: the no-handler error stands without it
+        return None
 
 
 # -- durable commands: pending, dead, replay -----------------------------

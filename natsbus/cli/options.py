@@ -34,6 +34,7 @@ __all__ = [
     "EXIT_SIGTERM",
     "EXIT_USAGE",
     "add_connection_options",
+    "add_json_option",
     "exit_code",
     "nats_config",
     "non_negative_float",
@@ -97,6 +98,17 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         "--connect-timeout",
         type=positive_float,
         help="seconds to reach NATS at start (default 5)",
+    )
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """``-j`` / ``--json``: one JSON document on standard output, errors as JSON objects on standard error."""
+    parser.add_argument(
+        "-j",
+        "--json",
+        action="store_true",
+        help="print one JSON document (stable snake_case keys) instead of text; errors go to "
+        'standard error as {"error": ..., "code": ...}; exit codes are the same',
     )
 
 
