@@ -726,7 +726,13 @@ class WorkerPool:
         """Its Bus is closing: stop serving (drained within ``timeout``), end the threads."""
         self.stop(drain_timeout=timeout)
 
-    def run(self, drain_timeout: float = 30.0) -> bool:
+    def run(
+        self,
+        drain_timeout: float = 30.0,
+        *,
+        on_serving: Optional[Callable[[], None]] = None,
+        on_draining: Optional[Callable[[], None]] = None,
+    ) -> bool:
         """Start (if needed) and serve until :meth:`request_stop`, SIGINT or SIGTERM.
 
         The first signal drains gracefully (see :meth:`stop`); a second one
@@ -741,6 +747,13 @@ class WorkerPool:
         calls ``sys.exit(3)``) stops the pool too: its caller gets a 500
         error reply, the pool drains, and then ``run()`` re-raises that
         exception here, as a one-threaded server would have.
+
+        Args:
+            drain_timeout: Seconds for the drain (see :meth:`stop`).
+            on_serving: Called once the pool serves (e.g. to tell systemd
+                ``READY=1``).
+            on_draining: Called when the drain starts, before :meth:`stop`
+                (e.g. ``STOPPING=1``).
 
         Returns:
             What :meth:`stop` returned: True when everything was drained.
@@ -767,11 +780,15 @@ class WorkerPool:
         try:
             if self._state is _State.NEW:
                 self.start()
+            if on_serving is not None:
+                on_serving()
             while not signals and self._state is _State.RUNNING:
                 if self._stop_requested.wait(0.2):
                     break
             if signals:
                 logger.info("signal %d: draining (send it again to stop at once)", signals[0])
+            if on_draining is not None:
+                on_draining()
             drained = self.stop(drain_timeout)
             if self._interruption is not None:  # a handler's KeyboardInterrupt / SystemExit, after the drain
                 raise self._interruption

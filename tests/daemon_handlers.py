@@ -1,4 +1,4 @@
-"""A pool for examples/worker_daemon.py in the tests: a handler that holds until a file exists."""
+"""A pool for `natsbus worker` in the tests: a handler that holds until a file exists."""
 
 from __future__ import annotations
 

@@ -1,23 +1,21 @@
-"""The batch import and worker daemon examples, run as real processes."""
+"""The batch import example and the systemd unit, run as real processes."""
 
 from __future__ import annotations
 
 import configparser
 import inspect
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
-import pytest
-from daemon_handlers import Hold
-from webserver import terminate, wait_for_output
+from webserver import terminate
 
-from natsbus import Bus, CommandBus, NatsServer, RequestTimeoutError, WorkerPool
+from natsbus import Bus, CommandBus, NatsServer, WorkerPool
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -73,124 +71,65 @@ def test_batch_import_reports_an_unreadable_file(tmp_path: Path) -> None:
     )
 
 
-# -- the worker daemon -------------------------------------------------------------
+# -- the systemd unit ---------------------------------------------------------------
+
+UNIT = EXAMPLES / "natsbus-worker.service"
 
 
-@pytest.fixture()
-def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
-    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify"))
-    sock.settimeout(30)
-    try:
-        yield sock
-    finally:
-        sock.close()
-
-
-def _start_daemon(url: str, tmp_path: Path, notify: socket.socket) -> tuple[subprocess.Popen[bytes], Path]:
-    log = tmp_path / "daemon.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-u", str(EXAMPLES / "worker_daemon.py"), "daemon_handlers:build_pool"],
-            env={
-                **os.environ,
-                "NATS_URL": url,
-                "NOTIFY_SOCKET": notify.getsockname(),
-                "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-                "WORKER_DRAIN_TIMEOUT": "15",
-            },
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        ready = notify.recv(4096).decode()  # bounded by the socket's timeout
-    except BaseException:
-        terminate(proc)
-        raise
-    assert ready == "READY=1\nSTATUS=serving commands.Hold", log.read_text()
-    return proc, log
-
-
-def _hold_in_thread(bus: Bus, path: Path, timeout: float, results: List[object]) -> threading.Thread:
-    def call() -> None:
-        try:
-            results.append(CommandBus(bus, timeout=timeout).execute(Hold(str(path))))
-        except Exception as exc:
-            results.append(exc)
-
-    thread = threading.Thread(target=call)
-    thread.start()
-    return thread
-
-
-@pytest.mark.slow
-def test_worker_daemon_sigterm_drains_the_request_in_flight(
-    nats_server: NatsServer, bus: Bus, tmp_path: Path, notify_socket: socket.socket
-) -> None:
-    proc, log = _start_daemon(nats_server.url, tmp_path, notify_socket)
-    try:
-        release = tmp_path / "release"
-        results: List[object] = []
-        caller = _hold_in_thread(bus, release, 20, results)
-        wait_for_output(proc, log, "holding")
-        proc.send_signal(signal.SIGTERM)
-        wait_for_output(proc, log, "signal 15: draining")
-        assert proc.poll() is None  # still running: the request is not done
-        release.touch()
-        caller.join(20)
-        assert results == ["released"]
-        assert proc.wait(20) == 0
-        assert "stopped cleanly" in log.read_text()
-    finally:
-        terminate(proc)
-
-
-@pytest.mark.slow
-def test_worker_daemon_second_signal_stops_at_once(
-    nats_server: NatsServer, bus: Bus, tmp_path: Path, notify_socket: socket.socket
-) -> None:
-    proc, log = _start_daemon(nats_server.url, tmp_path, notify_socket)
-    try:
-        results: List[object] = []
-        caller = _hold_in_thread(bus, tmp_path / "never", 1.0, results)
-        wait_for_output(proc, log, "holding")
-        proc.send_signal(signal.SIGTERM)
-        wait_for_output(proc, log, "signal 15: draining")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 128 + signal.SIGTERM
-        assert "second signal: stopping at once" in log.read_text()
-        caller.join(10)
-        assert len(results) == 1 and isinstance(results[0], RequestTimeoutError)
-    finally:
-        terminate(proc)
-
-
-def test_worker_daemon_exit_codes_for_bad_config_and_no_server(tmp_path: Path) -> None:
-    def run(*args: str, url: str = "nats://127.0.0.1:1") -> int:
-        env = {**os.environ, "NATS_URL": url, "WORKER_CONNECT_TIMEOUT": "0.3"}
-        env.pop("NOTIFY_SOCKET", None)
-        return subprocess.run(
-            [sys.executable, str(EXAMPLES / "worker_daemon.py"), *args], env=env, capture_output=True, timeout=60
-        ).returncode
-
-    assert run("no_such_module:build_pool") == 78
-    assert run(url="localhost:4222") == 78
-    assert run() == 69
-
-
-def test_systemd_unit_matches_the_daemon() -> None:
+def _unit() -> configparser.SectionProxy:
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
-    unit.read(EXAMPLES / "natsbus-worker.service")
-    service = unit["Service"]
-    assert service["Type"] == "notify" and service["KillSignal"] == "SIGTERM"
-    assert "examples/worker_daemon.py" in service["ExecStart"]
-    assert service["RestartPreventExitStatus"] == "78"
-    # configparser keeps the last of repeated keys; read every Environment= line.
-    env = dict(
-        line.split("=", 2)[1:]  # type: ignore[misc]
-        for line in (EXAMPLES / "natsbus-worker.service").read_text().splitlines()
-        if line.startswith("Environment=")
-    )
-    assert float(service["TimeoutStopSec"]) > float(env["WORKER_DRAIN_TIMEOUT"]), "systemd would SIGKILL a drain"
+    unit.read(UNIT)
+    return unit["Service"]
+
+
+def _exec_start(service: configparser.SectionProxy) -> List[str]:
+    """ExecStart's command line, with `natsbus` as this interpreter's `-m natsbus`."""
+    program, *args = shlex.split(service["ExecStart"])
+    assert program.endswith("/bin/natsbus") and args[0] == "worker", service["ExecStart"]
+    return [sys.executable, "-m", "natsbus", *args]
+
+
+def test_systemd_unit_runs_natsbus_worker() -> None:
+    service = _unit()
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    assert service["KillSignal"] == "SIGTERM" and service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "2"  # a usage error: restarting would not help
+    args = _exec_start(service)
+    assert args[3:5] == ["worker", "natsbus.demo:build_pool"]
+    drain_timeout = float(args[args.index("--drain-timeout") + 1])
+    assert float(service["TimeoutStopSec"]) > drain_timeout, "systemd would SIGKILL a drain"
+    assert float(service["WatchdogSec"]) > 0
+
+
+def test_systemd_unit_command_line_notifies_ready_watchdog_and_stopping(
+    nats_server: NatsServer, bus: Bus, tmp_path: Path
+) -> None:
+    """ExecStart as systemd would run it: NOTIFY_SOCKET and WATCHDOG_USEC (WatchdogSec) set."""
+    service = _unit()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    watchdog_usec = 400_000  # WatchdogSec=30 would take 15s per WATCHDOG=1; the same code path
+    env = {
+        **os.environ,
+        "NATS_URL": nats_server.url,
+        "NOTIFY_SOCKET": notify.getsockname(),
+        "WATCHDOG_USEC": str(watchdog_usec),
+    }
+    log = tmp_path / "worker.log"
+    with notify, open(log, "wb") as out:
+        proc = subprocess.Popen(_exec_start(service), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            ready = notify.recv(4096).decode()
+            assert ready.startswith("READY=1\nSTATUS=serving commands.CreateUserCommand"), log.read_text()
+            [info] = bus.discover("user-service")  # serving once READY=1 came
+            assert "commands.CreateUserCommand" in [endpoint.subject for endpoint in info.endpoints]
+            assert notify.recv(4096) == b"WATCHDOG=1"
+            proc.send_signal(signal.SIGTERM)
+            while (message := notify.recv(4096)) == b"WATCHDOG=1":
+                pass
+            assert message == b"STOPPING=1\nSTATUS=draining"
+            assert proc.wait(30) == 0, log.read_text()
+        finally:
+            terminate(proc)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import attrs
 import pytest
@@ -354,3 +356,105 @@ def test_rolling_restart_of_two_instances_costs_no_failed_call(
 
 def _wait_for_line(path: Path, text: str, timeout: float = 10.0) -> None:
     wait_until(lambda: path.exists() and text in path.read_text(), timeout)
+
+
+# -- systemd: READY, STOPPING, WATCHDOG through $NOTIFY_SOCKET ---------------------
+
+
+@pytest.fixture()
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(20)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _notified(sock: socket.socket, timeout: Optional[float] = None) -> Optional[str]:
+    """The next notification; None when none comes within ``timeout`` (given)."""
+    if timeout is not None:
+        sock.settimeout(timeout)
+    try:
+        return sock.recv(4096).decode()
+    except TimeoutError:
+        if timeout is None:
+            raise
+        return None
+
+
+def test_worker_tells_systemd_ready_once_it_serves_and_stopping_when_it_drains(
+    nats_server: NatsServer, bus: Bus, workers: List[WorkerProcess], notify_socket: socket.socket
+) -> None:
+    worker = WorkerProcess(nats_server.url, env={"NOTIFY_SOCKET": notify_socket.getsockname()})
+    workers.append(worker)
+    ready = _notified(notify_socket)
+    assert ready is not None and ready.startswith("READY=1\nSTATUS=serving ") and "commands.Add" in ready
+    assert CommandBus(bus).execute(Add(2, 3)) == 5  # served as soon as READY=1 came
+    worker.wait_for("serving")
+    assert _notified(notify_socket, 0.5) is None  # no WATCHDOG_USEC: no watchdog
+    worker.signal(signal.SIGTERM)
+    assert _notified(notify_socket) == "STOPPING=1\nSTATUS=draining"
+    assert worker.wait() == 0
+
+
+def test_worker_pets_the_systemd_watchdog_on_an_abstract_socket(
+    nats_server: NatsServer, workers: List[WorkerProcess]
+) -> None:
+    name = f"natsbus-test-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(20)
+        env = {"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "400000"}  # a WATCHDOG=1 every 0.2s
+        worker = WorkerProcess(nats_server.url, env=env)
+        workers.append(worker)
+        assert (_notified(sock) or "").startswith("READY=1")
+        started = time.monotonic()
+        pets = [_notified(sock) for _ in range(5)]
+        assert pets == ["WATCHDOG=1"] * 5
+        assert time.monotonic() - started < 3
+        worker.signal(signal.SIGTERM)
+        while (message := _notified(sock)) == "WATCHDOG=1":
+            pass
+        assert message == "STOPPING=1\nSTATUS=draining"
+        assert worker.wait() == 0
+
+
+def test_a_watchdog_for_another_pid_is_not_petted(
+    nats_server: NatsServer, workers: List[WorkerProcess], notify_socket: socket.socket
+) -> None:
+    env = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}
+    worker = WorkerProcess(nats_server.url, env=env)
+    workers.append(worker)
+    assert (_notified(notify_socket) or "").startswith("READY=1")
+    assert _notified(notify_socket, 0.6) is None
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+
+
+def test_the_watchdog_stops_while_the_event_loop_is_stuck(bus: Bus, notify_socket: socket.socket) -> None:
+    from natsbus import WorkerPool
+    from natsbus.cli.systemd import Notifier
+
+    environ = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "200000"}
+    notifier = Notifier(WorkerPool(bus, "stuck"), environ)
+    notifier.serving()
+    try:
+        assert _notified(notify_socket) == "READY=1\nSTATUS=serving "
+        assert _notified(notify_socket, 2) == "WATCHDOG=1"
+
+        async def block() -> None:
+            time.sleep(1.5)  # the loop thread does nothing else meanwhile
+
+        blocker = threading.Thread(target=bus.run, args=(block,))
+        blocker.start()
+        time.sleep(0.3)  # the loop is blocked now; a pet already on its way may still arrive
+        while _notified(notify_socket, 0.25) == "WATCHDOG=1" and blocker.is_alive():
+            pass
+        assert blocker.is_alive(), "no silence while the loop was stuck"
+        blocker.join(5)
+        assert _notified(notify_socket, 2) == "WATCHDOG=1"  # petting again once the loop answers
+    finally:
+        notifier.close()

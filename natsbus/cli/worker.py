@@ -209,21 +209,31 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str) -> int:
     """Serve until SIGTERM/SIGINT, drain; return the exit status (0 drained, 1 not).
 
     The signal handlers are in place before the pool subscribes; a second
-    signal raises ``SystemExit(128 + signal)``.
+    signal raises ``SystemExit(128 + signal)``. Under systemd
+    (``NOTIFY_SOCKET``) it sends ``READY=1`` once the pool serves,
+    ``STOPPING=1`` when the drain starts, and ``WATCHDOG=1`` every half
+    ``WATCHDOG_USEC`` while the Bus's event loop answers
+    (:mod:`natsbus.cli.systemd`).
 
     Raises:
         Refused: the pool could not start (nothing was served).
     """
     from ..errors import NatsBusError
+    from .systemd import Notifier
 
+    systemd = Notifier(pool)  # READY=1, STOPPING=1, WATCHDOG=1 under a Type=notify unit
     try:
-        drained = pool.run(drain_timeout=drain_timeout)  # signal handlers first, then start
+        drained = pool.run(  # signal handlers first, then start
+            drain_timeout=drain_timeout, on_serving=systemd.serving, on_draining=systemd.draining
+        )
     except NatsBusError as exc:
         if not pool._served:  # start() failed: it never served
             code = EXIT_CONNECT if exit_code(exc) == EXIT_CONNECT else EXIT_USAGE
             raise Refused(f"cannot start {label}: {exc}", code) from None
         logger.error("worker pool %s failed: %s", pool.service_id, exc)
         return EXIT_NOT_DRAINED
+    finally:
+        systemd.close()
     return EXIT_OK if drained else EXIT_NOT_DRAINED
 
 
