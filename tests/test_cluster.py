@@ -9,6 +9,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import attrs
 import pytest
+from waiting import wait_until
 
 from natsbus import (
     Bus,
@@ -120,32 +121,34 @@ def test_killing_a_node_moves_its_clients_and_workers_and_calls_go_on(cluster: N
         with lock:
             return sum(1 for o in outcomes if o.error is None and o.started > moment)
 
-    def wait_for(predicate: Callable[[], object], what: str, limit: float = 15.0) -> None:
-        deadline = time.monotonic() + limit
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out waiting until {what}"
-            time.sleep(0.01)
-
     _until_served(lambda: commands.execute(WhereAmI("warm-up")))
     callers = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
     try:
         for t in callers:
             t.start()
-        wait_for(lambda: served_since(0.0) >= 20, "calls flow")
+        wait_until(lambda: served_since(0.0) >= 20, 15.0, "calls flow")
 
         # The client's node dies: the client moves to another node.
         cluster.kill(client_node)
         killed_at = time.monotonic()
-        wait_for(lambda: client.is_connected and client.connected_url != cluster.nodes[client_node].url, "moved")
+        wait_until(
+            lambda: client.is_connected and client.connected_url != cluster.nodes[client_node].url,
+            15.0,
+            "moved",
+        )
         assert cluster.node_of(client.connected_url) != client_node
-        wait_for(lambda: served_since(killed_at) >= 20, "calls go on after the client moved")
+        wait_until(lambda: served_since(killed_at) >= 20, 15.0, "calls go on after the client moved")
 
         # The worker's node dies: the pool moves and re-subscribes there.
         moved_client_node = cluster.node_of(client.connected_url)
         cluster.kill(worker_node)
         killed_at = time.monotonic()
-        wait_for(lambda: worker_bus.is_connected and worker_bus.connected_url != cluster.nodes[worker_node].url, "w")
-        wait_for(lambda: served_since(killed_at) >= 20, "calls go on after the worker moved")
+        wait_until(
+            lambda: worker_bus.is_connected and worker_bus.connected_url != cluster.nodes[worker_node].url,
+            15.0,
+            "w",
+        )
+        wait_until(lambda: served_since(killed_at) >= 20, 15.0, "calls go on after the worker moved")
         assert pool.running
         if moved_client_node != worker_node:
             assert cluster.node_of(client.connected_url) == moved_client_node

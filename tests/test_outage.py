@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, List, Tuple
 
 import attrs
 import pytest
+from waiting import wait_until
 
 from natsbus import (
     Bus,
@@ -85,14 +86,6 @@ def _serve(bus: Bus) -> WorkerPool:
     return pool.start()
 
 
-def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting until {what}")
-        time.sleep(0.01)
-
-
 def _failure(call: Callable[[], Any]) -> Tuple[BaseException, float]:
     """The error ``call()`` raised and the seconds it took."""
     started = time.monotonic()
@@ -144,7 +137,7 @@ def test_calls_against_a_stopped_server_fail_within_the_grace_and_the_first_afte
         assert commands.execute(Echo("up")) == "UP"
         assert bus.state is ConnectionState.CONNECTED and bus.is_connected
         server.stop()
-        _wait_until(lambda: not bus.is_connected, 5, "the bus saw the server go")
+        wait_until(lambda: not bus.is_connected, 5, "the bus saw the server go")
         assert bus.state is ConnectionState.RECONNECTING
 
         # Each kind of call, with the default grace and with its own.
@@ -199,7 +192,7 @@ def test_a_call_waiting_out_its_grace_is_sent_when_the_connection_comes_back_wit
     commands = CommandBus(bus, timeout=5.0)
     try:
         server.stop()
-        _wait_until(lambda: not bus.is_connected, 5, "the bus saw the server go")
+        wait_until(lambda: not bus.is_connected, 5, "the bus saw the server go")
         with concurrent.futures.ThreadPoolExecutor(1) as thread:
             waiting = thread.submit(commands.execute, Echo("patient"), reconnect_grace=30.0)
             server.start()
@@ -212,7 +205,7 @@ def test_a_call_waiting_out_its_grace_is_sent_when_the_connection_comes_back_wit
 def test_a_bus_that_gave_up_reconnecting_says_so_at_once(server: NatsServer) -> None:
     with Bus(server.url, allow_reconnect=False) as bus:
         server.stop()
-        _wait_until(lambda: bus.state is ConnectionState.DISCONNECTED, 5, "the bus gave up")
+        wait_until(lambda: bus.state is ConnectionState.DISCONNECTED, 5, "the bus gave up")
         error, elapsed = _failure(lambda: CommandBus(bus).execute(Echo("x"), reconnect_grace=30))
         assert isinstance(error, NotConnectedError)
         assert str(error).startswith("not connected to NATS (closed, no more reconnects: ")

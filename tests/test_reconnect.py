@@ -5,10 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from typing import Callable, Iterator, List, Optional, Set, Tuple
+from typing import Iterator, List, Optional, Set, Tuple
 
 import attrs
 import pytest
+from waiting import wait_until
 
 from natsbus import (
     Bus,
@@ -50,14 +51,6 @@ def _serve(url: str) -> Tuple[Bus, WorkerPool]:
 
     pool.start()
     return bus, pool
-
-
-def _wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting until {what}")
-        time.sleep(0.01)
 
 
 def _natsbus_threads() -> List[threading.Thread]:
@@ -107,10 +100,10 @@ def test_sixteen_threads_ride_out_a_server_restart(server: NatsServer) -> None:
     try:
         for t in callers:
             t.start()
-        _wait_until(lambda: len(threads_served_since(0.0)) == 16, 10, "every thread had a result")
+        wait_until(lambda: len(threads_served_since(0.0)) == 16, 10, "every thread had a result")
 
         server.stop()
-        _wait_until(lambda: not client.is_connected and not worker_bus.is_connected, 5, "both buses saw it go")
+        wait_until(lambda: not client.is_connected and not worker_bus.is_connected, 5, "both buses saw it go")
         # Calls made now, with no server at all, that may wait for the
         # reconnect (reconnect_grace=None: up to their timeout) get it. The
         # client may get back before the worker has re-subscribed: then the
@@ -130,7 +123,7 @@ def test_sixteen_threads_ride_out_a_server_restart(server: NatsServer) -> None:
             assert error is None or isinstance(error, NoHandlerError), repr(error)
             if error is None:
                 assert future.result() == f"DOWN-{i}"
-        _wait_until(lambda: len(threads_served_since(restarted_at)) == 16, 15, "every thread had a result again")
+        wait_until(lambda: len(threads_served_since(restarted_at)) == 16, 15, "every thread had a result again")
         names_while_up = sorted(t.name for t in _natsbus_threads())
     finally:
         stop.set()
@@ -166,7 +159,7 @@ def test_fail_fast_when_disconnected_raises_at_once_and_recovers(server: NatsSer
     try:
         assert commands.execute(Echo("up")) == "UP"
         server.stop()
-        _wait_until(lambda: not client.is_connected, 5, "the client saw the server go")
+        wait_until(lambda: not client.is_connected, 5, "the client saw the server go")
         started = time.monotonic()
         with pytest.raises(
             NotConnectedError, match=r"^not connected to NATS \(reconnecting: .+\); cannot send to commands\.Echo$"
@@ -198,7 +191,7 @@ def test_a_call_made_while_disconnected_waits_no_longer_than_its_timeout(server:
     try:
         assert commands.execute(Echo("up")) == "UP"
         server.stop()
-        _wait_until(lambda: not client.is_connected, 5, "the client saw the server go")
+        wait_until(lambda: not client.is_connected, 5, "the client saw the server go")
         started = time.monotonic()
         with pytest.raises(
             NotConnectedError,
@@ -223,7 +216,7 @@ def test_calls_given_a_long_reconnect_grace_wait_for_the_reconnect_and_succeed(s
     try:
         assert commands.execute(Echo("up")) == "UP"
         server.stop()
-        _wait_until(lambda: not bus.is_connected, 5, "the bus saw the server go")
+        wait_until(lambda: not bus.is_connected, 5, "the bus saw the server go")
         started = time.monotonic()
         patient = concurrent.futures.ThreadPoolExecutor(8)
         futures = [patient.submit(commands.execute, Echo(f"down-{i}"), reconnect_grace=5.0) for i in range(8)]
@@ -275,7 +268,7 @@ def test_after_a_reconnect_no_request_overtakes_the_replayed_subscriptions(
         transport = bus.live_transport()
         with pytest.raises(NotConnectedError):
             transport.request("nobody.listens.here", b"x")
-        assert not transport._waiters and not transport._out
+        assert not transport._waiters and not transport.frames
         outcome: List[BaseException] = []
 
         def call() -> None:  # waits out the replay in its reconnect grace, then is sent

@@ -329,7 +329,7 @@ class Transport(FrameWriter):
         sub = await nc.subscribe(self._prefix + "*", cb=self._on_reply)
         if self.fast_path:
             self._direct[sub._id] = self._on_reply_raw
-            self._set_target(self._candidate)  # direct writes from now on
+            self.set_target(self.candidate)  # direct writes from now on
         else:
             self._outbox = Doorbell(self._loop)
             self._pump_task = self._loop.create_task(self._pump())
@@ -574,7 +574,7 @@ class Transport(FrameWriter):
         # is done: a direct write can no longer overtake a SUB, and a request
         # sent now finds its reply inbox subscribed.
         if self.fast_path:
-            self._set_target(self._candidate)
+            self.set_target(self.candidate)
         self.max_payload = self._nc.max_payload or self.max_payload
         self._down_reason = ""
         self._set_up(True)

@@ -32,25 +32,42 @@ name that is neither natsbus's own nor listed here.
 
 from __future__ import annotations
 
+import asyncio
 import dis
 import inspect
 import logging
 import os
 from asyncio import selector_events
 from asyncio.trsock import TransportSocket
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
 from nats.nuid import NUID
 
-if TYPE_CHECKING:
-    from .core import Transport
-
 logger = logging.getLogger("natsbus.transport")
 
-#: asyncio's plain socket transport, the one natsbus writes past (see Transport._set_target).
+
+class WriteOwner(Protocol):
+    """What the locked TCP transport needs of the transport that owns it (its FrameWriter)."""
+
+    write_lock: Any
+    frames: Any
+    candidate: Optional[asyncio.StreamWriter]
+    tls_handshake_done: bool
+
+    def flush_tail_locked(self) -> None:
+        """Write lock held: hand a direct write's unsent tail to asyncio first."""
+
+    def drain_frames(self) -> None:
+        """Send what the outbox holds, or make sure the loop will."""
+
+    def set_target(self, writer: Optional[asyncio.StreamWriter]) -> None:
+        """The connection's plain-TCP stream writer (None: no direct writes)."""
+
+
+#: asyncio's plain socket transport, the one natsbus writes past (see Transport.set_target).
 SOCKET_TRANSPORT: Optional[type] = getattr(selector_events, "_SelectorSocketTransport", None)
 
 #: What needs an internal: the fast path (without it: the public-API path) ...
@@ -197,7 +214,7 @@ class NatsClient(Client):
     lock, as the direct writes from other threads do.
     """
 
-    def __init__(self, owner: Optional[Transport] = None) -> None:
+    def __init__(self, owner: Optional[WriteOwner] = None) -> None:
         self._owner = owner
         super().__init__()
         self.direct: Dict[int, Callable[[bytes, bytes, bytes, Optional[bytes]], None]] = {}
@@ -236,7 +253,7 @@ class LockedTcpTransport(TcpTransport):
     direct write's unsent tail always goes out before anything else.
     """
 
-    def __init__(self, owner: Transport) -> None:
+    def __init__(self, owner: WriteOwner) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._owner = owner
 
@@ -244,13 +261,13 @@ class LockedTcpTransport(TcpTransport):
         # No direct writes until the connection is fully set up (the owner
         # turns them on once connected, or reconnected with subscriptions
         # replayed): until then only the loop writes, in nats-py's order.
-        self._owner._set_target(None)
+        self._owner.set_target(None)
         await super().connect(uri, buffer_size, connect_timeout)
-        self._owner._candidate = self._io_writer
+        self._owner.candidate = self._io_writer
 
     async def connect_tls(self, *args: Any, **kwargs: Any) -> None:
-        self._owner._candidate = None  # TLS: only the loop may write, through asyncio
-        self._owner._set_target(None)
+        self._owner.candidate = None  # TLS: only the loop may write, through asyncio
+        self._owner.set_target(None)
         await super().connect_tls(*args, **kwargs)
         self._owner.tls_handshake_done = True  # a reset now: likely a refused client certificate
 
@@ -262,8 +279,8 @@ class LockedTcpTransport(TcpTransport):
 
     def _under_lock(self, write: Callable[[Any], None], payload: Any) -> None:
         owner = self._owner
-        with owner._wlock:
-            owner._flush_tail_locked()
+        with owner.write_lock:
+            owner.flush_tail_locked()
             write(payload)
-        if owner._out:  # appended while we held the lock: ours to send
-            owner._drain_out()
+        if owner.frames:  # appended while we held the lock: ours to send
+            owner.drain_frames()

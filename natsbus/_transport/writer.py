@@ -37,11 +37,11 @@ class FrameWriter:
         # Fast path: (frame, waiter or None) items, or asyncio futures
         # marking a flush. Public-API path: (subject, payload, reply,
         # headers, waiter) items through the pump.
-        self._out: Deque[Any] = collections.deque()
+        self.frames: Deque[Any] = collections.deque()
         self._out_rung = False
         # Every write to the connection happens under this lock: nats-py's
         # (see LockedTcpTransport) and the direct ones from any thread.
-        self._wlock = allocate_lock()
+        self.write_lock = allocate_lock()
         # Plain TCP: the asyncio transport and its socket, written directly
         # when nothing else is waiting to be written; None otherwise (TLS,
         # websocket, another event loop, or not connected).
@@ -53,7 +53,7 @@ class FrameWriter:
         self._tail_target: Any = None
         # The plain-TCP writer of the connection being set up, made the
         # target once it is ready (see LockedTcpTransport.connect).
-        self._candidate: Optional[asyncio.StreamWriter] = None
+        self.candidate: Optional[asyncio.StreamWriter] = None
         #: Direct writes the socket took only part of (the loop sent the rest).
         self.partial_writes = 0
         # The public-API path: items published by the pump, in order.
@@ -66,9 +66,9 @@ class FrameWriter:
         calling thread could write: callers with many requests in flight
         do better letting the loop batch their frames.
         """
-        self._out.append(item)
+        self.frames.append(item)
         if direct:
-            self._drain_out()
+            self.drain_frames()
         else:
             self._ring()
 
@@ -79,13 +79,13 @@ class FrameWriter:
         frame, published twice) may go instead, which sends the same bytes.
         """
         try:
-            self._out.remove(item)
+            self.frames.remove(item)
         except ValueError:  # sent already, or never queued
             pass
         if self._outbox is not None:
             self._outbox.discard(item)
 
-    def _drain_out(self) -> None:
+    def drain_frames(self) -> None:
         """Send what the outbox holds straight to the socket when that is safe (any thread).
 
         Whoever holds the write lock looks at the outbox again after
@@ -93,8 +93,8 @@ class FrameWriter:
         there and rings the loop, so the frame goes out before any write
         the same thread has the loop make later.
         """
-        out = self._out
-        lock = self._wlock
+        out = self.frames
+        lock = self.write_lock
         while out:
             locked = sent_all = False
             try:  # acquired inside the try: an interrupt cannot leave the lock held
@@ -124,7 +124,7 @@ class FrameWriter:
             or target.is_closing()
         ):
             return False  # the loop writes, in order, through nats-py or asyncio
-        out = self._out
+        out = self.frames
         frames: List[bytes] = []
         while out:
             item = out.popleft()
@@ -168,10 +168,10 @@ class FrameWriter:
                 self._out_rung = False
                 raise BusClosedError("the Bus is closed") from None
 
-    def _set_target(self, writer: Optional[asyncio.StreamWriter]) -> None:
+    def set_target(self, writer: Optional[asyncio.StreamWriter]) -> None:
         """Loop thread: the connection's plain-TCP stream writer is ``writer`` (None: no direct writes)."""
         transport: Any = writer.transport if writer is not None else None
-        with self._wlock:
+        with self.write_lock:
             self._tail = None  # a previous connection's: never sent on this one
             self._tail_target = None
             sock = getattr(transport, "_sock", None)
@@ -181,10 +181,10 @@ class FrameWriter:
             else:
                 self._target = None
                 self._sock = None
-        if self._out:
-            self._drain_out()
+        if self.frames:
+            self.drain_frames()
 
-    def _flush_tail_locked(self) -> None:
+    def flush_tail_locked(self) -> None:
         """Loop thread, write lock held: hand a direct write's unsent tail to asyncio."""
         tail, target = self._tail, self._tail_target
         if tail is not None:
@@ -195,9 +195,9 @@ class FrameWriter:
     def _write_out(self) -> None:
         """Loop thread: hand every queued frame to the connection, in order."""
         self._out_rung = False  # before draining: a later append rings again
-        out = self._out
-        with self._wlock:
-            self._flush_tail_locked()
+        out = self.frames
+        with self.write_lock:
+            self.flush_tail_locked()
             frames: List[bytes] = []
             while out:
                 item = out.popleft()
@@ -212,7 +212,7 @@ class FrameWriter:
                         item.set_result(None)
             self._write_locked(frames)
         if out:
-            self._drain_out()
+            self.drain_frames()
 
     def _buffer_while_reconnecting(self, frame: bytes, waiter: Optional[PendingReply]) -> bool:
         nc = self._nc

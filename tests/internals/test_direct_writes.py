@@ -167,7 +167,7 @@ def test_a_frame_left_for_the_loop_goes_before_the_threads_later_loop_writes(nat
         let_go = threading.Event()
 
         def hold_the_lock() -> None:
-            with sending._wlock:  # a long write by another thread
+            with sending.write_lock:  # a long write by another thread
                 holder_has_it.set()
                 let_go.wait(5)
 
@@ -175,7 +175,7 @@ def test_a_frame_left_for_the_loop_goes_before_the_threads_later_loop_writes(nat
         holder.start()
         assert holder_has_it.wait(5)
         publishing.publish("direct.paths", b"A")  # the lock is taken: A stays queued
-        assert any(b"A" in item[0] for item in sending._out if isinstance(item, tuple)), "A was not left for the loop"
+        assert any(b"A" in item[0] for item in sending.frames if isinstance(item, tuple)), "A was not left for the loop"
         let_go.set()
         holder.join()
         # B goes through nats-py on the loop; without the ring A would follow it.

@@ -151,7 +151,7 @@ def test_a_request_that_could_not_be_queued_leaves_no_waiter_and_no_frame(nats_u
         with pytest.raises(BusClosedError):
             transport.request("bugs.gone", b"x")
         assert transport._waiters == {}
-        assert list(transport._out) == []
+        assert list(transport.frames) == []
         assert transport._outbox is None or len(transport._outbox) == 0
 
 
@@ -160,5 +160,5 @@ def test_a_publish_that_could_not_be_queued_leaves_no_frame(nats_url: str, fast_
     with _loop_gone(nats_url, fast_path) as transport:
         with pytest.raises(BusClosedError):
             transport.publish("bugs.gone", b"x")
-        assert list(transport._out) == []
+        assert list(transport.frames) == []
         assert transport._outbox is None or len(transport._outbox) == 0
