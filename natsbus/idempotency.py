@@ -280,7 +280,7 @@ class MemoryIdempotencyStore(IdempotencyStore):
         self._lock = threading.Lock()
         # command_id -> (expires, reply), oldest first (each entry is re-inserted when stored).
         self._done: OrderedDict[str, Tuple[float, ReplyPair]] = OrderedDict()
-        self._running: Dict[str, threading.Event] = {}
+        self._running: Dict[str, _Run] = {}
 
     def __len__(self) -> int:
         return len(self._done)
@@ -303,8 +303,8 @@ class MemoryIdempotencyStore(IdempotencyStore):
                 return Claim(ClaimState.DONE, reply=entry[1])
             if command_id in self._running:
                 return Claim(ClaimState.RUNNING)
-            event = self._running[command_id] = threading.Event()
-            return Claim(ClaimState.OWNED, token=event)
+            run = self._running[command_id] = _Run()
+            return Claim(ClaimState.OWNED, token=run)
 
     def finish(self, bus: Connection, command_id: str, token: Any, reply: ReplyPair) -> None:
         """See :meth:`IdempotencyStore.finish`."""
@@ -321,21 +321,38 @@ class MemoryIdempotencyStore(IdempotencyStore):
             while len(self._done) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes):
                 _, (_, dropped) = self._done.popitem(last=False)
                 self._bytes -= _size(dropped)
-        token.set()
+            waiting = token.event
+        if waiting is not None:
+            waiting.set()
 
     def abandon(self, bus: Connection, command_id: str, token: Any) -> None:
         """See :meth:`IdempotencyStore.abandon`."""
         with self._lock:
             if self._running.get(command_id) is token:
                 del self._running[command_id]
-        token.set()
+            waiting = token.event
+        if waiting is not None:
+            waiting.set()
 
     def wait_for(self, bus: Connection, command_id: str, timeout: float) -> None:
         """See :meth:`IdempotencyStore.wait_for`."""
         with self._lock:
-            event = self._running.get(command_id)
-        if event is not None:
-            event.wait(timeout)
+            run = self._running.get(command_id)
+            if run is None:
+                return  # finished (or abandoned) meanwhile: look again
+            if run.event is None:  # the first repeat to wait: most commands never get one
+                run.event = threading.Event()
+            event = run.event
+        event.wait(timeout)
+
+
+class _Run:
+    """A command running for the memory store: who waits for it gets an event, made on demand."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event: Optional[threading.Event] = None
 
 
 def _size(reply: ReplyPair) -> int:
