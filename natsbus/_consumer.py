@@ -7,7 +7,7 @@ import logging
 import re
 import threading
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Protocol, Set
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Protocol, Set, TypeVar, TypeVarTuple
 
 from ._records import ReplyPair, done_record, read_record, record_key
 from ._resources import ConsumerSpec
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from .dispatch import Dispatcher, HandlerRoute
 
 logger = logging.getLogger("natsbus.durable")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class WorkerThreads(Protocol):
@@ -337,9 +340,9 @@ class DurableConsumer:
 
     # -- a worker thread ------------------------------------------------------------
 
-    def _run(self, fn: Any) -> Any:
+    def _run(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
         assert self._bus is not None
-        return self._bus.run(fn, API_TIMEOUT + 1.0)
+        return self._bus.live_transport().run(fn, *args, timeout=API_TIMEOUT + 1.0)
 
     def _job(self, msg: JsMessage, route: Optional[HandlerRoute]) -> None:
         with self._lock:
@@ -351,7 +354,7 @@ class DurableConsumer:
         except BaseException as exc:  # the delivery must be answered whatever happened
             logger.error("durable command %s#%d: %s", msg.subject, msg.stream_seq, exc, exc_info=True)
             try:
-                self._run(lambda: msg.nak(self.config.delay(msg.num_delivered)))
+                self._run(msg.nak, self.config.delay(msg.num_delivered))
             except Exception as nak_exc:  # redelivered after ack_wait anyway
                 logger.debug("nak failed: %s", nak_exc)
             if not isinstance(exc, Exception):
@@ -384,7 +387,7 @@ class DurableConsumer:
             )
             return
         key = record_key(command_id)
-        entry = self._run(lambda: js.kv_get(cfg.results_bucket, key))
+        entry = self._run(js.kv_get, cfg.results_bucket, key)
         record = read_record(entry.value, command_id) if entry is not None else None
         if record is not None and record.get("state") == "done":
             logger.info(
@@ -406,7 +409,7 @@ class DurableConsumer:
             code = headers.get(ERROR_CODE_HEADER, "")
             if not code or _is_answer(code):
                 record_bytes = done_record(command_id, msg.subject, reply)
-                self._run(lambda: js.kv_put(cfg.results_bucket, key, record_bytes))
+                self._run(js.kv_put, cfg.results_bucket, key, record_bytes)
                 self._run(msg.ack)
                 with self._lock:
                     self.executed += 1
@@ -425,7 +428,7 @@ class DurableConsumer:
             error,
             delay,
         )
-        self._run(lambda: msg.nak(delay))
+        self._run(msg.nak, delay)
         with self._lock:
             self.retried += 1
 
@@ -453,13 +456,13 @@ class DurableConsumer:
         subject = cfg.dead_letter_subject(message_type or "unknown")
         # The same delivery dead-lettered twice (a crash before the ack) is stored once.
         msg_id = f"{cfg.stream}.{msg.stream_seq}"
-        self._run(lambda: js.publish(subject, msg.data, headers, msg_id=msg_id, stream=cfg.dead_letter_stream))
+        self._run(partial(js.publish, subject, msg.data, headers, msg_id=msg_id, stream=cfg.dead_letter_stream))
         if command_id:
             if reply is None:
                 failure = error_class_for_code(code or "500")(error)
                 reply = error_reply(Kind.COMMAND, command_id, failure)
             record_bytes = done_record(command_id, msg.subject, reply)
-            self._run(lambda: js.kv_put(cfg.results_bucket, record_key(command_id), record_bytes))
+            self._run(js.kv_put, cfg.results_bucket, record_key(command_id), record_bytes)
         self._run(msg.ack)
         with self._lock:
             self.dead_lettered += 1

@@ -329,7 +329,7 @@ class Bus:
             TimeoutError: not confirmed within ``timeout`` seconds.
         """
         transport = self.live_transport()
-        self._portal.call(transport.flush, timeout)
+        self._portal.call(transport.flush, timeout=timeout)
 
     def begin_request(
         self,
@@ -404,7 +404,7 @@ class Bus:
     def run(self, coro_fn: Any, timeout: Optional[float] = None) -> Any:
         """Run ``coro_fn()`` on the Bus's loop and wait (for extensions)."""
         self.live_transport()
-        return self._portal.call(coro_fn, timeout)
+        return self._portal.call(coro_fn, timeout=timeout)
 
     # -- service discovery (NATS micro protocol; see natsbus.discovery) --------
 
@@ -514,7 +514,7 @@ class Bus:
             self._portal.stop()
         else:
             try:
-                self._portal.call(lambda: self._transport.close(timeout), timeout + 1.0)
+                self._portal.call(self._transport.close, timeout, timeout=timeout + 1.0)
             except Exception as exc:  # the loop is stopped below whatever happened
                 logger.debug("closing the connection failed: %r", exc)
                 self._transport.mark_closed()

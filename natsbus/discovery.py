@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 import attrs
@@ -428,10 +429,8 @@ def _gather(
     if id is not None and count is None:
         count = 1  # one instance has that id
     transport = bus.live_transport()
-    replies: List[GatheredReply] = transport.run(
-        lambda: transport.gather(subject, b"", timeout=timeout, quiet=quiet, max_count=count),
-        timeout + 5.0,
-    )
+    gather = partial(transport.gather, subject, b"", timeout=timeout, quiet=quiet, max_count=count)
+    replies: List[GatheredReply] = transport.run(gather, timeout=timeout + 5.0)
     return replies
 
 

@@ -52,7 +52,7 @@ import time
 import uuid
 from collections import OrderedDict
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, TypeVar
 
 import attrs
 
@@ -76,6 +76,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("natsbus.idempotency")
+
+T = TypeVar("T")
 
 #: The error code of a busy reply, which no store remembers.
 BUSY_CODE = str(BusyError.code)
@@ -437,11 +439,11 @@ class KeyValueIdempotencyStore(IdempotencyStore):
             "natsbus: replies to commands, by command_id (natsbus.idempotency)",
         )
         js = jetstream_for(bus)
-        bus.live_transport().run(lambda: spec.ensure(js), self._timeout * 2)
+        bus.live_transport().run(spec.ensure, js, timeout=self._timeout * 2)
 
-    def _run(self, bus: Connection, fn: Callable[[], Any]) -> Any:
+    def _run(self, bus: Connection, fn: Callable[[], Awaitable[T]]) -> T:
         try:
-            return bus.live_transport().run(fn, self._timeout)
+            return bus.live_transport().run(fn, timeout=self._timeout)
         except TimeoutError as exc:
             raise JetStreamError(f"key-value bucket {self.bucket} did not answer within {self._timeout:g}s") from exc
 
@@ -454,7 +456,7 @@ class KeyValueIdempotencyStore(IdempotencyStore):
             revision = self._run(bus, partial(js.kv_create, self.bucket, key, marker))
             if revision is not None:
                 return Claim(ClaimState.OWNED, token=revision)
-            entry = self._run(bus, lambda: js.kv_get(self.bucket, key))
+            entry = self._run(bus, partial(js.kv_get, self.bucket, key))
             if entry is None:
                 continue
             record = read_record(entry.value, command_id)
@@ -517,14 +519,14 @@ class KeyValueIdempotencyStore(IdempotencyStore):
         js = jetstream_for(bus)
         key = record_key(command_id)
         record = done_record(command_id, "", reply)
-        if self._run(bus, lambda: js.kv_update(self.bucket, key, record, token)) is None:
+        if self._run(bus, partial(js.kv_update, self.bucket, key, record, token)) is None:
             logger.warning("%s: another request took the command over; its reply is the one remembered", command_id)
 
     def abandon(self, bus: Connection, command_id: str, token: Any) -> None:
         """See :meth:`IdempotencyStore.abandon`."""
         js = jetstream_for(bus)
         key = record_key(command_id)
-        self._run(bus, lambda: js.kv_delete(self.bucket, key, token))
+        self._run(bus, partial(js.kv_delete, self.bucket, key, token))
 
     def wait_for(self, bus: Connection, command_id: str, timeout: float) -> None:
         """See :meth:`IdempotencyStore.wait_for`: the key is polled every ``poll`` seconds."""

@@ -349,7 +349,7 @@ class WorkerPool:
             subs, self._subs = self._subs, []
             if subs:
                 try:
-                    bus.run(lambda: transport.unsubscribe(subs), 5.0)
+                    transport.run(transport.unsubscribe, subs, timeout=5.0)
                 except Exception as exc:  # the start failure is what is raised
                     logger.debug("unsubscribing after a failed start failed: %r", exc)
             self._halt_threads(1.0)
@@ -639,11 +639,11 @@ class WorkerPool:
             subs, self._subs = self._subs, []
             transport = bus.live_transport()
             try:
-                bus.run(lambda: transport.drain_subscriptions(subs), max(0.1, drain_timeout))
+                transport.run(transport.drain_subscriptions, subs, timeout=max(0.1, drain_timeout))
             except Exception as exc:
                 logger.warning("draining the subscriptions of %s failed: %s", self.service_id, exc)
                 try:  # at least stop interest, so queue-group peers get the requests
-                    bus.run(lambda: transport.unsubscribe(subs), 2.0)
+                    transport.run(transport.unsubscribe, subs, timeout=2.0)
                 except Exception as again:
                     logger.warning("unsubscribing %s failed: %s", self.service_id, again)
         durable = self.durable if was_running else None

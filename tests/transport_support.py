@@ -21,14 +21,14 @@ def running_transport(url: str, *, fast_path: bool, **config: Any) -> Iterator[T
     portal.start()
     try:
         transport = Transport(NatsConfig(servers=url, **config), portal, fast_path=fast_path)
-        portal.call(transport.connect, 10.0)
+        portal.call(transport.connect, timeout=10.0)
         try:
             yield transport
         finally:
             if not portal._stopped:
-                portal.call(transport.close, 10.0)
+                portal.call(transport.close, timeout=10.0)
                 if not transport._nc.is_closed:  # closed by mark_closed: close() had nothing to do
-                    portal.call(transport._nc.close, 10.0)
+                    portal.call(transport._nc.close, timeout=10.0)
     finally:
         portal.stop()
 

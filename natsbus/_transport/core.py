@@ -45,7 +45,7 @@ import itertools
 import logging
 import random
 import threading
-from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Set, Tuple, TypeVar, TypeVarTuple
 
 import nats.errors as nerr
 from nats.aio.client import Client
@@ -72,6 +72,9 @@ from .wire import NO_RESPONDERS, Handler, Headers, check_subject, frame, parse_h
 from .writer import FrameWriter
 
 logger = logging.getLogger("natsbus.transport")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 #: A caller writes its request to the socket itself only while this few
 #: requests are in flight; with more, the loop batches their frames.
@@ -883,6 +886,6 @@ class Transport(FrameWriter):
                 logger.debug("unsubscribing the gather inbox failed: %r", exc)
         return replies
 
-    def run(self, fn: Callable[[], Awaitable[Any]], timeout: Optional[float] = None) -> Any:
-        """Run ``fn()`` on the loop and wait (see :meth:`Portal.call`)."""
-        return self.portal.call(fn, timeout)
+    def run(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts, timeout: Optional[float] = None) -> T:
+        """Run ``fn(*args)`` on the loop and wait (see :meth:`Portal.call`)."""
+        return self.portal.call(fn, *args, timeout=timeout)

@@ -571,6 +571,6 @@ def jetstream_for(connection: Connection) -> JetStream:
             async def make() -> JetStream:
                 return JetStream(transport)
 
-            made = transport.portal.call(make, 30.0)
+            made = transport.portal.call(make, timeout=30.0)
         js = _CONTEXTS.setdefault(transport, made)
     return js

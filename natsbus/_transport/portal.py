@@ -17,11 +17,12 @@ import asyncio
 import concurrent.futures
 import threading
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Generic, Optional, Set, TypeVar
+from typing import Any, Awaitable, Callable, Deque, Generic, Optional, Set, TypeVar, TypeVarTuple
 
 from ..errors import BusClosedError, LifecycleError, LoopThreadError
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 Item = TypeVar("Item")
 
 
@@ -94,8 +95,8 @@ class Portal:
                 "where it would deadlock; call it from an ordinary thread"
             )
 
-    def call(self, fn: Callable[[], Awaitable[T]], timeout: Optional[float] = None) -> T:
-        """Run ``fn()`` on the loop and wait for its result.
+    def call(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts, timeout: Optional[float] = None) -> T:
+        """Run ``fn(*args)`` on the loop and wait for its result (as anyio's ``BlockingPortal.call``).
 
         On timeout the coroutine is cancelled on the loop, so nothing is
         left running, and :class:`TimeoutError` is raised.
@@ -109,7 +110,7 @@ class Portal:
             raise BusClosedError("the natsbus event loop is stopped")
 
         async def runner() -> T:
-            return await fn()
+            return await fn(*args)
 
         with self._calls_lock:
             if self._stopped:

@@ -165,7 +165,7 @@ def pending(bus: Connection, config: Optional[DurableConfig] = None, *, limit: i
             seq = msg.seq + 1
         return PendingCommands(cfg.stream, True, state.messages, consumers, tuple(found))
 
-    result_: PendingCommands = bus.live_transport().run(read, API_TIMEOUT * 4)
+    result_: PendingCommands = bus.live_transport().run(read, timeout=API_TIMEOUT * 4)
     return result_
 
 
@@ -188,7 +188,7 @@ def dead_letters(bus: Connection, config: Optional[DurableConfig] = None, *, lim
             seq = msg.seq + 1
         return found
 
-    letters: List[DeadLetter] = bus.live_transport().run(read, API_TIMEOUT * 4)
+    letters: List[DeadLetter] = bus.live_transport().run(read, timeout=API_TIMEOUT * 4)
     return letters
 
 
@@ -215,7 +215,7 @@ def replay(bus: Connection, which: Union[int, str], config: Optional[DurableConf
     js = jetstream_for(bus)
     letter: Optional[DeadLetter] = None
     if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
-        msg = bus.live_transport().run(lambda: js.get_message(cfg.dead_letter_stream, int(which)), API_TIMEOUT)
+        msg = bus.live_transport().run(js.get_message, cfg.dead_letter_stream, int(which), timeout=API_TIMEOUT)
         if msg is not None and msg.subject.startswith(cfg.dead_letter_prefix + "."):
             letter = DeadLetter.from_message(msg, cfg)
     else:
@@ -237,6 +237,6 @@ def replay(bus: Connection, which: Union[int, str], config: Optional[DurableConf
         )
         await client.delete_message(cfg.dead_letter_stream, found.seq)
 
-    bus.live_transport().run(again, API_TIMEOUT * 4)
+    bus.live_transport().run(again, timeout=API_TIMEOUT * 4)
     logger.info("replayed dead letter %d as %s %s", found.seq, subject, found.command_id)
     return found

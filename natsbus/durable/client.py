@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 import weakref
+from functools import partial
 from typing import Any, Dict, Optional, Protocol, Set, Tuple, cast
 
 import attrs
@@ -52,7 +53,7 @@ def _client(bus: Connection, config: DurableConfig) -> JetStream:
     with _CLIENT_LOCK:
         ready = config in _CLIENT_READY.get(js, set())
     if not ready:
-        bus.live_transport().run(lambda: _ensure_client_side(js, config), API_TIMEOUT * 3)
+        bus.live_transport().run(_ensure_client_side, js, config, timeout=API_TIMEOUT * 3)
         with _CLIENT_LOCK:
             _CLIENT_READY.setdefault(js, set()).add(config)
     return js
@@ -169,9 +170,8 @@ def send_on(
     attempt = 0
     while True:
         try:
-            ack = transport.run(
-                lambda: js.publish(subject, body, msg_id=cid, stream=cfg.stream, timeout=ack_wait), ack_wait + 1
-            )
+            publish = partial(js.publish, subject, body, msg_id=cid, stream=cfg.stream, timeout=ack_wait)
+            ack = transport.run(publish, timeout=ack_wait + 1)
             break
         except (NatsBusError, TimeoutError) as exc:
             # Not stored, or stored and the ack lost: the same Nats-Msg-Id makes a retry safe.
@@ -222,7 +222,7 @@ def result_on(
     deadline = time.monotonic() + wait
     pause = 0.02
     while True:
-        entry = transport.run(lambda: js.kv_get(cfg.results_bucket, key), API_TIMEOUT)
+        entry = transport.run(js.kv_get, cfg.results_bucket, key, timeout=API_TIMEOUT)
         record = read_record(entry.value, command_id) if entry is not None else None
         if record is not None and record.get("state") == "done":
             return _decode_result(record, command_id, returns)

@@ -64,7 +64,7 @@ def test_a_drain_whose_barrier_the_close_failed_is_not_confirmed(
     # The close comes while the barrier is on its way: it fails every waiter.
     _hold_back_barriers(transport, monkeypatch, lambda: transport._fail_waiters(closing))
     with pytest.raises(BusClosedError) as info:
-        transport.portal.call(lambda: transport.drain_subscriptions([sub]), 5.0)
+        transport.portal.call(lambda: transport.drain_subscriptions([sub]), timeout=5.0)
     assert info.value is closing
     assert transport._waiters == {}
 
@@ -80,7 +80,7 @@ def test_a_close_from_another_thread_fails_a_waiting_barrier_at_once(
 
     def drain() -> None:
         try:
-            transport.portal.call(lambda: transport.drain_subscriptions([sub]), 5.0)
+            transport.portal.call(lambda: transport.drain_subscriptions([sub]), timeout=5.0)
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -98,12 +98,12 @@ def test_a_flush_whose_barrier_the_close_failed_is_not_confirmed(
     closing = BusClosedError("the Bus was closed while waiting for a reply")
     _hold_back_barriers(transport, monkeypatch, lambda: transport._fail_waiters(closing))
     with pytest.raises(BusClosedError):
-        transport.portal.call(transport.flush, 5.0)
+        transport.portal.call(transport.flush, timeout=5.0)
 
 
 def test_a_barrier_still_confirms_a_drain_when_nothing_closes(transport: Transport) -> None:
     sub = _subscribed(transport)
-    transport.portal.call(lambda: transport.drain_subscriptions([sub]), 5.0)
+    transport.portal.call(lambda: transport.drain_subscriptions([sub]), timeout=5.0)
     replies: List[Any] = transport.portal.call(lambda: transport.gather("bugs.drain", b"anyone?", timeout=2, quiet=0.2))
     assert replies == []  # nobody subscribes any more
 
@@ -120,7 +120,7 @@ def _loop_gone(nats_url: str, fast_path: bool) -> Iterator[Transport]:
     and nobody told the transport.
     """
     with running_transport(nats_url, fast_path=fast_path) as transport:
-        transport.portal.call(transport._nc.close, 10.0)
+        transport.portal.call(transport._nc.close, timeout=10.0)
         transport.portal.stop()
         assert transport.portal._loop is not None and transport.portal._loop.is_closed()
         assert not transport._closed
