@@ -23,14 +23,13 @@ an error, or NATS could not be reached; 2 for a usage error.
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import json
-import os
 import sys
 from typing import Any, Dict, Optional, TextIO
 
 from .options import add_connection_options, add_json_option, exit_code, open_bus
+from .worker import Refused, load
 
 __all__ = ["CONTRACT_COMMANDS", "add_contract_commands", "run_contract_command"]
 
@@ -182,8 +181,12 @@ def _asyncapi(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     name = "natsbus asyncapi"
     try:
-        pool = _pool(_load(args.target))
-    except Exception as exc:
+        pool = _pool(load(args.target))
+    except Refused as exc:  # the target does not import (said as file:line), or has no such attribute
+        reason = str(exc).removeprefix(f"cannot load {args.target}: ")
+        err.write(f"{name}: cannot load a WorkerPool from {args.target}: {reason}\n")
+        return exc.code
+    except Exception as exc:  # the factory raised
         err.write(f"{name}: cannot load a WorkerPool from {args.target}: {exc}\n")
         return 2
     if not isinstance(pool, WorkerPool):
@@ -207,19 +210,6 @@ def _asyncapi(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         out.write(text)
     return 0
-
-
-def _load(target: str) -> Any:
-    """The object ``MODULE:ATTR`` names (the current directory importable, as ``natsbus worker`` does)."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{target!r} is not MODULE:ATTR")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _pool(target: Any) -> Any:
