@@ -37,7 +37,6 @@ from ._transport import RawHeaders, Transport, as_headers
 from ._workqueue import STOP, Jobs, Watchdog, Work
 from .bus import Bus
 from .context import parse_deadline
-from .cqrs import DEFAULT, DefaultType
 from .discovery import ServiceStats
 from .dispatch import Dispatcher, HandlerRoute
 from .envelope import INSTANCE_HEADER, SERVICE_HEADER, error_reply, peek_id
@@ -53,6 +52,7 @@ from .errors import (
 )
 from .messages import Kind, scatter_subject
 from .middleware import HandlerRequest, Middleware
+from .policies import DEFAULT, DefaultType
 
 if TYPE_CHECKING:
     from ._consumer import DurableConsumer
