@@ -173,7 +173,7 @@ class Bus:
         self._generation = _fork_generation
         self._portal, self._transport = self._open()
         self._completer_thread: Optional[Completer] = None
-        # Objects close() stops first (running WorkerPools; see _attach).
+        # Objects close() stops first (running WorkerPools; see attach).
         self._users: weakref.WeakSet[Any] = weakref.WeakSet()
         _LIVE_BUSES.add(self)
 
@@ -319,7 +319,7 @@ class Bus:
             BusClosedError: the Bus is closed.
         """
         transport = self.live_transport()
-        transport._check_send(subject, payload)
+        transport.check_send(subject, payload)
         transport.publish(subject, payload, dict(headers) if headers else None)
 
     def flush(self, timeout: Optional[float] = 5.0) -> None:
@@ -481,8 +481,8 @@ class Bus:
 
         return discovery.contract(self, message_type, service=service, kind=kind, timeout=timeout, quiet=quiet)
 
-    def _attach(self, user: Any) -> None:
-        """Have :meth:`close` call ``user._bus_closing(timeout)`` first (a running WorkerPool)."""
+    def attach(self, user: Any) -> None:
+        """Have :meth:`close` call ``user.bus_closing(timeout)`` first (a running WorkerPool)."""
         self._users.add(user)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -496,7 +496,7 @@ class Bus:
         if self._state is _State.OPEN and self._pid == os.getpid():
             for user in list(self._users):
                 try:
-                    user._bus_closing(timeout)
+                    user.bus_closing(timeout)
                 except Exception as exc:  # the Bus closes whatever happens
                     logger.warning("stopping %r before closing the Bus failed: %r", user, exc)
         with self._lock:

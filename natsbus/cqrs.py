@@ -963,7 +963,7 @@ class QueryBus(_MessageBus):
         request = self._build(query)
         route = _Route(request.route.name, scatter_subject(request.route.name), request.route.result)
         transport = bus.live_transport()
-        transport._check_send(route.subject, request.body)
+        transport.check_send(route.subject, request.body)
         gather = functools.partial(
             transport.gather,
             route.subject,

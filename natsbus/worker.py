@@ -166,7 +166,8 @@ class WorkerPool:
         # still arrives (a drain that failed) is refused as busy, not queued
         # behind threads that are ending.
         self._accepting = True
-        self._served = False  # start() succeeded at some point
+        #: Whether start() succeeded at some point (the worker CLI tells a failed start from a drain).
+        self.served = False
         self._stopped = threading.Event()  # set once stop() has finished
         self._stop_result = True
         self._in_run = False  # run() serves: it re-raises a handler's KeyboardInterrupt / SystemExit
@@ -360,8 +361,8 @@ class WorkerPool:
             raise
         if self.durable is not None:  # pull durable commands onto the worker threads
             self.durable.start()
-        bus._attach(self)  # bus.close() stops the pool first
-        self._served = True
+        bus.attach(self)  # bus.close() stops the pool first
+        self.served = True
         logger.info(
             "worker pool %s serving %s with %d threads, %d pending at most (queue group %s)",
             self.service_id,
@@ -722,8 +723,8 @@ class WorkerPool:
             if thread is not threading.current_thread():  # stop() called by a handler
                 thread.join(max(0.0, end - time.monotonic()))
 
-    def _bus_closing(self, timeout: float) -> None:
-        """Its Bus is closing: stop serving (drained within ``timeout``), end the threads."""
+    def bus_closing(self, timeout: float) -> None:
+        """Its Bus is closing (the Bus calls this): stop serving, drained within ``timeout``; end the threads."""
         self.stop(drain_timeout=timeout)
 
     def run(

@@ -512,7 +512,7 @@ class Transport(FrameWriter):
             except RuntimeError:  # the loop is closed: nobody waits for the barrier any more
                 pass
 
-        waiter._notify = arrived
+        waiter.notify = arrived
         try:
             await self._nc.publish(self._prefix + token.decode(), b"")
             await asyncio.wait_for(done, timeout)
@@ -740,7 +740,7 @@ class Transport(FrameWriter):
             self._discard(item)  # not handed over: not to be sent later either
             raise
 
-    def _check_send(self, subject: str, payload: bytes) -> None:
+    def check_send(self, subject: str, payload: bytes) -> None:
         """Before a publish: what is sent while reconnecting is buffered, unless told to fail fast."""
         if self._closed or not self._started or (self._fail_fast and not self._up):
             raise self.not_connected_error(subject)

@@ -44,10 +44,11 @@ class PendingReply:
 
     Attributes:
         subject: Where the request was sent.
+        notify: Called with it once it completes (on the loop or a closing thread): it only hands off.
         token: Its key in the reply map.
     """
 
-    __slots__ = ("_done", "_error", "_lock", "_notify", "_reply", "_waiters", "subject", "token")
+    __slots__ = ("_done", "_error", "_lock", "_reply", "_waiters", "notify", "subject", "token")
 
     def __init__(
         self,
@@ -59,7 +60,7 @@ class PendingReply:
         self.subject = subject
         self.token = token
         self._waiters = waiters
-        self._notify = notify
+        self.notify = notify
         self._lock = allocate_lock()
         self._lock.acquire()
         self._done = False
@@ -71,8 +72,8 @@ class PendingReply:
         self._error = error
         self._done = True
         self._lock.release()
-        if self._notify is not None:
-            self._notify(self)
+        if self.notify is not None:
+            self.notify(self)
 
     def done(self) -> bool:
         """Whether the reply (or an error) is in."""

@@ -227,7 +227,7 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str) -> int:
             drain_timeout=drain_timeout, on_serving=systemd.serving, on_draining=systemd.draining
         )
     except NatsBusError as exc:
-        if not pool._served:  # start() failed: it never served
+        if not pool.served:  # start() failed: it never served
             code = EXIT_CONNECT if exit_code(exc) == EXIT_CONNECT else EXIT_USAGE
             raise Refused(f"cannot start {label}: {exc}", code) from None
         logger.error("worker pool %s failed: %s", pool.service_id, exc)
