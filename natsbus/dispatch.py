@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import typing
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
 
 import attrs
 
@@ -31,7 +31,7 @@ from .errors import (
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
 from .middleware import HandlerRequest, Middleware, run_handler
 
-__all__ = ["Dispatcher", "EndpointStats", "HandlerRoute", "NotStarted"]
+__all__ = ["Dispatcher", "EndpointStats", "HandlerRoute", "NotStarted", "ReplyMemory"]
 
 logger = logging.getLogger("natsbus.worker")
 
@@ -97,6 +97,24 @@ class NotStarted(NamedTuple):
 
     body: bytes
     headers: Headers
+
+
+class ReplyMemory(Protocol):
+    """Where :meth:`Dispatcher.dispatch` remembers command replies (an idempotency store's ``guard()``).
+
+    For a command with an id, once decoded and not expired, the dispatcher
+    calls :meth:`claim`; it runs the handler only when that returned no
+    reply, and then calls :meth:`settle` with what it answers (``None``
+    when the handler raised a ``BaseException`` past it).
+    """
+
+    def claim(
+        self, route: HandlerRoute, command_id: str, deadline: Optional[float]
+    ) -> Tuple[Optional[Tuple[bytes, Headers]], Any]:
+        """``(reply, _)`` to answer with ``reply`` at once; ``(None, token)`` to run the handler."""
+
+    def settle(self, route: HandlerRoute, command_id: str, token: Any, reply: Optional[Tuple[bytes, Headers]]) -> None:
+        """Remember ``reply`` for the claim ``token``, or (``None``) forget the claim."""
 
 
 def _resolve(handler: Any, message_type: Optional[type]) -> Tuple[Callable[[Any], Any], type, str]:
@@ -209,12 +227,16 @@ class Dispatcher:
         headers: Headers = None,
         deadline: Optional[float] = None,
         failed: Optional[Callable[[BaseException], None]] = None,
+        memory: Optional[ReplyMemory] = None,
     ) -> Tuple[bytes, Headers]:
         """Handle one request body; return the reply body and headers.
 
         ``failed``, when given, is called with the handler's exception when
         the handler (or its middleware) raised one (the in-memory test bus
         keeps it as the ``__cause__`` of the error its caller gets).
+        ``memory``, when given, answers a repeated command from the replies
+        it remembers (see :class:`ReplyMemory`); it is consulted after the
+        envelope is decoded, so the id is read once.
 
         Every failure (an ``Exception``) becomes an error envelope. A
         request whose ``deadline`` (``time.monotonic()``) has passed is not
@@ -258,6 +280,30 @@ class Dispatcher:
             )
             return NotStarted(*self._error(route, kind, message_id, late, started))
         context = RequestContext(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline)
+        if memory is None or kind is not Kind.COMMAND or not message_id:
+            return self._run(route, context, message, max_payload, failed, started)
+        answer, token = memory.claim(route, message_id, deadline)
+        if answer is not None:  # a repeat: the reply already sent (or busy), the handler does not run
+            return answer
+        try:
+            reply = self._run(route, context, message, max_payload, failed, started)
+        except BaseException:
+            memory.settle(route, message_id, token, None)
+            raise
+        memory.settle(route, message_id, token, reply)
+        return reply
+
+    def _run(
+        self,
+        route: HandlerRoute,
+        context: RequestContext,
+        message: Any,
+        max_payload: int,
+        failed: Optional[Callable[[BaseException], None]],
+        started: int,
+    ) -> Tuple[bytes, Headers]:
+        """Run the handler on ``message`` (inside the middleware) and encode its result or error."""
+        kind, message_id = route.kind, context.message_id
         token = _enter(context)
         try:
             if self.middleware:  # the handler inside the handler middleware chain
