@@ -52,7 +52,7 @@ import time
 import uuid
 from collections import OrderedDict
 from functools import partial
-from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, TypeVar, Union
 
 import attrs
 
@@ -322,8 +322,11 @@ class MemoryIdempotencyStore(IdempotencyStore):
         self.max_bytes = max_bytes
         self._bytes = 0
         self._lock = threading.Lock()
-        # command_id -> (expires, reply, its size), oldest first (each entry is re-inserted when stored).
-        self._done: OrderedDict[str, Tuple[float, ReplyPair, int]] = OrderedDict()
+        # command_id -> (expires, reply), oldest first (each entry is re-inserted when stored).
+        # A reply without headers (a success) is kept as its body alone. (A plain dict
+        # would be smaller still, but taking its oldest entry again and again walks
+        # over every slot deleted before it.)
+        self._done: OrderedDict[str, Tuple[float, Union[bytes, ReplyPair]]] = OrderedDict()
         self._running: Dict[str, _Run] = {}
 
     def __len__(self) -> int:
@@ -332,11 +335,11 @@ class MemoryIdempotencyStore(IdempotencyStore):
     def _expire(self, now: float) -> None:
         done = self._done
         while done:
-            key, (expires, _, size) = next(iter(done.items()))
+            key, (expires, kept) = next(iter(done.items()))
             if expires > now:
                 break
             del done[key]
-            self._bytes -= size
+            self._bytes -= _kept_size(kept)
 
     def begin(self, bus: Connection, command_id: str) -> Claim:
         """See :meth:`IdempotencyStore.begin`."""
@@ -344,7 +347,7 @@ class MemoryIdempotencyStore(IdempotencyStore):
             self._expire(time.monotonic())
             entry = self._done.get(command_id)
             if entry is not None:
-                return Claim(ClaimState.DONE, reply=entry[1])
+                return Claim(ClaimState.DONE, reply=_as_reply(entry[1]))
             if command_id in self._running:
                 return Claim(ClaimState.RUNNING)
             run = self._running[command_id] = _Run()
@@ -370,15 +373,15 @@ class MemoryIdempotencyStore(IdempotencyStore):
             if self._running.get(command_id) is token:
                 del self._running[command_id]
             self._expire(now)
-            previous = self._done.pop(command_id, None)
+            done = self._done
+            previous = done.pop(command_id, None)
             if previous is not None:
-                self._bytes -= previous[2]
+                self._bytes -= _kept_size(previous[1])
             if self.max_bytes is None or size <= self.max_bytes:
-                self._done[command_id] = (now + self.ttl, reply, size)
+                done[command_id] = (now + self.ttl, reply[0] if reply[1] is None else reply)
                 self._bytes += size
-            while len(self._done) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes):
-                _, (_, _, dropped) = self._done.popitem(last=False)
-                self._bytes -= dropped
+            while len(done) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes):
+                self._bytes -= _kept_size(done.popitem(last=False)[1][1])
             waiting = token.event
         if waiting is not None:
             waiting.set()
@@ -428,6 +431,14 @@ class _Run:
 
     def __init__(self) -> None:
         self.event: Optional[threading.Event] = None
+
+
+def _as_reply(kept: Union[bytes, ReplyPair]) -> ReplyPair:
+    return (kept, None) if isinstance(kept, bytes) else kept
+
+
+def _kept_size(kept: Union[bytes, ReplyPair]) -> int:
+    return len(kept) if isinstance(kept, bytes) else _size(kept)
 
 
 def _size(reply: ReplyPair) -> int:
