@@ -12,6 +12,7 @@ The public API lives here. Public modules beyond it (the same list as
     natsbus.discovery             NATS micro discovery (ping, discover, stats)
     natsbus.durable               durable commands on JetStream
     natsbus.envelope              the wire contract's envelopes
+    natsbus.health                /livez and /readyz: HealthServer and the checks
     natsbus.idempotency           idempotency stores
     natsbus.metrics               the Prometheus collector
     natsbus.middleware            client and handler middleware, tracing
@@ -95,6 +96,7 @@ PUBLIC_MODULES = (
     "natsbus.discovery",
     "natsbus.durable",
     "natsbus.envelope",
+    "natsbus.health",
     "natsbus.idempotency",
     "natsbus.metrics",
     "natsbus.middleware",
