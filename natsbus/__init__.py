@@ -7,6 +7,7 @@ The public API lives here. Public modules beyond it (the same list as
     natsbus.config                NatsConfig, tls_context, redact_url, redact_text
     natsbus.contrib.django        the Django app (settings, checks, natsbus_worker)
     natsbus.contrib.django.checks its system checks
+    natsbus.contrib.django.views  the health probe views (livez, readyz)
     natsbus.contrib.flask         the Flask extension
     natsbus.cqrs                  CommandBus, QueryBus, the Requester seam, TimeoutArg
     natsbus.discovery             NATS micro discovery (ping, discover, stats)
@@ -91,6 +92,7 @@ PUBLIC_MODULES = (
     "natsbus.config",
     "natsbus.contrib.django",
     "natsbus.contrib.django.checks",
+    "natsbus.contrib.django.views",
     "natsbus.contrib.flask",
     "natsbus.cqrs",
     "natsbus.discovery",

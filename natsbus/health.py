@@ -16,7 +16,8 @@ The checks for a worker process (``natsbus worker --health-port``):
   draining; the ``reason`` says which is missing.
 
 For a client-only process (a web app), :func:`bus_readiness` says whether
-its Bus is connected; the Flask and Django integrations serve it as a view
+its Bus is connected and :func:`bus_liveness` whether its loop answers; the
+Flask and Django integrations serve them as views
 (``NatsBus.health_blueprint()``, ``natsbus.contrib.django.views``).
 
 The server runs on daemon threads and uses only the standard library. A
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from .bus import Bus
     from .worker import WorkerPool
 
-__all__ = ["Health", "HealthServer", "bus_readiness", "pool_liveness", "pool_readiness"]
+__all__ = ["Health", "HealthServer", "bus_liveness", "bus_readiness", "pool_liveness", "pool_readiness"]
 
 logger = logging.getLogger("natsbus.health")
 
@@ -263,13 +264,27 @@ def pool_liveness(pool: WorkerPool, timeout: float = 1.0) -> Health:
         timeout: Seconds the loop has to answer.
 
     Returns:
-        ok, or not with the reason ``"event loop not responding"`` or ``"bus closed"``.
+        As :func:`bus_liveness`; ok with ``{"loop": "no bus yet"}`` when the pool has no Bus.
     """
-    from .cli.systemd import check_loop
-
     bus = pool.bus
     if bus is None:
         return Health(True, checks={"loop": "no bus yet"})
+    return bus_liveness(bus, timeout)
+
+
+def bus_liveness(bus: Bus, timeout: float = 1.0) -> Health:
+    """Alive: the Bus's event loop runs a no-op within ``timeout`` (:func:`pool_liveness` for a Bus alone).
+
+    Args:
+        bus: The Bus.
+        timeout: Seconds the loop has to answer.
+
+    Returns:
+        ok with ``{"loop": "ok"}``, or not with the reason ``"event loop
+        not responding"``, ``"event loop not running"`` or ``"bus closed"``.
+    """
+    from .cli.systemd import check_loop
+
     if bus.closed:
         return Health(False, "bus closed", {"loop": "closed"})
     try:
