@@ -140,6 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(data)
 
+    def version_string(self) -> str:
+        return "natsbus-health"  # no Python version in the Server header
+
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
 

@@ -79,6 +79,7 @@ def test_probes_answer_200_when_ok_and_503_with_the_reason_when_not() -> None:
         assert (status, body) == (200, {"status": "ok", "reason": "", "checks": {"loop": "ok"}})
         assert headers["Content-Type"] == "application/json"
         assert headers["Cache-Control"] == "no-store"
+        assert headers["Server"] == "natsbus-health"  # no Python version
         status, _, body = _get(server.address, "/readyz")
         assert (status, body) == (503, {"status": "unavailable", "reason": "draining", "checks": {}})
         assert _get(server.address, "/readyz?verbose")[0] == 503  # a query string does not change the path
