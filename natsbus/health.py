@@ -32,7 +32,7 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import attrs
 
@@ -124,10 +124,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": "not found", "paths": sorted(self.server.checks)}, head=head)
             return
         health = _run_check(check, path)
-        self._send(200 if health.ok else 503, health.to_json(), head=head)
+        try:
+            data = _encode(health.to_json())
+        except (TypeError, ValueError) as exc:  # e.g. checks with keys that are not strings
+            logger.warning("the %s check's details are not JSON: %s", path, type(exc).__name__)
+            health = Health(False, "check failed: details not JSON", {"error": type(exc).__name__})
+            data = _encode(health.to_json())
+        self._send(200 if health.ok else 503, data, head=head)
 
-    def _send(self, status: int, body: Mapping[str, Any], head: bool, allow: str = "") -> None:
-        data = json.dumps(body, default=str).encode() + b"\n"
+    def _send(self, status: int, body: Union[Mapping[str, Any], bytes], head: bool, allow: str = "") -> None:
+        data = body if isinstance(body, bytes) else _encode(body)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -147,12 +153,20 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s %s", self.address_string(), format % args)
 
 
+def _encode(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, default=str).encode() + b"\n"
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: Tuple[str, int], checks: Dict[str, Check]) -> None:
         self.checks = checks
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A prober that hung up mid-answer, say: socketserver would print a traceback on stderr.
+        logger.debug("health probe from %s failed", client_address, exc_info=True)
 
 
 class HealthServer:

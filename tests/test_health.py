@@ -110,6 +110,9 @@ def test_a_check_that_raises_answers_503_with_the_error_type_only(caplog: pytest
         )
         status, _, body = _get(server.address, "/readyz")
         assert (status, body["reason"]) == (503, "check failed: not a Health")
+    with HealthServer(lambda: Health(True, checks={(1, 2): "a tuple key"}), leaky) as server:
+        status, _, body = _get(server.address, "/livez")
+        assert (status, body["reason"]) == (503, "check failed: details not JSON")
     assert "hunter2" not in caplog.text
     assert "the /livez check raised RuntimeError" in caplog.text
 
