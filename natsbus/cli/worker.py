@@ -15,8 +15,9 @@ import inspect
 import logging
 import os
 import sys
+import threading
 import traceback
-from typing import TYPE_CHECKING, Any, List, TextIO
+from typing import TYPE_CHECKING, Any, List, Optional, TextIO, Tuple
 
 from .options import (
     EXIT_CONNECT,
@@ -32,6 +33,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from ..health import Health
     from ..worker import WorkerPool
 
 __all__ = [
@@ -40,8 +42,10 @@ __all__ = [
     "apply_pool_options",
     "call_factory",
     "connection_flags",
+    "health_address",
     "import_failure",
     "load",
+    "port_number",
     "refuse_connection_flags",
     "run_worker",
     "serve",
@@ -74,6 +78,24 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         help="seconds to finish the admitted requests after a signal (default 30)",
     )
     parser.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (default INFO)")
+    parser.add_argument(
+        "--health-port",
+        type=port_number,
+        help="serve GET /livez and /readyz on this port (0: a free one), from before the pool subscribes "
+        "until it has drained (docs/health.rst)",
+    )
+    parser.add_argument("--health-host", help="the address for --health-port (default 127.0.0.1)")
+
+
+def port_number(value: str) -> int:
+    """An argparse ``type=``: a TCP port, 0 to 65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return port
 
 
 # -- loading the target ------------------------------------------------------
@@ -205,7 +227,49 @@ def apply_pool_options(pool: WorkerPool, args: argparse.Namespace) -> None:
 # -- serving -----------------------------------------------------------------
 
 
-def serve(pool: WorkerPool, drain_timeout: float, label: str) -> int:
+def health_address(args: argparse.Namespace) -> Optional[Tuple[str, int]]:
+    """``(--health-host, --health-port)``, or None without ``--health-port``.
+
+    Raises:
+        Refused: ``--health-host`` without ``--health-port`` (it would be ignored).
+    """
+    port = getattr(args, "health_port", None)
+    host = getattr(args, "health_host", None)
+    if port is None:
+        if host is not None:
+            raise Refused("--health-host would be ignored without --health-port; add --health-port PORT")
+        return None
+    return (host or "127.0.0.1", port)
+
+
+class _Probes:
+    """The worker's ``/livez`` and ``/readyz``: the pool's checks, and 503 "draining" from the drain's start."""
+
+    def __init__(self, pool: WorkerPool, address: Tuple[str, int]) -> None:
+        from ..health import HealthServer
+
+        self.pool = pool
+        self._draining = threading.Event()
+        self.server = HealthServer(self.livez, self.readyz, host=address[0], port=address[1])
+
+    def livez(self) -> Health:
+        from ..health import pool_liveness
+
+        return pool_liveness(self.pool)
+
+    def readyz(self) -> Health:
+        from ..health import Health, pool_readiness
+
+        health = pool_readiness(self.pool)
+        if self._draining.is_set() and health.reason != "stopped":  # from the signal on, before stop() begins
+            return Health(False, "draining", {**health.checks, "pool": "draining"})
+        return health
+
+    def draining(self) -> None:
+        self._draining.set()
+
+
+def serve(pool: WorkerPool, drain_timeout: float, label: str, *, health: Optional[Tuple[str, int]] = None) -> int:
     """Serve until SIGTERM/SIGINT, drain; return the exit status (0 drained, 1 not).
 
     The signal handlers are in place before the pool subscribes; a second
@@ -215,16 +279,34 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str) -> int:
     ``WATCHDOG_USEC`` while the Bus's event loop answers
     (:mod:`natsbus.cli.systemd`).
 
+    With ``health`` (``(host, port)``) it serves ``/livez`` and ``/readyz``
+    (:mod:`natsbus.health`) from before the pool subscribes until the
+    drain is over: ``/readyz`` answers 503 "not serving yet", then 200,
+    then 503 "draining" as soon as the drain starts.
+
     Raises:
-        Refused: the pool could not start (nothing was served).
+        Refused: the pool could not start (nothing was served), or the
+            health port cannot be listened on (usage error 2, before subscribing).
     """
-    from ..errors import NatsBusError
+    from ..errors import ConfigError, NatsBusError
     from .systemd import Notifier
 
+    probes = _Probes(pool, health) if health is not None else None
+    if probes is not None:
+        try:
+            probes.server.start()
+        except ConfigError as exc:
+            raise Refused(str(exc)) from None
     systemd = Notifier(pool)  # READY=1, STOPPING=1, WATCHDOG=1 under a Type=notify unit
+
+    def draining() -> None:
+        if probes is not None:
+            probes.draining()
+        systemd.draining()
+
     try:
         drained = pool.run(  # signal handlers first, then start
-            drain_timeout=drain_timeout, on_serving=systemd.serving, on_draining=systemd.draining
+            drain_timeout=drain_timeout, on_serving=systemd.serving, on_draining=draining
         )
     except NatsBusError as exc:
         if not pool.served:  # start() failed: it never served
@@ -234,6 +316,8 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str) -> int:
         return EXIT_NOT_DRAINED
     finally:
         systemd.close()
+        if probes is not None:
+            probes.server.close()  # after the drain: /readyz said "draining" throughout
     return EXIT_OK if drained else EXIT_NOT_DRAINED
 
 
@@ -251,6 +335,7 @@ def _run_worker(args: argparse.Namespace) -> int:
     from ..worker import WorkerPool
 
     label = args.target
+    health_address(args)  # its usage errors before anything connects
     target = load(label)
     if not isinstance(target, WorkerPool):
         if not callable(target):
@@ -275,4 +360,4 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 def _serve(pool: WorkerPool, args: argparse.Namespace, label: str) -> int:
     apply_pool_options(pool, args)
-    return serve(pool, args.drain_timeout, label)
+    return serve(pool, args.drain_timeout, label, health=health_address(args))

@@ -24,6 +24,7 @@ from natsbus.cli.worker import (
     add_pool_options,
     apply_pool_options,
     call_factory,
+    health_address,
     load,
     refuse_connection_flags,
     serve,
@@ -88,6 +89,7 @@ class Command(BaseCommand):
 
     def _serve(self, path: str, options: argparse.Namespace) -> int:
         _override_connection(options)
+        health = health_address(options)  # its usage errors before anything connects
         factory = load(path)
         try:
             bus = get_bus()
@@ -101,7 +103,7 @@ class Command(BaseCommand):
                 route.call = _with_fresh_db_connections(route.call)
             apply_pool_options(pool, options)
             # run() installs the signal handlers, then subscribes: a SIGTERM at any moment drains.
-            return serve(pool, options.drain_timeout, path)
+            return serve(pool, options.drain_timeout, path, health=health)
         finally:
             close_bus()
 
