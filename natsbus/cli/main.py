@@ -23,9 +23,10 @@ Durable commands (JetStream; see natsbus.durable)::
     natsbus durable replay SEQ|ID       send a dead-lettered command again
 
 All take ``--server URL`` (default ``NATS_URL``, else nats://127.0.0.1:4222)
-and ``--connect-timeout SECONDS``; the ops commands take ``-j`` / ``--json``
-(one JSON document on standard output, errors as JSON objects on standard
-error; the keys are listed in the README's ops CLI section). One set of exit codes for every command
+and ``--connect-timeout SECONDS``; all but ``demo`` and ``worker`` take
+``-j`` / ``--json`` (one JSON document on standard output, errors as JSON
+objects on standard error; the keys are listed in ``docs/cli-json.rst``).
+One set of exit codes for every command
 (:mod:`natsbus.cli.options`): 0 success; 1 the call failed (an error reply,
 a timeout, no handler, no instance answering ``ping`` / ``info`` /
 ``stats``; an empty ``ls`` is not a failure), a batch line failed, or a
