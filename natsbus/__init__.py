@@ -13,7 +13,7 @@ The public API lives here. Public modules beyond it (the same list as
     natsbus.durable               durable commands on JetStream
     natsbus.envelope              the wire contract's envelopes
     natsbus.idempotency           idempotency stores
-    natsbus.metrics               the Prometheus collector
+    natsbus.metrics               the Prometheus collector, ClientMetrics
     natsbus.middleware            client and handler middleware, tracing
     natsbus.ports                 CommandBusPort, QueryBusPort
     natsbus.pytest_plugin         the pytest fixtures
