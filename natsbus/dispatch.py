@@ -7,6 +7,7 @@ in-memory test bus on the caller's thread (or a thread of its own).
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import logging
 import threading
@@ -31,9 +32,17 @@ from .errors import (
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
 from .middleware import HandlerRequest, Middleware, run_handler
 
-__all__ = ["Dispatcher", "EndpointStats", "HandlerRoute", "NotStarted", "ReplyMemory"]
+__all__ = ["DURATION_BUCKETS", "Dispatcher", "EndpointStats", "HandlerRoute", "NotStarted", "ReplyMemory"]
 
 logger = logging.getLogger("natsbus.worker")
+
+# -- metrics: the request-duration histogram's buckets (natsbus.metrics exports them) --
+#: Upper bounds in seconds of the request-duration histogram's buckets (``+Inf`` is implied).
+DURATION_BUCKETS: Tuple[float, ...] = (
+    *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0),
+)
+_BOUNDS_NS = tuple(round(bound * 1e9) for bound in DURATION_BUCKETS)
 
 
 @attrs.define(eq=False)
@@ -45,12 +54,23 @@ class EndpointStats:
         num_errors: Requests answered with an error envelope.
         processing_time_ns: Total handler-side time in nanoseconds.
         last_error: The last error text, or ``""``.
+        durations: Requests counted per :data:`DURATION_BUCKETS` bucket (not
+            cumulative; the last one is over the last bound). Busy refusals
+            are not in it: their handler never ran.
+        expired: Requests not started because their caller had already given up.
+        overruns: Requests whose handler overran its time limit.
+        refused: Requests refused at once because the pool was full.
     """
 
     num_requests: int = 0
     num_errors: int = 0
     processing_time_ns: int = 0
     last_error: str = ""
+    # -- metrics (natsbus.metrics) --
+    durations: List[int] = attrs.Factory(lambda: [0] * (len(_BOUNDS_NS) + 1))
+    expired: int = 0
+    overruns: int = 0
+    refused: int = 0
 
     @property
     def average_processing_time_ns(self) -> int:
@@ -274,6 +294,7 @@ class Dispatcher:
         if deadline is not None and time.monotonic() >= deadline:
             with self._stats_lock:
                 self.expired += 1
+                route.stats.expired += 1
             logger.info("%s %s not started: its caller already gave up", route.subject, message_id)
             late = DeadlineExceededError(
                 f"Deadline exceeded: the caller gave up before {route.subject} started", subject=route.subject
@@ -361,9 +382,11 @@ class Dispatcher:
         """Count a reply to ``route``: a request, the time since ``started`` (``perf_counter_ns``), its error."""
         elapsed = time.perf_counter_ns() - started
         stats = route.stats
+        bucket = bisect.bisect_left(_BOUNDS_NS, elapsed)  # metrics: the histogram's bucket
         with self._stats_lock:
             stats.num_requests += 1
             stats.processing_time_ns += elapsed
+            stats.durations[bucket] += 1
             if error is not None:
                 stats.num_errors += 1
                 stats.last_error = error
@@ -371,10 +394,24 @@ class Dispatcher:
     def snapshot(self) -> List[Tuple[HandlerRoute, EndpointStats]]:
         """Each route with a copy of its counters, all read at one moment (for ``$SRV.STATS``)."""
         with self._stats_lock:
-            return [(route, attrs.evolve(route.stats)) for route in self._routes.values()]
+            return [
+                (route, attrs.evolve(route.stats, durations=list(route.stats.durations)))
+                for route in self._routes.values()
+            ]
 
-    def count_error(self, route: HandlerRoute, error: str) -> None:
-        """Count an error reply sent for ``route`` outside :meth:`dispatch`."""
+    # -- metrics: the replies sent for a handler that did not answer itself --
+
+    def count_overrun(self, route: HandlerRoute, error: str) -> None:
+        """Count the timeout error sent for ``route`` because its handler overran its time limit."""
         with self._stats_lock:
             route.stats.num_errors += 1
+            route.stats.overruns += 1
+            route.stats.last_error = error
+
+    def count_refused(self, route: HandlerRoute, error: str) -> None:
+        """Count a busy refusal of a request to ``route``: a request and an error, no handler time."""
+        with self._stats_lock:
+            route.stats.num_requests += 1
+            route.stats.num_errors += 1
+            route.stats.refused += 1
             route.stats.last_error = error

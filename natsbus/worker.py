@@ -467,7 +467,7 @@ class WorkerPool:
             subject=route.subject,
         )
         body, headers = error_reply(route.kind, message_id or "", error)
-        self.dispatcher.count(route, time.perf_counter_ns(), error.message)  # an error reply, in the stats too
+        self.dispatcher.count_refused(route, error.message)  # an error reply, in the stats too
         logger.debug("refused %s %s: busy", route.subject, message_id)
         self._bus().live_transport().publish(reply, body, {**(headers or {}), **extra} if extra else headers)
 
@@ -487,7 +487,7 @@ class WorkerPool:
             route.label,
             limit_ms,
         )
-        self.dispatcher.count_error(route, error.message)
+        self.dispatcher.count_overrun(route, error.message)
         body, headers = error_reply(route.kind, message_id or "", error)
         try:
             self._bus().live_transport().publish(reply, body, headers)
