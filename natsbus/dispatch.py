@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Se
 import attrs
 
 from . import codec
-from .context import RequestContext, _enter, _leave
+from .context import RequestContext, _enter, _leave, new_context
 from .envelope import INVALID_REQUEST_PREFIX, Headers, decode_request, error_reply, peek_id, utc_timestamp
 from .errors import (
     ConfigError,
@@ -300,7 +300,7 @@ class Dispatcher:
                 f"Deadline exceeded: the caller gave up before {route.subject} started", subject=route.subject
             )
             return NotStarted(*self._error(route, kind, message_id, late, started))
-        context = RequestContext(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline)
+        context = new_context(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline)
         if memory is None or kind is not Kind.COMMAND or not message_id:
             return self._run(route, context, message, max_payload, failed, started)
         answer, token = memory.claim(route, message_id, deadline)
