@@ -29,7 +29,6 @@ systemd unit, a command that runs for minutes). Everything else runs.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import re
 import shlex
@@ -164,7 +163,6 @@ def test_the_python_examples_run(document: str, examples_env: str) -> None:
         namespace = run_python(runnable, examples_env)
     finally:
         close_what_is_left(namespace)
-        gc.collect()
 
 
 def test_a_failing_example_fails_and_names_its_line(tmp_path: Path) -> None:
