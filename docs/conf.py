@@ -2,7 +2,7 @@
 
 Build it as CI does (warnings are errors)::
 
-    pip install -e '.[dev]'
+    pip install -e '.[docs]'     # or '.[dev]', which has it
     sphinx-build -W --keep-going -b html docs build/docs
 """
 
