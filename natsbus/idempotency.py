@@ -37,8 +37,8 @@ in-memory store forgets everything on a restart; the key-value store
 hands the command to a retry once ``lease`` seconds have passed, by the
 NATS server's clock). For
 effects that must happen exactly once, the handler also records the
-``command_id`` in the same transaction as its effect; see the README,
-"Exactly once: execute vs send".
+``command_id`` in the same transaction as its effect; see
+docs/exactly-once.rst.
 """
 
 from __future__ import annotations

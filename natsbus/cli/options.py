@@ -1,8 +1,8 @@
 """What every ``natsbus`` command shares: the exit codes, the connection options, errors as exit codes.
 
 One table for ``natsbus execute`` / ``ask`` / ``execute-many`` / ``worker``,
-the ops and durable commands and ``manage.py natsbus_worker`` (the README's
-"Exit codes" section, which a test checks against real runs):
+the ops and durable commands and ``manage.py natsbus_worker``
+(docs/exit-codes.rst, which a test checks against real runs):
 
 ===  ====================================================================
 0    success
