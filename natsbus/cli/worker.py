@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any, List, TextIO
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, TextIO
 
 from .options import (
     EXIT_CONNECT,
@@ -33,6 +33,7 @@ from .options import (
 
 if TYPE_CHECKING:
     from ..worker import WorkerPool
+    from .supervisor import ChildLink
 
 __all__ = [
     "Refused",
@@ -42,15 +43,22 @@ __all__ = [
     "connection_flags",
     "import_failure",
     "load",
+    "pool_argv",
+    "process_count",
     "refuse_connection_flags",
     "run_worker",
     "serve",
+    "supervise",
+    "supervised",
 ]
 
 logger = logging.getLogger("natsbus.cli")
 
 #: The ``--log-level`` format, as ``natsbus worker`` logs.
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+#: The same in a supervised child (``--processes``): with its process id.
+CHILD_LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
 
 
 class Refused(Exception):
@@ -74,6 +82,44 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
         help="seconds to finish the admitted requests after a signal (default 30)",
     )
     parser.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (default INFO)")
+    parser.add_argument(
+        "--processes",
+        type=process_count,
+        default=1,
+        metavar="N",
+        help="worker processes, each with its own connection and pool, under one supervisor that "
+        "restarts them; 'auto' for one per usable CPU (default 1: this process serves)",
+    )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: replace the worker processes when a Python file changes "
+        "(needs the 'reload' extra: pip install 'natsbus[reload]')",
+    )
+    parser.add_argument(
+        "--reload-dir",
+        action="append",
+        metavar="DIR",
+        help="with --reload: a directory to watch instead of the current one (repeatable)",
+    )
+    # A supervised child's end of its socket to the supervisor (natsbus.cli.supervisor).
+    parser.add_argument("--supervised-fd", type=non_negative_int, help=argparse.SUPPRESS)
+
+
+def process_count(value: str) -> int:
+    """An argparse ``type=``: ``--processes``, an integer >= 1 or ``auto`` (the CPUs this process may use)."""
+    if value == "auto":
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # no sched_getaffinity (macOS)
+            return os.cpu_count() or 1
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number nor auto") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {value}")
+    return count
 
 
 # -- loading the target ------------------------------------------------------
@@ -205,7 +251,7 @@ def apply_pool_options(pool: WorkerPool, args: argparse.Namespace) -> None:
 # -- serving -----------------------------------------------------------------
 
 
-def serve(pool: WorkerPool, drain_timeout: float, label: str) -> int:
+def serve(pool: WorkerPool, drain_timeout: float, label: str, link: Optional[ChildLink] = None) -> int:
     """Serve until SIGTERM/SIGINT, drain; return the exit status (0 drained, 1 not).
 
     The signal handlers are in place before the pool subscribes; a second
@@ -213,7 +259,8 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str) -> int:
     (``NOTIFY_SOCKET``) it sends ``READY=1`` once the pool serves,
     ``STOPPING=1`` when the drain starts, and ``WATCHDOG=1`` every half
     ``WATCHDOG_USEC`` while the Bus's event loop answers
-    (:mod:`natsbus.cli.systemd`).
+    (:mod:`natsbus.cli.systemd`). Under a supervisor (``link``) it tells
+    the supervisor instead.
 
     Raises:
         Refused: the pool could not start (nothing was served).
@@ -222,10 +269,18 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str) -> int:
     from .systemd import Notifier
 
     systemd = Notifier(pool)  # READY=1, STOPPING=1, WATCHDOG=1 under a Type=notify unit
+    reporters: List[Any] = [systemd] if link is None else [systemd, link]
+
+    def serving() -> None:
+        for reporter in reporters:
+            reporter.serving()
+
+    def draining() -> None:
+        for reporter in reporters:
+            reporter.draining()
+
     try:
-        drained = pool.run(  # signal handlers first, then start
-            drain_timeout=drain_timeout, on_serving=systemd.serving, on_draining=systemd.draining
-        )
+        drained = pool.run(drain_timeout=drain_timeout, on_serving=serving, on_draining=draining)  # signals, start
     except NatsBusError as exc:
         if not pool.served:  # start() failed: it never served
             code = EXIT_CONNECT if exit_code(exc) == EXIT_CONNECT else EXIT_USAGE
@@ -250,6 +305,13 @@ def _run_worker(args: argparse.Namespace) -> int:
     from ..errors import ConfigError, ConnectError
     from ..worker import WorkerPool
 
+    if supervised(args):
+        return supervise(
+            args,
+            [sys.executable, "-m", "natsbus", "worker", args.target, *pool_argv(args)],
+            args.target,
+        )
+    link = _link(args)
     label = args.target
     target = load(label)
     if not isinstance(target, WorkerPool):
@@ -259,7 +321,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             target = call_factory(target, None, label)  # it may bind a Bus of its own
     if isinstance(target, WorkerPool) and target.bus is not None:
         refuse_connection_flags(args, f"{label} is a WorkerPool already bound to a Bus")
-        return _serve(target, args, label)
+        return _serve(target, args, label, link)
     try:
         bus = open_bus(args)
     except (ConfigError, ConnectError) as exc:
@@ -268,11 +330,107 @@ def _run_worker(args: argparse.Namespace) -> int:
         pool = target.bind(bus) if isinstance(target, WorkerPool) else call_factory(target, bus, label)
         if pool.bus is not bus:
             refuse_connection_flags(args, f"{label} returned a WorkerPool bound to another Bus")
-        return _serve(pool, args, label)
+        return _serve(pool, args, label, link)
     finally:
         bus.close()
 
 
-def _serve(pool: WorkerPool, args: argparse.Namespace, label: str) -> int:
+def _serve(pool: WorkerPool, args: argparse.Namespace, label: str, link: Optional[ChildLink]) -> int:
     apply_pool_options(pool, args)
-    return serve(pool, args.drain_timeout, label)
+    return serve(pool, args.drain_timeout, label, link)
+
+
+def _link(args: argparse.Namespace) -> Optional[ChildLink]:
+    """The socket to the supervisor of this child process, None when it runs alone."""
+    fd = getattr(args, "supervised_fd", None)
+    if fd is None:
+        return None
+    from .supervisor import ChildLink
+
+    # Its log lines interleave with its siblings': say whose they are.
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(CHILD_LOG_FORMAT))
+    return ChildLink(fd)
+
+
+# -- supervising worker processes (--processes, --reload) -----------------------
+
+
+def supervised(args: argparse.Namespace) -> bool:
+    """Whether the options ask for a supervisor: ``--processes`` > 1 or ``--reload``, in a process not supervised."""
+    if getattr(args, "supervised_fd", None) is not None:
+        return False
+    return bool(getattr(args, "processes", 1) > 1 or getattr(args, "reload", False))
+
+
+def pool_argv(args: argparse.Namespace) -> List[str]:
+    """The options a supervised child gets: the connection, the pool options, ``--drain-timeout``, ``--log-level``."""
+    argv: List[str] = []
+    names = ("server", "connect_timeout", "max_workers", "max_pending", "queue_group", "drain_timeout", "log_level")
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    return argv
+
+
+def supervise(
+    args: argparse.Namespace,
+    command: Sequence[str],
+    label: str,
+    env: Optional[Mapping[str, str]] = None,
+    loaded: Any = None,
+) -> int:
+    """Run ``args.processes`` children of ``command`` under a supervisor; return the exit status.
+
+    The target is imported here first (``loaded``, when the caller did),
+    so that a module that does not import fails at once, with the message
+    and exit status of a single ``natsbus worker``; nothing connects here.
+
+    Raises:
+        Refused: the target does not import or is not a pool or factory;
+            ``--reload`` without the ``reload`` extra; connection options
+            for a pool bound at import.
+    """
+    from ..worker import WorkerPool
+    from .supervisor import Supervisor
+    from .systemd import notify
+
+    reload_dirs: Optional[List[str]] = None
+    if getattr(args, "reload", False):
+        try:
+            import watchfiles  # noqa: F401
+        except ImportError:
+            raise Refused(
+                "--reload needs watchfiles, which the 'reload' extra installs: pip install 'natsbus[reload]'"
+            ) from None
+        reload_dirs = [os.path.abspath(d) for d in (args.reload_dir or [os.getcwd()])]
+        for directory in reload_dirs:
+            if not os.path.isdir(directory):
+                raise Refused(f"--reload-dir {directory}: not a directory")
+    elif getattr(args, "reload_dir", None):
+        raise Refused("--reload-dir would be ignored without --reload")
+    target = load(label) if loaded is None else loaded
+    if not isinstance(target, WorkerPool) and not callable(target):
+        raise Refused(f"{label} is neither a WorkerPool nor a factory returning one")
+    if isinstance(target, WorkerPool) and target.bus is not None:
+        refuse_connection_flags(args, f"{label} is a WorkerPool already bound to a Bus")
+    processes = getattr(args, "processes", 1)
+    supervisor = Supervisor(
+        command,
+        processes,
+        drain_timeout=args.drain_timeout,
+        env=env,
+        reload_dirs=reload_dirs,
+        on_ready=lambda: notify(f"READY=1\nSTATUS={processes} worker processes serving"),
+        on_draining=lambda: notify("STOPPING=1\nSTATUS=draining"),
+    )
+    return supervisor.run()
+
+
+def child_env(extra_path: Sequence[str] = (), environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The environment of supervised children: this one, with ``extra_path`` first on ``PYTHONPATH``."""
+    env = dict(os.environ if environ is None else environ)
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join([*extra_path, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    return env

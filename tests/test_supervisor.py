@@ -1,0 +1,323 @@
+"""``natsbus worker --processes N``: a supervisor and its worker processes, real signals, a real server."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, List, Set, Tuple
+
+import attrs
+import pytest
+from daemon import WorkerProcess
+from daemon_handlers import Hold
+from supervisor_app import Nap, Who
+from waiting import wait_until
+from worker_app import Sleep
+
+from natsbus import Bus, CommandBus, NatsServer, Query, QueryBus, RequestTimeoutError
+from natsbus.cli.supervisor import RestartPolicy, describe_exit
+from natsbus.cli.worker import process_count
+
+pytestmark = pytest.mark.timeout(60)
+
+_SERVES = re.compile(r"supervisor: worker (\d+) \(pid (\d+)\) serves")
+
+
+class Supervised(WorkerProcess):
+    """``natsbus worker TARGET --processes N`` and what its log says about the children."""
+
+    def serving(self) -> List[Tuple[int, int]]:
+        """(slot, pid) of every child that said it serves, in order."""
+        return [(int(m[1]), int(m[2])) for line in list(self.lines) if (m := _SERVES.search(line))]
+
+    def pids(self) -> Set[int]:
+        """The pid now serving in each slot."""
+        return set(dict(self.serving()).values())
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+
+@pytest.fixture()
+def supervisors() -> Iterator[List[Supervised]]:
+    started: List[Supervised] = []
+    yield started
+    for supervisor in started:
+        if supervisor.proc.poll() is None:
+            supervisor.signal(signal.SIGTERM)
+            try:
+                supervisor.proc.wait(20)
+            except Exception:
+                pass
+        supervisor.kill()
+
+
+def _start(
+    supervisors: List[Supervised], url: str, *args: str, target: str = "supervisor_app:make_pool", **env: str
+) -> Supervised:
+    supervisor = Supervised(url, target=target, args=["--processes", "2", *args], env=env)
+    supervisors.append(supervisor)
+    supervisor.wait_for("2 workers serving")
+    return supervisor
+
+
+def _load(
+    client: Bus, caller: int, stop: threading.Event, failures: List[Tuple[int, float, BaseException]], calls: List[int]
+) -> None:
+    """One caller thread: short commands back to back until ``stop``; failures with the caller and start time."""
+    commands = CommandBus(client, timeout=1.5)
+    n = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            assert commands.execute(Nap(n)) == n
+        except BaseException as exc:
+            failures.append((caller, started, exc))
+        n += 1
+        calls.append(n)
+
+
+# -- options ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("0", "argument --processes: must be >= 1 or auto, got 0"), ("x", "'x' is neither a number nor auto")],
+)
+def test_processes_that_is_not_a_positive_count_or_auto_is_a_usage_error(value: str, text: str) -> None:
+    worker = WorkerProcess("nats://127.0.0.1:1", target="supervisor_app:make_pool", args=["--processes", value])
+    assert worker.wait() == 2
+    assert text in worker.output
+
+
+def test_processes_auto_is_the_number_of_usable_cpus() -> None:
+    assert process_count("auto") == len(os.sched_getaffinity(0))
+    assert process_count("3") == 3
+
+
+def test_restart_delay_doubles_up_to_its_cap() -> None:
+    policy = RestartPolicy(first_delay=0.5, max_delay=3.0)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_a_child_exit_is_described_by_its_code_or_signal_name() -> None:
+    assert describe_exit(2) == "exited with 2"
+    assert describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
+
+
+def test_a_target_that_does_not_import_exits_2_before_any_child_starts() -> None:
+    worker = WorkerProcess("nats://127.0.0.1:1", target="no_such_module:x", args=["--processes", "2"])
+    assert worker.wait() == 2
+    assert worker.lines == ["natsbus worker: cannot load no_such_module:x: No module named 'no_such_module'"]
+
+
+def test_reload_without_watchfiles_names_the_extra(tmp_path: Path) -> None:
+    (tmp_path / "watchfiles").mkdir()
+    (tmp_path / "watchfiles" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    worker = WorkerProcess(
+        "nats://127.0.0.1:1", target="supervisor_app:make_pool", args=["--reload"], env={"PYTHONPATH": str(tmp_path)}
+    )
+    assert worker.wait() == 2
+    assert worker.lines == [
+        "natsbus worker: --reload needs watchfiles, which the 'reload' extra installs: pip install 'natsbus[reload]'"
+    ]
+
+
+# -- start-up -------------------------------------------------------------------------
+
+
+def test_two_processes_are_two_micro_instances_of_the_service(
+    nats_server: NatsServer, bus: Bus, supervisors: List[Supervised]
+) -> None:
+    supervisor = _start(supervisors, nats_server.url)
+    instances = bus.discover("supervised-app")
+    assert len(instances) == 2 and len({info.id for info in instances}) == 2
+    answered = {QueryBus(bus).ask(Who()) for _ in range(40)}
+    assert answered <= supervisor.pids() and len(supervisor.pids()) == 2
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+
+
+def test_a_child_that_fails_to_start_stops_the_supervisor_with_its_status(nats_server: NatsServer) -> None:
+    worker = Supervised(nats_server.url, target="supervisor_app:broken_factory", args=["--processes", "2"])
+    assert worker.wait(20) == 2
+    assert "cannot build a WorkerPool from supervisor_app:broken_factory: no settings" in worker.output
+    assert "restarting" not in worker.output
+
+
+def test_no_server_exits_3_without_restarting() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = Supervised(f"nats://127.0.0.1:{port}", args=["--processes", "2", "--connect-timeout", "1"])
+    assert worker.wait(20) == 3
+    assert "restarting" not in worker.output
+
+
+# -- restarts ---------------------------------------------------------------------------
+
+
+def test_a_killed_child_is_restarted_and_only_its_requests_fail(
+    nats_server: NatsServer, supervisors: List[Supervised]
+) -> None:
+    supervisor = _start(supervisors, nats_server.url)
+    [(slot, victim), _] = supervisor.serving()
+    stop = threading.Event()
+    failures: List[Tuple[int, float, BaseException]] = []
+    calls: List[int] = []
+    with Bus(nats_server.url) as client:
+        callers = [threading.Thread(target=_load, args=(client, i, stop, failures, calls)) for i in range(4)]
+        for caller in callers:
+            caller.start()
+        try:
+            wait_until(lambda: len(calls) > 100, what="calls before the kill")
+            os.kill(victim, signal.SIGKILL)
+            supervisor.wait_for(f"worker {slot} (pid {victim}) was killed by SIGKILL; restarting it in 0.5s")
+            noticed_at = time.monotonic()
+            wait_until(lambda: len(supervisor.serving()) == 3, what="the restarted child serving")
+            served = len(calls)
+            wait_until(lambda: len(calls) > served + 100, what="calls after the restart")
+        finally:
+            stop.set()
+            for caller in callers:
+                caller.join(10)
+    # Only requests that child held fail: each sent before the supervisor saw it die (the server
+    # routes to it until its connection closes), a timeout, at most one per caller.
+    assert all(started < noticed_at and isinstance(exc, RequestTimeoutError) for _, started, exc in failures)
+    assert len({caller for caller, _, _ in failures}) == len(failures) <= 4
+    assert len(supervisor.pids()) == 2 and victim not in supervisor.pids()
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+
+
+# -- drain ------------------------------------------------------------------------------------
+
+
+def test_sigterm_drains_every_child_and_the_request_in_flight_completes(
+    nats_server: NatsServer, bus: Bus, supervisors: List[Supervised], tmp_path: Path
+) -> None:
+    log = tmp_path / "handler.log"
+    supervisor = _start(supervisors, nats_server.url, target="worker_app:make_pool", WORKER_APP_LOG=str(log))
+    reply = CommandBus(bus).submit(Sleep(1.0, "inflight"), timeout=10)
+    wait_until(lambda: log.exists() and "started inflight" in log.read_text(), what="the handler started")
+    supervisor.signal(signal.SIGTERM)
+    assert reply.result(10) == "slept"
+    assert supervisor.wait() == 0
+    assert supervisor.count("stopped: drained") == 2
+    assert "supervisor: stopped: 2 worker(s) drained" in supervisor.output
+
+
+def test_a_child_that_cannot_drain_in_time_makes_the_supervisor_exit_1(
+    nats_server: NatsServer, bus: Bus, supervisors: List[Supervised], tmp_path: Path
+) -> None:
+    supervisor = _start(supervisors, nats_server.url, "--drain-timeout", "0.2", target="daemon_handlers:build_pool")
+    release = tmp_path / "release"
+    CommandBus(bus).submit(Hold(str(release)), timeout=30)
+    supervisor.wait_for(f"holding {release}")
+    supervisor.signal(signal.SIGTERM)
+    try:
+        assert supervisor.wait() == 1
+    finally:
+        release.touch()
+    assert "1 still running after 0.2s were abandoned" in supervisor.output
+    assert "the worst with status 1" in supervisor.output
+
+
+def test_a_second_signal_stops_every_child_at_once(
+    nats_server: NatsServer, bus: Bus, supervisors: List[Supervised], tmp_path: Path
+) -> None:
+    log = tmp_path / "handler.log"
+    supervisor = _start(supervisors, nats_server.url, target="worker_app:make_pool", WORKER_APP_LOG=str(log))
+    CommandBus(bus).submit(Sleep(30.0, "long"), timeout=60)
+    wait_until(lambda: log.exists() and "started long" in log.read_text(), what="the handler started")
+    supervisor.signal(signal.SIGTERM)
+    supervisor.wait_for("draining 2 worker(s)")
+    started = time.monotonic()
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(10) == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 8
+
+
+# -- reload ------------------------------------------------------------------------------------
+
+
+def test_sighup_replaces_every_child_with_no_failed_call_under_load(
+    nats_server: NatsServer, supervisors: List[Supervised]
+) -> None:
+    supervisor = _start(supervisors, nats_server.url)
+    before = supervisor.pids()
+    stop = threading.Event()
+    failures: List[Tuple[int, float, BaseException]] = []
+    calls: List[int] = []
+    with Bus(nats_server.url) as client:
+        callers = [threading.Thread(target=_load, args=(client, i, stop, failures, calls)) for i in range(4)]
+        for caller in callers:
+            caller.start()
+        try:
+            wait_until(lambda: len(calls) > 100, what="calls before the reload")
+            supervisor.signal(signal.SIGHUP)
+            supervisor.wait_for("reload done: 2 workers serving")
+            done = len(calls)
+            wait_until(lambda: len(calls) > done + 50, what="calls after the reload")
+        finally:
+            stop.set()
+            for caller in callers:
+                caller.join(10)
+    assert failures == []
+    after = supervisor.pids()
+    assert len(after) == 2 and not after & before
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
+
+
+@attrs.frozen
+class Version(Query[str]):
+    """reload_app's query, by wire name."""
+
+
+RELOAD_APP = """
+import attrs
+from natsbus import Query, WorkerPool
+
+
+@attrs.frozen
+class Version(Query[str]):
+    pass
+
+
+def version(query: Version) -> str:
+    return {version!r}
+
+
+def make_pool(bus):
+    pool = WorkerPool(bus, service_id="reload-app")
+    pool.register(version)
+    return pool
+"""
+
+
+def test_reload_replaces_the_children_when_a_python_file_changes(
+    nats_server: NatsServer, bus: Bus, supervisors: List[Supervised], tmp_path: Path
+) -> None:
+    app = tmp_path / "reload_app.py"
+    app.write_text(RELOAD_APP.format(version="one"))
+    supervisor = Supervised(
+        nats_server.url,
+        target="reload_app:make_pool",
+        args=["--reload", "--reload-dir", str(tmp_path)],
+        env={"PYTHONPATH": str(tmp_path)},
+    )
+    supervisors.append(supervisor)
+    supervisor.wait_for("supervisor: 1 worker serving")
+    assert QueryBus(bus).ask(Version(), timeout=5) == "one"
+    app.write_text(RELOAD_APP.format(version="two"))
+    supervisor.wait_for("reload done: 1 worker serving")
+    assert QueryBus(bus).ask(Version(), timeout=5) == "two"
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0
