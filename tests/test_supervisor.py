@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -150,8 +153,6 @@ def test_a_child_that_fails_to_start_stops_the_supervisor_with_its_status(nats_s
 
 
 def test_no_server_exits_3_without_restarting() -> None:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -321,3 +322,81 @@ def test_reload_replaces_the_children_when_a_python_file_changes(
     assert QueryBus(bus).ask(Version(), timeout=5) == "two"
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait() == 0
+
+
+# -- systemd -------------------------------------------------------------------------------------
+
+
+def test_the_supervisor_tells_systemd_ready_once_every_child_serves_and_stopping_when_they_drain(
+    nats_server: NatsServer, bus: Bus, supervisors: List[Supervised], tmp_path: Path
+) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(str(tmp_path / "notify"))
+        notify_socket.settimeout(40)
+        supervisor = Supervised(
+            nats_server.url,
+            target="supervisor_app:make_pool",
+            args=["--processes", "2"],
+            env={"NOTIFY_SOCKET": str(tmp_path / "notify")},
+        )
+        supervisors.append(supervisor)
+        assert notify_socket.recv(4096) == b"READY=1\nSTATUS=2 worker processes serving"
+        assert len(supervisor.pids()) == 2  # both served before READY=1
+        assert len(bus.discover("supervised-app")) == 2
+        supervisor.signal(signal.SIGTERM)
+        assert notify_socket.recv(4096) == b"STOPPING=1\nSTATUS=draining"  # the children said nothing
+        assert supervisor.wait() == 0
+
+
+def test_the_supervisor_pets_the_systemd_watchdog(
+    nats_server: NatsServer, supervisors: List[Supervised], tmp_path: Path
+) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(str(tmp_path / "notify"))
+        notify_socket.settimeout(40)
+        env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"}  # every 0.2 s
+        supervisor = Supervised(nats_server.url, target="supervisor_app:make_pool", args=["--processes", "2"], env=env)
+        supervisors.append(supervisor)
+        messages = [notify_socket.recv(4096) for _ in range(4)]
+        assert set(messages) == {b"WATCHDOG=1"}  # while the children start, the supervisor's loop runs
+        while (message := notify_socket.recv(4096)) == b"WATCHDOG=1":
+            pass
+        assert message.startswith(b"READY=1")
+        assert notify_socket.recv(4096) == b"WATCHDOG=1"  # and while they serve
+        supervisor.signal(signal.SIGTERM)
+        assert supervisor.wait() == 0
+
+
+# -- manage.py natsbus_worker --processes -----------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "django_app"
+
+
+def test_manage_py_natsbus_worker_runs_two_processes_and_drains_them(
+    nats_server: NatsServer, bus: Bus, tmp_path: Path
+) -> None:
+    env = {**os.environ, "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"), "NATS_URL": nats_server.url}
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [
+                *(sys.executable, "-u", "manage.py", "natsbus_worker", "--processes", "2"),
+                *("--pythonpath", str(Path(__file__).resolve().parent), "--pool", "supervisor_app:make_pool"),
+            ],
+            cwd=EXAMPLE,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "supervisor: 2 workers serving" in log.read_text(), 40, "2 workers serving")
+        assert len(bus.discover("supervised-app")) == 2
+        assert len({QueryBus(bus).ask(Who()) for _ in range(40)}) == 2
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        assert log.read_text().count("stopped: drained") == 2
+        assert log.read_text().endswith("natsbus worker stopped\n")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()

@@ -46,15 +46,21 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import attrs
 
 from .options import EXIT_NOT_DRAINED, EXIT_OK
 
+if TYPE_CHECKING:
+    from ..bus import Bus
+
 __all__ = ["ChildLink", "RestartPolicy", "Supervisor", "describe_exit"]
 
 logger = logging.getLogger("natsbus.cli")
+
+#: Seconds between two ``alive`` messages of a child whose event loop answers.
+HEARTBEAT_INTERVAL = 1.0
 
 #: Environment variables a child must not see: systemd hears from the supervisor only.
 _SUPERVISOR_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
@@ -82,12 +88,16 @@ class RestartPolicy:
             count as the first again.
         give_up_after: Start failures in a row (the child exited before it
             served) after which the supervisor stops.
+        unresponsive_after: Seconds without an ``alive`` from a serving
+            child (its event loop answers every second) after which it is
+            killed, and so restarted.
     """
 
     first_delay: float = 0.5
     max_delay: float = 30.0
     stable_after: float = 10.0
     give_up_after: int = 5
+    unresponsive_after: float = 10.0
 
     def delay(self, crashes: int) -> float:
         """Seconds to wait before restarting after ``crashes`` crashes in a row (1 for the first)."""
@@ -123,6 +133,27 @@ class ChildLink:
         """The pool has subscribed: it serves."""
         self.send("serving")
 
+    def heartbeat(self, bus: Bus, interval: float = HEARTBEAT_INTERVAL) -> None:
+        """Send ``alive`` every ``interval`` seconds while ``bus``'s event loop answers (a daemon thread)."""
+        thread = threading.Thread(
+            target=self._beat, args=(bus, interval), name="natsbus-supervisor-heartbeat", daemon=True
+        )
+        thread.start()
+
+    def _beat(self, bus: Bus, interval: float) -> None:
+        from .systemd import tick
+
+        while not bus.closed:
+            try:
+                bus.run(tick, interval)  # a round trip through the loop thread
+            except Exception as exc:
+                if bus.closed:
+                    return
+                logger.warning("the event loop did not answer within %.1fs (%r)", interval, exc)
+            else:
+                self.send("alive")
+            time.sleep(interval)  # the pace of the heartbeat, not a wait for an event
+
     def draining(self) -> None:
         """The pool's drain starts."""
         self.send("draining")
@@ -151,6 +182,7 @@ class _Child:
     serving_since: Optional[float] = None
     draining_since: Optional[float] = None  # it said it drains, or we told it to
     stopped_by_us: bool = False  # we sent it SIGTERM
+    alive_at: float = 0.0  # its last heartbeat
     buffer: bytes = b""
     returncode: Optional[int] = None
 
@@ -189,6 +221,9 @@ class Supervisor:
         policy: When dead children are started again.
         on_ready: Called once every child serves for the first time.
         on_draining: Called when the drain starts.
+        on_tick: Called on every turn of the supervisor's loop, at least
+            every ``tick_interval`` seconds (e.g. to pet systemd's watchdog).
+        tick_interval: See ``on_tick``.
     """
 
     def __init__(
@@ -202,6 +237,8 @@ class Supervisor:
         policy: RestartPolicy = RestartPolicy(),
         on_ready: Optional[Callable[[], object]] = None,
         on_draining: Optional[Callable[[], object]] = None,
+        on_tick: Optional[Callable[[], object]] = None,
+        tick_interval: float = 1.0,
     ) -> None:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
@@ -216,6 +253,8 @@ class Supervisor:
         self.policy = policy
         self.on_ready = on_ready
         self.on_draining = on_draining
+        self.on_tick = on_tick
+        self.tick_interval = tick_interval
         self._slots: Dict[int, _Child] = {}  # the child counted for each slot
         self._incoming: List[_Child] = []  # replacements not serving yet (reload)
         self._retiring: List[_Child] = []  # replaced children, draining
@@ -381,14 +420,14 @@ class Supervisor:
 
     def _next_timeout(self) -> float:
         if not self._restart_at:
-            return 1.0
-        return max(0.0, min(1.0, min(self._restart_at.values()) - time.monotonic()))
+            return self.tick_interval
+        return max(0.0, min(self.tick_interval, min(self._restart_at.values()) - time.monotonic()))
 
     def _pump_until(self, done: Callable[[], bool], timeout: Optional[float] = None) -> bool:
         """Handle events until ``done()``, a stop, or ``timeout``; return ``done()``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not done() and not self._stopping():
-            left = 1.0 if deadline is None else deadline - time.monotonic()
+            left = self.tick_interval if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 break
             self._pump(min(left, self._next_timeout()))
@@ -407,11 +446,25 @@ class Supervisor:
                 self._read(key.data)
         while self._signals:
             self._handle_signal(self._signals.pop(0))
+        now = time.monotonic()
         for child in self._living():
             code = child.proc.poll()
             if code is not None:
                 self._exited(child, code)
-        now = time.monotonic()
+            elif (
+                child.serving_since is not None
+                and child.draining_since is None
+                and now - child.alive_at > self.policy.unresponsive_after
+            ):
+                logger.error(
+                    "supervisor: %s: its event loop has not answered for %.0fs: killing it",
+                    child.describe(),
+                    now - child.alive_at,
+                )
+                child.alive_at = now  # once
+                child.proc.kill()
+        if self.on_tick is not None:
+            self.on_tick()
         for slot, at in sorted(self._restart_at.items()):
             if at <= now and not self._stopping():
                 del self._restart_at[slot]
@@ -455,6 +508,8 @@ class Supervisor:
                 logger.warning("supervisor: %s sent a line that is not JSON", child.describe())
                 continue
             event = message.get("event") if isinstance(message, dict) else None
+            if event in ("serving", "alive"):
+                child.alive_at = time.monotonic()
             if event == "serving" and child.serving_since is None:
                 child.serving_since = time.monotonic()
                 logger.info("supervisor: %s serves", child.describe())
@@ -596,7 +651,7 @@ class Supervisor:
                 left = min(left, self._at_once_deadline - time.monotonic())
             if left <= 0:
                 break
-            self._pump(min(left, 0.5))
+            self._pump(min(left, self.tick_interval))
         for child in self._living():
             logger.warning("supervisor: %s did not stop in time: killing it", child.describe())
             child.proc.kill()

@@ -10,6 +10,7 @@ pool subscribes, so a SIGTERM at any moment drains.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import logging
@@ -50,6 +51,7 @@ __all__ = [
     "serve",
     "supervise",
     "supervised",
+    "supervisor_link",
 ]
 
 logger = logging.getLogger("natsbus.cli")
@@ -274,6 +276,8 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str, link: Optional[Chi
     def serving() -> None:
         for reporter in reporters:
             reporter.serving()
+        if link is not None and pool.bus is not None:
+            link.heartbeat(pool.bus)  # the supervisor restarts a child whose loop stops answering
 
     def draining() -> None:
         for reporter in reporters:
@@ -311,7 +315,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "natsbus", "worker", args.target, *pool_argv(args)],
             args.target,
         )
-    link = _link(args)
+    link = supervisor_link(args)
     label = args.target
     target = load(label)
     if not isinstance(target, WorkerPool):
@@ -340,7 +344,7 @@ def _serve(pool: WorkerPool, args: argparse.Namespace, label: str, link: Optiona
     return serve(pool, args.drain_timeout, label, link)
 
 
-def _link(args: argparse.Namespace) -> Optional[ChildLink]:
+def supervisor_link(args: argparse.Namespace) -> Optional[ChildLink]:
     """The socket to the supervisor of this child process, None when it runs alone."""
     fd = getattr(args, "supervised_fd", None)
     if fd is None:
@@ -348,7 +352,7 @@ def _link(args: argparse.Namespace) -> Optional[ChildLink]:
     from .supervisor import ChildLink
 
     # Its log lines interleave with its siblings': say whose they are.
-    for handler in logging.getLogger().handlers:
+    for handler in [*logging.getLogger().handlers, *logging.getLogger("natsbus").handlers]:
         handler.setFormatter(logging.Formatter(CHILD_LOG_FORMAT))
     return ChildLink(fd)
 
@@ -394,7 +398,7 @@ def supervise(
     """
     from ..worker import WorkerPool
     from .supervisor import Supervisor
-    from .systemd import notify
+    from .systemd import SupervisorNotifier
 
     reload_dirs: Optional[List[str]] = None
     if getattr(args, "reload", False):
@@ -416,14 +420,17 @@ def supervise(
     if isinstance(target, WorkerPool) and target.bus is not None:
         refuse_connection_flags(args, f"{label} is a WorkerPool already bound to a Bus")
     processes = getattr(args, "processes", 1)
+    systemd = SupervisorNotifier()  # READY=1 once all serve, STOPPING=1, WATCHDOG=1 while the loop runs
     supervisor = Supervisor(
         command,
         processes,
         drain_timeout=args.drain_timeout,
         env=env,
         reload_dirs=reload_dirs,
-        on_ready=lambda: notify(f"READY=1\nSTATUS={processes} worker processes serving"),
-        on_draining=lambda: notify("STOPPING=1\nSTATUS=draining"),
+        on_ready=functools.partial(systemd.ready, processes),
+        on_draining=systemd.draining,
+        on_tick=systemd.tick,
+        tick_interval=min(1.0, systemd.interval or 1.0),
     )
     return supervisor.run()
 
