@@ -107,6 +107,10 @@ class RestartPolicy:
 # -- the child's side -------------------------------------------------------------
 
 
+async def _answer() -> None:
+    """Nothing, on a Bus's loop: it answers."""
+
+
 class ChildLink:
     """A supervised child's end of its socket to the supervisor.
 
@@ -141,11 +145,9 @@ class ChildLink:
         thread.start()
 
     def _beat(self, bus: Bus, interval: float) -> None:
-        from .systemd import tick
-
         while not bus.closed:
             try:
-                bus.run(tick, interval)  # a round trip through the loop thread
+                bus.run(_answer, interval)  # a round trip through the loop thread
             except Exception as exc:
                 if bus.closed:
                     return

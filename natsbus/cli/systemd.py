@@ -71,7 +71,7 @@ def watchdog_interval(environ: Optional[Mapping[str, str]] = None) -> Optional[f
     return usec / 2e6
 
 
-async def tick() -> None:
+async def _tick() -> None:
     """Nothing, on the Bus's loop: it answers."""
 
 
@@ -112,7 +112,7 @@ class Notifier:
     def _pet(self, bus: Bus, interval: float) -> None:
         while not self._done.is_set():
             try:
-                bus.run(tick, interval / 2)  # a round trip through the loop thread
+                bus.run(_tick, interval / 2)  # a round trip through the loop thread
             except Exception as exc:
                 if self._done.is_set():
                     return
