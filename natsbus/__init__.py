@@ -7,11 +7,13 @@ The public API lives here. Public modules beyond it (the same list as
     natsbus.config                NatsConfig, tls_context, redact_url, redact_text
     natsbus.contrib.django        the Django app (settings, checks, natsbus_worker)
     natsbus.contrib.django.checks its system checks
+    natsbus.contrib.django.views  the health probe views (livez, readyz)
     natsbus.contrib.flask         the Flask extension
     natsbus.cqrs                  CommandBus, QueryBus, the Requester seam, TimeoutArg
     natsbus.discovery             NATS micro discovery (ping, discover, stats)
     natsbus.durable               durable commands on JetStream
     natsbus.envelope              the wire contract's envelopes
+    natsbus.health                /livez and /readyz: HealthServer and the checks
     natsbus.idempotency           idempotency stores
     natsbus.metrics               the Prometheus collector
     natsbus.middleware            client and handler middleware, tracing
@@ -90,11 +92,13 @@ PUBLIC_MODULES = (
     "natsbus.config",
     "natsbus.contrib.django",
     "natsbus.contrib.django.checks",
+    "natsbus.contrib.django.views",
     "natsbus.contrib.flask",
     "natsbus.cqrs",
     "natsbus.discovery",
     "natsbus.durable",
     "natsbus.envelope",
+    "natsbus.health",
     "natsbus.idempotency",
     "natsbus.metrics",
     "natsbus.middleware",

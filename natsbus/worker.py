@@ -260,6 +260,11 @@ class WorkerPool:
         return self._state is _State.RUNNING
 
     @property
+    def stopped(self) -> bool:
+        """Whether the pool has stopped: :meth:`stop` has finished, or :meth:`start` failed."""
+        return self._stopped.is_set()
+
+    @property
     def inflight(self) -> int:
         """Requests admitted and durable commands pulled, not yet answered.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -11,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Set, Tuple
+from typing import Any, Dict, Iterator, List, Set, Tuple
 
 import attrs
 import pytest
@@ -400,3 +402,40 @@ def test_manage_py_natsbus_worker_runs_two_processes_and_drains_them(
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+# -- health probes with --processes ------------------------------------------------------------------
+
+
+def _probe(address: Tuple[str, int], path: str) -> Tuple[int, Dict[str, Any]]:
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_the_supervisor_answers_readyz_and_livez_from_its_children(
+    nats_server: NatsServer, supervisors: List[Supervised]
+) -> None:
+    supervisor = _start(supervisors, nats_server.url, "--health-port", "0")
+    announced = supervisor.wait_for("health probes on http://127.0.0.1:")
+    address = ("127.0.0.1", int(re.search(r"127\.0\.0\.1:(\d+)/livez", announced)[1]))  # type: ignore[index]
+    _, body = wait_until(lambda: (answer := _probe(address, "/readyz"))[0] == 200 and answer)
+    assert body["status"] == "ok" and body["checks"]["ready"] == 2
+    workers = body["checks"]["workers"]
+    assert {int(w["pid"]) for w in workers.values()} == supervisor.pids()
+    assert {w["checks"]["pool"] for w in workers.values()} == {"serving"}  # each child's own readiness
+    assert _probe(address, "/livez")[0] == 200
+    [(slot, victim), _] = supervisor.serving()
+    os.kill(victim, signal.SIGKILL)
+    _, body = wait_until(lambda: (answer := _probe(address, "/readyz"))[0] == 503 and answer)
+    assert body["reason"].startswith(f"worker {slot}: ")  # restarting in ..., or starting
+    assert body["checks"]["ready"] == 1
+    assert _probe(address, "/livez")[0] == 200  # the supervisor restarts it: still alive
+    wait_until(lambda: _probe(address, "/readyz")[0] == 200, what="ready again")
+    assert victim not in supervisor.pids()
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait() == 0

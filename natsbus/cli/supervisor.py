@@ -53,9 +53,19 @@ import attrs
 from .options import EXIT_NOT_DRAINED, EXIT_OK
 
 if TYPE_CHECKING:
-    from ..bus import Bus
+    from ..health import Health
+    from ..worker import WorkerPool
 
-__all__ = ["ChildLink", "RestartPolicy", "Supervisor", "describe_exit"]
+__all__ = [
+    "ChildLink",
+    "RestartPolicy",
+    "Snapshot",
+    "Supervisor",
+    "WorkerState",
+    "describe_exit",
+    "supervisor_liveness",
+    "supervisor_readiness",
+]
 
 logger = logging.getLogger("natsbus.cli")
 
@@ -107,10 +117,6 @@ class RestartPolicy:
 # -- the child's side -------------------------------------------------------------
 
 
-async def _answer() -> None:
-    """Nothing, on a Bus's loop: it answers."""
-
-
 class ChildLink:
     """A supervised child's end of its socket to the supervisor.
 
@@ -133,27 +139,38 @@ class ChildLink:
             except OSError as exc:
                 logger.debug("cannot tell the supervisor %s: %s", event, exc)
 
-    def serving(self) -> None:
-        """The pool has subscribed: it serves."""
-        self.send("serving")
+    def serving(self, pool: WorkerPool) -> None:
+        """``pool`` has subscribed: say so, with its readiness, and start the heartbeat (:meth:`heartbeat`)."""
+        from ..health import pool_readiness
 
-    def heartbeat(self, bus: Bus, interval: float = HEARTBEAT_INTERVAL) -> None:
-        """Send ``alive`` every ``interval`` seconds while ``bus``'s event loop answers (a daemon thread)."""
+        self.send("serving", ready=pool_readiness(pool).to_json())
+        if pool.bus is not None:
+            self.heartbeat(pool)
+
+    def heartbeat(self, pool: WorkerPool, interval: float = HEARTBEAT_INTERVAL) -> None:
+        """Send ``alive`` with the pool's readiness every ``interval`` seconds while its Bus's loop answers.
+
+        On a daemon thread, from when the pool serves until its Bus closes.
+        """
         thread = threading.Thread(
-            target=self._beat, args=(bus, interval), name="natsbus-supervisor-heartbeat", daemon=True
+            target=self._beat, args=(pool, interval), name="natsbus-supervisor-heartbeat", daemon=True
         )
         thread.start()
 
-    def _beat(self, bus: Bus, interval: float) -> None:
-        while not bus.closed:
+    def _beat(self, pool: WorkerPool, interval: float) -> None:
+        from ..health import pool_readiness
+        from .systemd import check_loop
+
+        bus = pool.bus
+        while bus is not None and not bus.closed:
             try:
-                bus.run(_answer, interval)  # a round trip through the loop thread
+                check_loop(bus, interval)  # a round trip through the loop thread
             except Exception as exc:
                 if bus.closed:
                     return
-                logger.warning("the event loop did not answer within %.1fs (%r)", interval, exc)
+                logger.warning("the event loop did not answer within %.1fs (%s)", interval, type(exc).__name__)
             else:
-                self.send("alive")
+                self.send("alive", ready=pool_readiness(pool).to_json())
             time.sleep(interval)  # the pace of the heartbeat, not a wait for an event
 
     def draining(self) -> None:
@@ -185,6 +202,7 @@ class _Child:
     draining_since: Optional[float] = None  # it said it drains, or we told it to
     stopped_by_us: bool = False  # we sent it SIGTERM
     alive_at: float = 0.0  # its last heartbeat
+    readiness: Optional[Dict[str, Any]] = None  # its pool's readiness, as its last heartbeat said
     buffer: bytes = b""
     returncode: Optional[int] = None
 
@@ -194,6 +212,126 @@ class _Child:
 
     def describe(self) -> str:
         return f"worker {self.slot} (pid {self.pid})"
+
+
+@attrs.frozen
+class WorkerState:
+    """One slot's worker process, as the supervisor last saw it.
+
+    Attributes:
+        slot: Its number, 0 to N - 1.
+        pid: Its process id; None while it waits for a restart.
+        state: ``starting``, ``serving``, ``draining``, ``restarting in 0.5s``, ``stopped``.
+        alive_at: When (``time.monotonic()``) its event loop last answered; None before it serves.
+        readiness: Its pool's readiness (:meth:`natsbus.health.Health.to_json`), as it last reported it.
+    """
+
+    slot: int
+    pid: Optional[int]
+    state: str
+    alive_at: Optional[float]
+    readiness: Optional[Mapping[str, Any]]
+
+
+@attrs.frozen
+class Snapshot:
+    """The supervisor's workers, as of one turn of its loop.
+
+    Attributes:
+        at: When (``time.monotonic()``) it was taken.
+        stopping: A signal (or a failure) started the drain.
+        started: Every worker served once (``READY=1`` was sent).
+        workers: Each slot's :class:`WorkerState`.
+    """
+
+    at: float
+    stopping: bool
+    started: bool
+    workers: Mapping[int, WorkerState]
+
+
+#: Seconds without a heartbeat after which a worker process counts as not ready.
+STALE_AFTER = 3 * HEARTBEAT_INTERVAL
+
+#: Seconds without a turn of the supervisor's loop after which it counts as not alive.
+LOOP_STALE_AFTER = 5.0
+
+
+def supervisor_readiness(supervisor: Supervisor) -> Health:
+    """Ready: not draining, and every worker process serves, answers, and its pool is ready.
+
+    Args:
+        supervisor: The supervisor.
+
+    Returns:
+        ok, or not with the reason: ``"draining"``, ``"starting"``, or
+        ``"worker N: <why>"`` for each worker process not ready (its own
+        readiness reason, ``restarting in 0.5s``, ``no heartbeat for 4s``).
+        ``checks`` has ``processes``, ``ready`` (how many are) and
+        ``workers``: per slot, ``pid``, ``state``, ``ready``, ``reason`` and
+        its pool's checks.
+    """
+    from ..health import Health
+
+    snap = supervisor.snapshot
+    now = time.monotonic()
+    workers: Dict[str, Any] = {}
+    reasons: List[str] = []
+    for slot, worker in sorted(snap.workers.items()):
+        reason = _worker_not_ready(worker, now)
+        entry: Dict[str, Any] = {"pid": worker.pid, "state": worker.state, "ready": not reason, "reason": reason}
+        if worker.readiness is not None:
+            entry["checks"] = worker.readiness.get("checks", {})
+        workers[str(slot)] = entry
+        if reason:
+            reasons.append(f"worker {slot}: {reason}")
+    ready = sum(1 for entry in workers.values() if entry["ready"])
+    checks = {"processes": supervisor.processes, "ready": ready, "workers": workers}
+    if snap.stopping:
+        return Health(False, "draining", checks)
+    if not workers:
+        return Health(False, "starting", checks)
+    if reasons:
+        return Health(False, "; ".join(reasons), checks)
+    return Health(True, checks=checks)
+
+
+def _worker_not_ready(worker: WorkerState, now: float) -> str:
+    if worker.state != "serving":
+        return worker.state
+    if worker.alive_at is None or now - worker.alive_at > STALE_AFTER:
+        return f"no heartbeat for {now - (worker.alive_at or now):.0f}s"
+    if worker.readiness is not None and worker.readiness.get("status") != "ok":
+        return str(worker.readiness.get("reason") or "not ready")
+    return ""
+
+
+def supervisor_liveness(supervisor: Supervisor) -> Health:
+    """Alive: the supervisor's loop turns (it restarts worker processes that are not alive themselves).
+
+    Args:
+        supervisor: The supervisor.
+
+    Returns:
+        ok, or not with the reason ``"supervisor loop not turning"``.
+        ``checks`` has ``loop`` and, per slot, the worker's ``pid`` and
+        seconds since its ``heartbeat`` (None before it serves).
+    """
+    from ..health import Health
+
+    snap = supervisor.snapshot
+    now = time.monotonic()
+    age = now - snap.at
+    workers = {
+        str(slot): {
+            "pid": worker.pid,
+            "heartbeat": None if worker.alive_at is None else round(now - worker.alive_at, 1),
+        }
+        for slot, worker in sorted(snap.workers.items())
+    }
+    if age > LOOP_STALE_AFTER:
+        return Health(False, "supervisor loop not turning", {"loop": f"last turn {age:.0f}s ago", "workers": workers})
+    return Health(True, checks={"loop": "ok", "workers": workers})
 
 
 def _workers(count: int) -> str:
@@ -274,8 +412,9 @@ class Supervisor:
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._watch_stop = threading.Event()
+        self._snapshot = Snapshot(time.monotonic(), False, False, {})
 
-    # -- state, for health checks and tests -----------------------------------
+    # -- state, for health checks ----------------------------------------------
 
     @property
     def ready(self) -> bool:
@@ -284,23 +423,30 @@ class Supervisor:
             c.serving_since is not None and c.draining_since is None for c in self._slots.values()
         )
 
-    def children(self) -> Dict[int, Dict[str, Any]]:
-        """Each slot's state: ``pid``, ``serving`` (bool), ``since`` (seconds), or ``restart_in``."""
+    @property
+    def snapshot(self) -> Snapshot:
+        """The workers' state as of the supervisor loop's last turn (safe from any thread)."""
+        return self._snapshot
+
+    def _take_snapshot(self) -> Snapshot:
+        workers: Dict[int, WorkerState] = {}
         now = time.monotonic()
-        states: Dict[int, Dict[str, Any]] = {}
         for slot in range(self.processes):
             child = self._slots.get(slot)
             if child is None:
                 at = self._restart_at.get(slot)
-                states[slot] = {"pid": None, "serving": False, "restart_in": None if at is None else max(0.0, at - now)}
+                state = f"restarting in {max(0.0, at - now):.1f}s" if at is not None else "stopped"
+                workers[slot] = WorkerState(slot, None, state, None, None)
+                continue
+            if child.draining_since is not None:
+                state = "draining"
+            elif child.serving_since is not None:
+                state = "serving"
             else:
-                serving = child.serving_since is not None and child.draining_since is None
-                states[slot] = {
-                    "pid": child.pid,
-                    "serving": serving,
-                    "since": round(now - (child.serving_since or child.started), 3),
-                }
-        return states
+                state = "starting"
+            alive = child.alive_at if child.serving_since is not None else None
+            workers[slot] = WorkerState(slot, child.pid, state, alive, child.readiness)
+        return Snapshot(now, self._stopping(), self._ready, workers)
 
     # -- running ----------------------------------------------------------------
 
@@ -465,6 +611,7 @@ class Supervisor:
                 )
                 child.alive_at = now  # once
                 child.proc.kill()
+        self._snapshot = self._take_snapshot()
         if self.on_tick is not None:
             self.on_tick()
         for slot, at in sorted(self._restart_at.items()):
@@ -512,6 +659,8 @@ class Supervisor:
             event = message.get("event") if isinstance(message, dict) else None
             if event in ("serving", "alive"):
                 child.alive_at = time.monotonic()
+            if isinstance(message.get("ready"), dict):
+                child.readiness = message["ready"]
             if event == "serving" and child.serving_since is None:
                 child.serving_since = time.monotonic()
                 logger.info("supervisor: %s serves", child.describe())

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..bus import Bus
     from ..worker import WorkerPool
 
-__all__ = ["Notifier", "SupervisorNotifier", "notify", "watchdog_interval"]
+__all__ = ["Notifier", "SupervisorNotifier", "check_loop", "notify", "watchdog_interval"]
 
 logger = logging.getLogger("natsbus.cli")
 
@@ -75,6 +75,18 @@ async def _tick() -> None:
     """Nothing, on the Bus's loop: it answers."""
 
 
+def check_loop(bus: Bus, timeout: float) -> None:
+    """Return once the Bus's event loop has run a no-op: a round trip through its loop thread.
+
+    The watchdog's test (and ``/livez``'s, :func:`natsbus.health.pool_liveness`).
+
+    Raises:
+        TimeoutError: the loop did not answer within ``timeout`` seconds.
+        BusClosedError: the Bus is closed, or its loop stopped.
+    """
+    bus.run(_tick, timeout)
+
+
 class Notifier:
     """What a worker daemon tells systemd about one pool's :meth:`~natsbus.WorkerPool.run`."""
 
@@ -112,7 +124,7 @@ class Notifier:
     def _pet(self, bus: Bus, interval: float) -> None:
         while not self._done.is_set():
             try:
-                bus.run(_tick, interval / 2)  # a round trip through the loop thread
+                check_loop(bus, interval / 2)
             except Exception as exc:
                 if self._done.is_set():
                     return

@@ -16,8 +16,9 @@ import inspect
 import logging
 import os
 import sys
+import threading
 import traceback
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from .options import (
     EXIT_CONNECT,
@@ -33,8 +34,9 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from ..health import Health, HealthServer
     from ..worker import WorkerPool
-    from .supervisor import ChildLink
+    from .supervisor import ChildLink, Supervisor
 
 __all__ = [
     "Refused",
@@ -42,9 +44,11 @@ __all__ = [
     "apply_pool_options",
     "call_factory",
     "connection_flags",
+    "health_address",
     "import_failure",
     "load",
     "pool_argv",
+    "port_number",
     "process_count",
     "refuse_connection_flags",
     "run_worker",
@@ -106,6 +110,24 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     )
     # A supervised child's end of its socket to the supervisor (natsbus.cli.supervisor).
     parser.add_argument("--supervised-fd", type=non_negative_int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--health-port",
+        type=port_number,
+        help="serve GET /livez and /readyz on this port (0: a free one), from before the pool subscribes "
+        "until it has drained (docs/health.rst)",
+    )
+    parser.add_argument("--health-host", help="the address for --health-port (default 127.0.0.1)")
+
+
+def port_number(value: str) -> int:
+    """An argparse ``type=``: a TCP port, 0 to 65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
+    return port
 
 
 def process_count(value: str) -> int:
@@ -253,7 +275,56 @@ def apply_pool_options(pool: WorkerPool, args: argparse.Namespace) -> None:
 # -- serving -----------------------------------------------------------------
 
 
-def serve(pool: WorkerPool, drain_timeout: float, label: str, link: Optional[ChildLink] = None) -> int:
+def health_address(args: argparse.Namespace) -> Optional[Tuple[str, int]]:
+    """``(--health-host, --health-port)``, or None without ``--health-port``.
+
+    Raises:
+        Refused: ``--health-host`` without ``--health-port`` (it would be ignored).
+    """
+    port = getattr(args, "health_port", None)
+    host = getattr(args, "health_host", None)
+    if port is None:
+        if host is not None:
+            raise Refused("--health-host would be ignored without --health-port; add --health-port PORT")
+        return None
+    return (host or "127.0.0.1", port)
+
+
+class _Probes:
+    """The worker's ``/livez`` and ``/readyz``: the pool's checks, and 503 "draining" from the drain's start."""
+
+    def __init__(self, pool: WorkerPool, address: Tuple[str, int]) -> None:
+        from ..health import HealthServer
+
+        self.pool = pool
+        self._draining = threading.Event()
+        self.server = HealthServer(self.livez, self.readyz, host=address[0], port=address[1])
+
+    def livez(self) -> Health:
+        from ..health import pool_liveness
+
+        return pool_liveness(self.pool)
+
+    def readyz(self) -> Health:
+        from ..health import Health, pool_readiness
+
+        health = pool_readiness(self.pool)
+        if self._draining.is_set() and health.reason != "stopped":  # from the signal on, before stop() begins
+            return Health(False, "draining", {**health.checks, "pool": "draining"})
+        return health
+
+    def draining(self) -> None:
+        self._draining.set()
+
+
+def serve(
+    pool: WorkerPool,
+    drain_timeout: float,
+    label: str,
+    *,
+    link: Optional[ChildLink] = None,
+    health: Optional[Tuple[str, int]] = None,
+) -> int:
     """Serve until SIGTERM/SIGINT, drain; return the exit status (0 drained, 1 not).
 
     The signal handlers are in place before the pool subscribes; a second
@@ -264,24 +335,37 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str, link: Optional[Chi
     (:mod:`natsbus.cli.systemd`). Under a supervisor (``link``) it tells
     the supervisor instead.
 
+    With ``health`` (``(host, port)``) it serves ``/livez`` and ``/readyz``
+    (:mod:`natsbus.health`) from before the pool subscribes until the
+    drain is over: ``/readyz`` answers 503 "not serving yet", then 200,
+    then 503 "draining" as soon as the drain starts.
+
     Raises:
-        Refused: the pool could not start (nothing was served).
+        Refused: the pool could not start (nothing was served), or the
+            health port cannot be listened on (usage error 2, before subscribing).
     """
-    from ..errors import NatsBusError
+    from ..errors import ConfigError, NatsBusError
     from .systemd import Notifier
 
+    probes = _Probes(pool, health) if health is not None else None
+    if probes is not None:
+        try:
+            probes.server.start()
+        except ConfigError as exc:
+            raise Refused(str(exc)) from None
     systemd = Notifier(pool)  # READY=1, STOPPING=1, WATCHDOG=1 under a Type=notify unit
-    reporters: List[Any] = [systemd] if link is None else [systemd, link]
 
     def serving() -> None:
-        for reporter in reporters:
-            reporter.serving()
-        if link is not None and pool.bus is not None:
-            link.heartbeat(pool.bus)  # the supervisor restarts a child whose loop stops answering
+        systemd.serving()
+        if link is not None:
+            link.serving(pool)  # and heartbeats: the supervisor restarts a child whose loop stops answering
 
     def draining() -> None:
-        for reporter in reporters:
-            reporter.draining()
+        if probes is not None:
+            probes.draining()
+        systemd.draining()
+        if link is not None:
+            link.draining()
 
     try:
         drained = pool.run(drain_timeout=drain_timeout, on_serving=serving, on_draining=draining)  # signals, start
@@ -293,6 +377,8 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str, link: Optional[Chi
         return EXIT_NOT_DRAINED
     finally:
         systemd.close()
+        if probes is not None:
+            probes.server.close()  # after the drain: /readyz said "draining" throughout
     return EXIT_OK if drained else EXIT_NOT_DRAINED
 
 
@@ -317,6 +403,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         )
     link = supervisor_link(args)
     label = args.target
+    health_address(args)  # its usage errors before anything connects
     target = load(label)
     if not isinstance(target, WorkerPool):
         if not callable(target):
@@ -341,7 +428,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 def _serve(pool: WorkerPool, args: argparse.Namespace, label: str, link: Optional[ChildLink]) -> int:
     apply_pool_options(pool, args)
-    return serve(pool, args.drain_timeout, label, link)
+    return serve(pool, args.drain_timeout, label, link=link, health=health_address(args))
 
 
 def supervisor_link(args: argparse.Namespace) -> Optional[ChildLink]:
@@ -400,6 +487,7 @@ def supervise(
     from .supervisor import Supervisor
     from .systemd import SupervisorNotifier
 
+    health = health_address(args)  # its usage errors before anything is imported
     reload_dirs: Optional[List[str]] = None
     if getattr(args, "reload", False):
         try:
@@ -432,7 +520,34 @@ def supervise(
         on_tick=systemd.tick,
         tick_interval=min(1.0, systemd.interval or 1.0),
     )
-    return supervisor.run()
+    probes = _supervisor_probes(supervisor, health) if health is not None else None
+    try:
+        return supervisor.run()
+    finally:
+        if probes is not None:
+            probes.close()  # after the drain: /readyz said "draining" throughout
+
+
+def _supervisor_probes(supervisor: Supervisor, address: Tuple[str, int]) -> HealthServer:
+    """``/livez`` and ``/readyz`` of the supervisor, from its children's state, started.
+
+    Raises:
+        Refused: the address cannot be listened on.
+    """
+    from ..errors import ConfigError
+    from ..health import HealthServer
+    from .supervisor import supervisor_liveness, supervisor_readiness
+
+    server = HealthServer(
+        functools.partial(supervisor_liveness, supervisor),
+        functools.partial(supervisor_readiness, supervisor),
+        host=address[0],
+        port=address[1],
+    )
+    try:
+        return server.start()
+    except ConfigError as exc:
+        raise Refused(str(exc)) from None
 
 
 def child_env(extra_path: Sequence[str] = (), environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:

@@ -90,6 +90,7 @@ from ..policies import QueryCache, RetryPolicy
 from ..ports import CommandBusPort, QueryBusPort
 
 if TYPE_CHECKING:
+    from ..health import Health
     from ..testing import InMemoryBus
 
 __all__ = [
@@ -569,6 +570,38 @@ class LazyBus:
                 middleware=settings.middleware,
             ),
         )
+
+    def liveness(self) -> Health:
+        """``/livez`` for a web process: never opens the Bus; when open, its event loop answers.
+
+        See :func:`natsbus.health.bus_liveness`; ok with ``{"loop": "not opened"}``
+        before the first use (or ``"in-memory"``).
+        """
+        from ..health import Health, bus_liveness
+
+        bus = self._bus
+        if bus is None:
+            return Health(True, checks={"loop": "in-memory" if self.opened else "not opened"})
+        return bus_liveness(bus)
+
+    def readiness(self) -> Health:
+        """``/readyz`` for a web process: the Bus is connected (opened now if needed).
+
+        See :func:`natsbus.health.bus_readiness`. A Bus that cannot open is
+        not ready (``"not connected (ConnectError)"``; the error's text is
+        not shown); the in-memory bus always is.
+        """
+        from ..health import Health, bus_readiness
+
+        try:
+            self.ports()  # a pod is ready once it can reach NATS, before any view has sent anything
+        except NatsBusError as exc:
+            logger.warning("natsbus: readiness: cannot open the Bus for %s: %s", self.owner, type(exc).__name__)
+            return Health(False, f"not connected ({type(exc).__name__})", {"connection": "not opened"})
+        bus = self._bus
+        if bus is None:
+            return Health(True, checks={"connection": "in-memory"})
+        return bus_readiness(bus)
 
     def close(self) -> None:
         """Close the Bus (the next use opens a new one). Safe twice."""

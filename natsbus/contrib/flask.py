@@ -60,6 +60,11 @@ a handler's failure, anything else          500, without the error's text (it is
 (every natsbus error class: the README's "Errors as HTTP" table). Your own
 ``@app.errorhandler`` for a natsbus error class wins over this one for that
 class and its subclasses.
+
+Health probes for the app's Bus, the same JSON and statuses as ``natsbus
+worker --health-port`` (docs/health.rst)::
+
+    app.register_blueprint(cqrs.health_blueprint())     # GET /livez, GET /readyz
 """
 
 from __future__ import annotations
@@ -67,10 +72,11 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
-from flask import Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
 
 from ..bus import Bus
 from ..errors import ConfigError, NatsBusError
+from ..health import Health
 from ..ports import CommandBusPort, QueryBusPort
 from ._common import (
     DEFAULTS,
@@ -202,3 +208,41 @@ class NatsBus:
     def close(self, app: Optional[Flask] = None) -> None:
         """Close the app's Bus now; the next use opens a new one. Safe twice."""
         self._holder(app).close()
+
+    def health_blueprint(self, name: str = "natsbus_health") -> Blueprint:
+        """A blueprint with ``GET /livez`` and ``GET /readyz`` for the app's Bus (docs/health.rst).
+
+        ``app.register_blueprint(cqrs.health_blueprint())``. They answer as
+        ``natsbus worker --health-port`` does (:mod:`natsbus.health`): 200
+        with ``{"status": "ok", "reason": "", "checks": {...}}``, or 503 with
+        ``"status": "unavailable"`` and the reason. ``/readyz``: the Bus is
+        connected (it is opened if no view has opened it yet);
+        ``/livez``: the Bus's event loop answers, and it never opens a
+        connection.
+
+        Args:
+            name: The blueprint's name (one per app).
+
+        Returns:
+            The blueprint; register it with a ``url_prefix`` to move the paths.
+        """
+        blueprint = Blueprint(name, __name__)
+
+        @blueprint.get("/livez")
+        def livez() -> Response:
+            return _health_response(self._holder().liveness())
+
+        @blueprint.get("/readyz")
+        def readyz() -> Response:
+            return _health_response(self._holder().readiness())
+
+        return blueprint
+
+
+def _health_response(health: Health) -> Response:
+    return current_app.response_class(
+        json.dumps(health.to_json(), default=str),
+        status=200 if health.ok else 503,
+        headers={"Cache-Control": "no-store"},
+        mimetype="application/json",
+    )

@@ -107,9 +107,9 @@ def load_settings() -> BusSettings:
     )
 
 
-# The process's bus: one per process by design (like django.db.connections),
+# The process's bus (the health views use it too): one per process by design (like django.db.connections),
 # opened lazily, so importing this module connects nothing.
-_process_bus = LazyBus(load_settings, owner="Django")
+process_bus = LazyBus(load_settings, owner="Django")
 
 
 def get_bus() -> Bus:
@@ -119,22 +119,22 @@ def get_bus() -> Bus:
         ConfigError: the settings are invalid, or use ``IN_MEMORY``.
         ConnectError: no server answered.
     """
-    return _process_bus.bus()
+    return process_bus.bus()
 
 
 def get_command_bus() -> CommandBusPort:
     """This process's command bus (``execute()``), opening the Bus if needed."""
-    return _process_bus.ports()[0]
+    return process_bus.ports()[0]
 
 
 def get_query_bus() -> QueryBusPort:
     """This process's query bus (``ask()``), opening the Bus if needed."""
-    return _process_bus.ports()[1]
+    return process_bus.ports()[1]
 
 
 def close_bus() -> None:
     """Close this process's Bus now; the next use opens a new one. Safe twice."""
-    _process_bus.close()
+    process_bus.close()
 
 
 @overload

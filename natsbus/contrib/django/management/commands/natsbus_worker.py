@@ -28,6 +28,7 @@ from natsbus.cli.worker import (
     apply_pool_options,
     call_factory,
     child_env,
+    health_address,
     load,
     pool_argv,
     refuse_connection_flags,
@@ -99,6 +100,7 @@ class Command(BaseCommand):
             return supervise(options, _child_command(path, options), path, _child_environ(options), load(path))
         link = supervisor_link(options)  # a supervised child's socket to its supervisor, else None
         _override_connection(options)
+        health = health_address(options)  # its usage errors before anything connects
         factory = load(path)
         try:
             bus = get_bus()
@@ -112,7 +114,7 @@ class Command(BaseCommand):
                 route.call = _with_fresh_db_connections(route.call)
             apply_pool_options(pool, options)
             # run() installs the signal handlers, then subscribes: a SIGTERM at any moment drains.
-            return serve(pool, options.drain_timeout, path, link)
+            return serve(pool, options.drain_timeout, path, link=link, health=health)
         finally:
             close_bus()
 
