@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Set, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import attrs
 import pytest
@@ -24,7 +25,7 @@ from waiting import wait_until
 from worker_app import Sleep
 
 from natsbus import Bus, CommandBus, NatsServer, Query, QueryBus, RequestTimeoutError
-from natsbus.cli.supervisor import RestartPolicy, describe_exit
+from natsbus.cli.supervisor import RestartPolicy, Supervisor, describe_exit
 from natsbus.cli.worker import process_count
 
 pytestmark = pytest.mark.timeout(60)
@@ -439,3 +440,46 @@ def test_the_supervisor_answers_readyz_and_livez_from_its_children(
     assert victim not in supervisor.pids()
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait() == 0
+
+
+# -- the supervisor in this process: its policy made short ----------------------------------------
+
+
+def test_a_child_whose_event_loop_stops_answering_is_killed_and_restarted(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    tests = str(Path(__file__).resolve().parent)
+    supervisor = Supervisor(
+        [sys.executable, "-m", "natsbus", "worker", "supervisor_app:make_pool", "--server", nats_server.url],
+        1,
+        drain_timeout=5.0,
+        env={**os.environ, "PYTHONPATH": tests},
+        policy=RestartPolicy(unresponsive_after=1.0),
+    )
+    pids: List[int] = []
+    problems: List[BaseException] = []
+
+    def serving_pid() -> Optional[int]:
+        worker = supervisor.snapshot.workers.get(0)
+        return worker.pid if worker is not None and worker.state == "serving" else None
+
+    def freeze_then_stop() -> None:
+        try:
+            pids.append(wait_until(serving_pid, 30, "the first worker serving"))
+            os.kill(pids[0], signal.SIGSTOP)  # its event loop (and everything else) stops answering
+            pids.append(wait_until(lambda: (pid := serving_pid()) != pids[0] and pid, 30, "its replacement"))
+        except BaseException as exc:
+            problems.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's handler: drain, run() returns
+
+    helper = threading.Thread(target=freeze_then_stop)
+    helper.start()
+    with caplog.at_level(logging.INFO, logger="natsbus.cli"):
+        status = supervisor.run()
+    helper.join(10)
+    assert problems == []
+    assert status == 0
+    assert len(pids) == 2 and pids[0] != pids[1]
+    assert f"worker 0 (pid {pids[0]}): its event loop has not answered for " in caplog.text
+    assert f"worker 0 (pid {pids[0]}) was killed by SIGKILL; restarting it in 0.5s" in caplog.text
