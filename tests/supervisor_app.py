@@ -46,3 +46,11 @@ def make_pool(bus: Bus) -> WorkerPool:
 
 def broken_factory(bus: Bus) -> WorkerPool:
     raise RuntimeError("no settings for this environment")
+
+
+def flaky_factory(bus: Bus) -> WorkerPool:
+    """``make_pool``, until the file named by SUPERVISOR_APP_BREAK exists: then it fails (exit 2)."""
+    path = os.environ.get("SUPERVISOR_APP_BREAK", "")
+    if path and os.path.exists(path):
+        raise RuntimeError("broken on purpose")
+    return make_pool(bus)

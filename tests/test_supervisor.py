@@ -306,7 +306,7 @@ def make_pool(bus):
 """
 
 
-def test_reload_replaces_the_children_when_a_python_file_changes(
+def test_reload_replaces_the_children_when_a_python_file_changes_and_keeps_them_when_it_breaks(
     nats_server: NatsServer, bus: Bus, supervisors: List[Supervised], tmp_path: Path
 ) -> None:
     app = tmp_path / "reload_app.py"
@@ -319,6 +319,10 @@ def test_reload_replaces_the_children_when_a_python_file_changes(
     )
     supervisors.append(supervisor)
     supervisor.wait_for("supervisor: 1 worker serving")
+    assert QueryBus(bus).ask(Version(), timeout=5) == "one"
+    app.write_text("def make_pool(:\n")  # saved half-edited: the new worker cannot start
+    supervisor.wait_for("reload stopped; the running workers keep serving the code they run")
+    assert "SyntaxError" in supervisor.output
     assert QueryBus(bus).ask(Version(), timeout=5) == "one"
     app.write_text(RELOAD_APP.format(version="two"))
     supervisor.wait_for("reload done: 1 worker serving")
@@ -483,3 +487,40 @@ def test_a_child_whose_event_loop_stops_answering_is_killed_and_restarted(
     assert len(pids) == 2 and pids[0] != pids[1]
     assert f"worker 0 (pid {pids[0]}): its event loop has not answered for " in caplog.text
     assert f"worker 0 (pid {pids[0]}) was killed by SIGKILL; restarting it in 0.5s" in caplog.text
+
+
+def test_a_child_that_keeps_failing_to_start_after_a_crash_makes_the_supervisor_give_up(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    supervisor = Supervisor(
+        [sys.executable, "-m", "natsbus", "worker", "supervisor_app:flaky_factory", "--server", nats_server.url],
+        1,
+        drain_timeout=5.0,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent), "SUPERVISOR_APP_BREAK": str(broken)},
+        policy=RestartPolicy(first_delay=0.1, give_up_after=2),
+    )
+    problems: List[BaseException] = []
+
+    def break_then_kill() -> None:
+        try:
+            worker = wait_until(
+                lambda: (w := supervisor.snapshot.workers.get(0)) is not None and w.state == "serving" and w,
+                30,
+                "the worker serving",
+            )
+            broken.touch()  # from now on the factory raises: exit 2 before serving
+            os.kill(worker.pid, signal.SIGKILL)
+        except BaseException as exc:
+            problems.append(exc)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=break_then_kill)
+    helper.start()
+    with caplog.at_level(logging.INFO, logger="natsbus.cli"):
+        status = supervisor.run()
+    helper.join(10)
+    assert problems == []
+    assert status == 2
+    assert caplog.text.count("exited with 2 before it served; restarting it in") == 1
+    assert "exited with 2 before it served, 2 times in a row: giving up" in caplog.text

@@ -752,7 +752,7 @@ class Supervisor:
             if self._stopping():
                 return  # the drain takes the new child too
             if new.returncode is not None:
-                logger.error("supervisor: reload stopped; the other workers keep serving the code they run")
+                logger.error("supervisor: reload stopped; the running workers keep serving the code they run")
                 return
             self._incoming.remove(new)
             old = self._slots.get(slot)

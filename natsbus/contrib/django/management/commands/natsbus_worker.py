@@ -128,7 +128,13 @@ def _child_command(path: str, options: argparse.Namespace) -> List[str]:
 
 
 def _child_environ(options: argparse.Namespace) -> dict[str, str]:
-    """This environment, with the settings module this process runs with, and its project on the path."""
+    """This environment, with the settings module this process runs with, and its project on the path.
+
+    Raises:
+        Refused: the settings come from ``settings.configure()``, not a module.
+    """
+    if not settings.SETTINGS_MODULE:  # settings.configure(): nothing a new process could import
+        raise Refused("--processes and --reload need a settings module (DJANGO_SETTINGS_MODULE or --settings)")
     env = child_env([os.path.abspath(sys.path[0] or os.curdir), os.getcwd()])
     env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
     return env
