@@ -100,6 +100,14 @@ def test_processes_that_is_not_a_positive_count_or_auto_is_a_usage_error(value: 
     assert text in worker.output
 
 
+def test_reload_dir_without_reload_is_a_usage_error(tmp_path: Path) -> None:
+    worker = WorkerProcess(
+        "nats://127.0.0.1:1", target="supervisor_app:make_pool", args=["--reload-dir", str(tmp_path)]
+    )
+    assert worker.wait() == 2
+    assert worker.lines == ["natsbus worker: --reload-dir would be ignored without --reload; add --reload"]
+
+
 def test_processes_auto_is_the_number_of_usable_cpus() -> None:
     assert process_count("auto") == len(os.sched_getaffinity(0))
     assert process_count("3") == 3

@@ -448,7 +448,13 @@ def supervisor_link(args: argparse.Namespace) -> Optional[ChildLink]:
 
 
 def supervised(args: argparse.Namespace) -> bool:
-    """Whether the options ask for a supervisor: ``--processes`` > 1 or ``--reload``, in a process not supervised."""
+    """Whether the options ask for a supervisor: ``--processes`` > 1 or ``--reload``, in a process not supervised.
+
+    Raises:
+        Refused: ``--reload-dir`` without ``--reload`` (it would be ignored).
+    """
+    if getattr(args, "reload_dir", None) and not getattr(args, "reload", False):
+        raise Refused("--reload-dir would be ignored without --reload; add --reload")
     if getattr(args, "supervised_fd", None) is not None:
         return False
     return bool(getattr(args, "processes", 1) > 1 or getattr(args, "reload", False))
@@ -500,8 +506,6 @@ def supervise(
         for directory in reload_dirs:
             if not os.path.isdir(directory):
                 raise Refused(f"--reload-dir {directory}: not a directory")
-    elif getattr(args, "reload_dir", None):
-        raise Refused("--reload-dir would be ignored without --reload")
     target = load(label) if loaded is None else loaded
     if not isinstance(target, WorkerPool) and not callable(target):
         raise Refused(f"{label} is neither a WorkerPool nor a factory returning one")
