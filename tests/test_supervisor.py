@@ -356,7 +356,8 @@ def test_the_supervisor_tells_systemd_ready_once_every_child_serves_and_stopping
         )
         supervisors.append(supervisor)
         assert notify_socket.recv(4096) == b"READY=1\nSTATUS=2 worker processes serving"
-        assert len(supervisor.pids()) == 2  # both served before READY=1
+        supervisor.wait_for("supervisor: 2 workers serving")  # logged before READY=1 was sent
+        assert len(supervisor.pids()) == 2
         assert len(bus.discover("supervised-app")) == 2
         supervisor.signal(signal.SIGTERM)
         assert notify_socket.recv(4096) == b"STOPPING=1\nSTATUS=draining"  # the children said nothing

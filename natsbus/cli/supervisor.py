@@ -654,9 +654,11 @@ class Supervisor:
             try:
                 message = json.loads(line)
             except ValueError:
-                logger.warning("supervisor: %s sent a line that is not JSON", child.describe())
+                message = None
+            if not isinstance(message, dict):
+                logger.warning("supervisor: %s sent a line that is not a JSON object", child.describe())
                 continue
-            event = message.get("event") if isinstance(message, dict) else None
+            event = message.get("event")
             if event in ("serving", "alive"):
                 child.alive_at = time.monotonic()
             if isinstance(message.get("ready"), dict):
@@ -678,8 +680,12 @@ class Supervisor:
         how = describe_exit(code)
         if child in self._retiring:
             self._retiring.remove(child)
-            self._drain_codes.append(self._drain_code(child, code))
-            logger.info("supervisor: replaced %s %s", child.describe(), how)
+            if self._stopping():  # a reload's drain that the final drain overtook
+                self._drain_codes.append(self._drain_code(child, code))
+            # A reload's drain that abandoned requests is logged (by the child and
+            # here), not held against the final drain's exit status.
+            log = logger.info if code == EXIT_OK else logger.warning
+            log("supervisor: replaced %s %s", child.describe(), how)
             return
         if child in self._incoming:
             self._incoming.remove(child)
