@@ -15,7 +15,7 @@ The public API lives here. Public modules beyond it (the same list as
     natsbus.envelope              the wire contract's envelopes
     natsbus.health                /livez and /readyz: HealthServer and the checks
     natsbus.idempotency           idempotency stores
-    natsbus.metrics               the Prometheus collector
+    natsbus.metrics               the Prometheus collector, ClientMetrics
     natsbus.middleware            client and handler middleware, tracing
     natsbus.ports                 CommandBusPort, QueryBusPort
     natsbus.pytest_plugin         the pytest fixtures

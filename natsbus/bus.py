@@ -177,12 +177,19 @@ class Bus:
         self._users: weakref.WeakSet[Any] = weakref.WeakSet()
         _LIVE_BUSES.add(self)
 
-    def _open(self) -> Tuple[Portal, Transport]:
+    def _open(self, *, in_background: bool = False) -> Tuple[Portal, Transport]:
+        """A loop thread and a transport on it, connected (or, ``in_background``, connecting)."""
         portal = Portal()
         portal.start()
-        transport = Transport(self.config, portal)
         try:
-            portal.call(transport.connect)
+            if in_background:
+                # A forked child's: its calls wait for it within their own timeouts
+                # (see call_grace), and it keeps trying, whatever the config says.
+                transport = Transport(attrs.evolve(self.config, connect_in_background=True), portal)
+                portal.start_soon(transport.connect)
+            else:
+                transport = Transport(self.config, portal)
+                portal.call(transport.connect)
         except BaseException:
             portal.stop()
             raise
@@ -195,7 +202,7 @@ class Bus:
                 if self._generation != _fork_generation and self._state is _State.OPEN:
                     # The parent's loop thread does not exist here; its
                     # objects stay unclosed (see _INHERITED): the parent owns them.
-                    self._portal, self._transport = self._open()
+                    self._portal, self._transport = self._open(in_background=True)
                     self._completer_thread = None
                     self._pid = os.getpid()
                     self._generation = _fork_generation
@@ -235,6 +242,19 @@ class Bus:
         ``config.reconnect_grace`` (0 with ``config.fail_fast_when_disconnected``).
         """
         return 0.0 if self.config.fail_fast_when_disconnected else self.config.reconnect_grace
+
+    def call_grace(self, grace: TimeoutArg, limit: Optional[float]) -> Optional[float]:
+        """Seconds a call with this ``reconnect_grace`` and timeout ``limit`` waits for the connection now.
+
+        Its grace (:attr:`reconnect_grace` by default), never past ``limit``.
+        While a forked child's own connection is being opened (its first
+        call), a call without a grace of its own waits for it up to
+        ``limit``: an opening connection is no outage, and a fail-fast
+        Bus must not fail the child's first call for it.
+        """
+        if grace is DEFAULT and not self._transport.opened.is_set():
+            return limit
+        return bounded_grace(grace, self.reconnect_grace, limit)
 
     def wait_connected(self, timeout: Optional[float] = None) -> bool:
         """Wait until the Bus is connected (or closed); whether it is.
@@ -299,7 +319,7 @@ class Bus:
             pending = self.begin_request(subject, payload, hdrs)
         except NotConnectedError:
             started = time.monotonic()
-            grace = bounded_grace(reconnect_grace, self.reconnect_grace, timeout)
+            grace = self.call_grace(reconnect_grace, timeout)
             pending = self.begin_request(subject, payload, hdrs, reconnect_grace=grace)
             if timeout is not None:
                 left = max(0.0, timeout - (time.monotonic() - started))
@@ -381,6 +401,11 @@ class Bus:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise transport.not_connected_error(subject, waited=grace or 0.0)
+            if not transport.opened.is_set():  # a forked child's connection, being opened
+                if not transport.opened.wait(left):
+                    continue  # not open within the wait: the next turn says so
+                if not transport.is_connected:  # the first tries failed: at once, like Bus()
+                    raise transport.not_connected_error(subject)
             transport.wait_connected(left)
             try:
                 # The caller's deadline, as the worker reads it, counts the time waited here.

@@ -40,7 +40,7 @@ from attrs import AttrsInstance
 from . import codec
 from ._transport import GatheredReply, Headers, PendingReply, Reply
 from ._transport.pending import await_reply
-from .bus import Bus, Completer, bounded_grace
+from .bus import Bus, Completer
 from .context import DEADLINE_HEADER
 from .envelope import INSTANCE_HEADER, SERVICE_HEADER, decode_response, new_id, service_error, utc_timestamp
 from .errors import (
@@ -318,7 +318,7 @@ class _MessageBus:
             request.body,
             headers,
             notify,
-            reconnect_grace=bounded_grace(grace, bus.reconnect_grace, limit),
+            reconnect_grace=bus.call_grace(grace, limit),
         )
         return pending, None if limit is None else max(0.0, limit - (time.monotonic() - started))
 

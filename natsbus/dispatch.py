@@ -7,17 +7,18 @@ in-memory test bus on the caller's thread (or a thread of its own).
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import logging
 import threading
 import time
 import typing
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
 
 import attrs
 
 from . import codec
-from .context import RequestContext, _enter, _leave
+from .context import RequestContext, _enter, _leave, new_context
 from .envelope import INVALID_REQUEST_PREFIX, Headers, decode_request, error_reply, peek_id, utc_timestamp
 from .errors import (
     ConfigError,
@@ -31,9 +32,17 @@ from .errors import (
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
 from .middleware import HandlerRequest, Middleware, run_handler
 
-__all__ = ["Dispatcher", "EndpointStats", "HandlerRoute", "NotStarted"]
+__all__ = ["DURATION_BUCKETS", "Dispatcher", "EndpointStats", "HandlerRoute", "NotStarted", "ReplyMemory"]
 
 logger = logging.getLogger("natsbus.worker")
+
+# -- metrics: the request-duration histogram's buckets (natsbus.metrics exports them) --
+#: Upper bounds in seconds of the request-duration histogram's buckets (``+Inf`` is implied).
+DURATION_BUCKETS: Tuple[float, ...] = (
+    *(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0),
+)
+_BOUNDS_NS = tuple(round(bound * 1e9) for bound in DURATION_BUCKETS)
 
 
 @attrs.define(eq=False)
@@ -45,12 +54,23 @@ class EndpointStats:
         num_errors: Requests answered with an error envelope.
         processing_time_ns: Total handler-side time in nanoseconds.
         last_error: The last error text, or ``""``.
+        durations: Requests counted per :data:`DURATION_BUCKETS` bucket (not
+            cumulative; the last one is over the last bound). Busy refusals
+            are not in it: their handler never ran.
+        expired: Requests not started because their caller had already given up.
+        overruns: Requests whose handler overran its time limit.
+        refused: Requests refused at once because the pool was full.
     """
 
     num_requests: int = 0
     num_errors: int = 0
     processing_time_ns: int = 0
     last_error: str = ""
+    # -- metrics (natsbus.metrics) --
+    durations: List[int] = attrs.Factory(lambda: [0] * (len(_BOUNDS_NS) + 1))
+    expired: int = 0
+    overruns: int = 0
+    refused: int = 0
 
     @property
     def average_processing_time_ns(self) -> int:
@@ -97,6 +117,24 @@ class NotStarted(NamedTuple):
 
     body: bytes
     headers: Headers
+
+
+class ReplyMemory(Protocol):
+    """Where :meth:`Dispatcher.dispatch` remembers command replies (an idempotency store's ``guard()``).
+
+    For a command with an id, once decoded and not expired, the dispatcher
+    calls :meth:`claim`; it runs the handler only when that returned no
+    reply, and then calls :meth:`settle` with what it answers (``None``
+    when the handler raised a ``BaseException`` past it).
+    """
+
+    def claim(
+        self, route: HandlerRoute, command_id: str, deadline: Optional[float]
+    ) -> Tuple[Optional[Tuple[bytes, Headers]], Any]:
+        """``(reply, _)`` to answer with ``reply`` at once; ``(None, token)`` to run the handler."""
+
+    def settle(self, route: HandlerRoute, command_id: str, token: Any, reply: Optional[Tuple[bytes, Headers]]) -> None:
+        """Remember ``reply`` for the claim ``token``, or (``None``) forget the claim."""
 
 
 def _resolve(handler: Any, message_type: Optional[type]) -> Tuple[Callable[[Any], Any], type, str]:
@@ -209,12 +247,16 @@ class Dispatcher:
         headers: Headers = None,
         deadline: Optional[float] = None,
         failed: Optional[Callable[[BaseException], None]] = None,
+        memory: Optional[ReplyMemory] = None,
     ) -> Tuple[bytes, Headers]:
         """Handle one request body; return the reply body and headers.
 
         ``failed``, when given, is called with the handler's exception when
         the handler (or its middleware) raised one (the in-memory test bus
         keeps it as the ``__cause__`` of the error its caller gets).
+        ``memory``, when given, answers a repeated command from the replies
+        it remembers (see :class:`ReplyMemory`); it is consulted after the
+        envelope is decoded, so the id is read once.
 
         Every failure (an ``Exception``) becomes an error envelope. A
         request whose ``deadline`` (``time.monotonic()``) has passed is not
@@ -252,12 +294,37 @@ class Dispatcher:
         if deadline is not None and time.monotonic() >= deadline:
             with self._stats_lock:
                 self.expired += 1
+                route.stats.expired += 1
             logger.info("%s %s not started: its caller already gave up", route.subject, message_id)
             late = DeadlineExceededError(
                 f"Deadline exceeded: the caller gave up before {route.subject} started", subject=route.subject
             )
             return NotStarted(*self._error(route, kind, message_id, late, started))
-        context = RequestContext(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline)
+        context = new_context(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline)
+        if memory is None or kind is not Kind.COMMAND or not message_id:
+            return self._run(route, context, message, max_payload, failed, started)
+        answer, token = memory.claim(route, message_id, deadline)
+        if answer is not None:  # a repeat: the reply already sent (or busy), the handler does not run
+            return answer
+        try:
+            reply = self._run(route, context, message, max_payload, failed, started)
+        except BaseException:
+            memory.settle(route, message_id, token, None)
+            raise
+        memory.settle(route, message_id, token, reply)
+        return reply
+
+    def _run(
+        self,
+        route: HandlerRoute,
+        context: RequestContext,
+        message: Any,
+        max_payload: int,
+        failed: Optional[Callable[[BaseException], None]],
+        started: int,
+    ) -> Tuple[bytes, Headers]:
+        """Run the handler on ``message`` (inside the middleware) and encode its result or error."""
+        kind, message_id = route.kind, context.message_id
         token = _enter(context)
         try:
             if self.middleware:  # the handler inside the handler middleware chain
@@ -315,9 +382,11 @@ class Dispatcher:
         """Count a reply to ``route``: a request, the time since ``started`` (``perf_counter_ns``), its error."""
         elapsed = time.perf_counter_ns() - started
         stats = route.stats
+        bucket = bisect.bisect_left(_BOUNDS_NS, elapsed)  # metrics: the histogram's bucket
         with self._stats_lock:
             stats.num_requests += 1
             stats.processing_time_ns += elapsed
+            stats.durations[bucket] += 1
             if error is not None:
                 stats.num_errors += 1
                 stats.last_error = error
@@ -325,10 +394,24 @@ class Dispatcher:
     def snapshot(self) -> List[Tuple[HandlerRoute, EndpointStats]]:
         """Each route with a copy of its counters, all read at one moment (for ``$SRV.STATS``)."""
         with self._stats_lock:
-            return [(route, attrs.evolve(route.stats)) for route in self._routes.values()]
+            return [
+                (route, attrs.evolve(route.stats, durations=list(route.stats.durations)))
+                for route in self._routes.values()
+            ]
 
-    def count_error(self, route: HandlerRoute, error: str) -> None:
-        """Count an error reply sent for ``route`` outside :meth:`dispatch`."""
+    # -- metrics: the replies sent for a handler that did not answer itself --
+
+    def count_overrun(self, route: HandlerRoute, error: str) -> None:
+        """Count the timeout error sent for ``route`` because its handler overran its time limit."""
         with self._stats_lock:
             route.stats.num_errors += 1
+            route.stats.overruns += 1
+            route.stats.last_error = error
+
+    def count_refused(self, route: HandlerRoute, error: str) -> None:
+        """Count a busy refusal of a request to ``route``: a request and an error, no handler time."""
+        with self._stats_lock:
+            route.stats.num_requests += 1
+            route.stats.num_errors += 1
+            route.stats.refused += 1
             route.stats.last_error = error

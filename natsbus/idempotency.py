@@ -37,8 +37,8 @@ in-memory store forgets everything on a restart; the key-value store
 hands the command to a retry once ``lease`` seconds have passed, by the
 NATS server's clock). For
 effects that must happen exactly once, the handler also records the
-``command_id`` in the same transaction as its effect; see the README,
-"Exactly once: execute vs send".
+``command_id`` in the same transaction as its effect; see
+docs/exactly-once.rst.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import time
 import uuid
 from collections import OrderedDict
 from functools import partial
-from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, TypeVar, Union
 
 import attrs
 
@@ -61,7 +61,7 @@ from ._resources import BucketSpec, check_bucket_name, check_replicas, check_sto
 from ._transport import Headers
 from ._transport.connection import Connection
 from ._transport.jetstream import jetstream_for
-from .dispatch import HandlerRoute, NotStarted
+from .dispatch import HandlerRoute, NotStarted, ReplyMemory
 from .envelope import ERROR_CODE_HEADER, error_reply, peek_id
 from .errors import BusyError, ConfigError, JetStreamError, NatsBusError
 from .messages import Kind
@@ -141,6 +141,11 @@ class IdempotencyStore(abc.ABC):
         #: Repeated commands answered from the store (the handler did not run).
         self.replayed = 0
 
+    def count_replayed(self) -> None:
+        """Count a repeat answered from the store (:attr:`replayed`)."""
+        with self._counter_lock:
+            self.replayed += 1
+
     def open(self, bus: Connection) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Prepare to serve on ``bus`` (the pool calls it in ``start()``; fails there, not later)."""
 
@@ -160,9 +165,22 @@ class IdempotencyStore(abc.ABC):
     def wait_for(self, bus: Connection, command_id: str, timeout: float) -> None:
         """Block up to ``timeout`` seconds, or until ``command_id``'s state may have changed."""
 
+    def guard(self, bus: Connection) -> ReplyMemory:
+        """This store as the Dispatcher consults it: ``claim`` before a command's handler, ``settle`` after.
+
+        ``Dispatcher.dispatch(..., memory=store.guard(bus))`` answers a
+        repeated ``command_id`` from the store; the WorkerPool does this,
+        after the envelope is decoded (so the id is read once).
+        """
+        return _Guard(self, bus)
+
     def wrap(self, dispatch: Dispatch, bus: Connection) -> Dispatch:
-        """``dispatch`` (``Dispatcher.dispatch``) with commands answered through this store."""
-        store = self
+        """``dispatch`` (``Dispatcher.dispatch``, or a function like it) with commands answered through this store.
+
+        For a dispatch function of your own; a WorkerPool passes
+        :meth:`guard` to its Dispatcher instead.
+        """
+        guard = self.guard(bus)
 
         def guarded(
             route: HandlerRoute,
@@ -178,57 +196,73 @@ class IdempotencyStore(abc.ABC):
             if not command_id or (deadline is not None and time.monotonic() >= deadline):
                 # Invalid (dispatch answers 400), or not going to start (504): nothing to remember.
                 return dispatch(route, data, max_payload, headers=headers, deadline=deadline)
-            give_up = time.monotonic() + store.wait
-            if deadline is not None:
-                give_up = min(give_up, deadline)
-            while True:
-                try:
-                    claim = store.begin(bus, command_id)
-                except NatsBusError as exc:
-                    logger.warning("%s %s: the idempotency store failed: %s", route.subject, command_id, exc)
-                    return _busy(
-                        command_id,
-                        f"Service busy: cannot check whether command {command_id} already ran ({exc}); retry later",
-                        route.subject,
-                    )
-                if claim.state is ClaimState.DONE and claim.reply is not None:
-                    with store._counter_lock:
-                        store.replayed += 1
-                    logger.info("%s %s: a repeat; answered with the reply already sent", route.subject, command_id)
-                    return claim.reply
-                if claim.state is ClaimState.OWNED:
-                    break
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    return _busy(
-                        command_id,
-                        f"Service busy: command {command_id} is still running for an earlier request; "
-                        "retry later for its result",
-                        route.subject,
-                    )
-                store.wait_for(bus, command_id, left)
+            answer, token = guard.claim(route, command_id, deadline)
+            if answer is not None:
+                return answer
             try:
                 reply = dispatch(route, data, max_payload, headers=headers, deadline=deadline)
             except BaseException:
-                _quietly(store.abandon, bus, command_id, claim.token)
+                guard.settle(route, command_id, token, None)
                 raise
-            if isinstance(reply, NotStarted) or _busy_reply(reply):
-                # Not started (its caller gave up), or busy (the handler says it did
-                # nothing; retry later): nothing to remember, a repeat runs it.
-                _quietly(store.abandon, bus, command_id, claim.token)
-            else:
-                try:
-                    store.finish(bus, command_id, claim.token, reply)
-                except NatsBusError as exc:
-                    logger.error(
-                        "%s %s: could not remember the reply (%s); a repeat will run it again",
-                        route.subject,
-                        command_id,
-                        exc,
-                    )
+            guard.settle(route, command_id, token, reply)
             return reply
 
         return guarded
+
+
+class _Guard:
+    """An :class:`IdempotencyStore` as a :class:`~natsbus.dispatch.ReplyMemory`: its four methods, in order."""
+
+    __slots__ = ("bus", "store")
+
+    def __init__(self, store: IdempotencyStore, bus: Connection) -> None:
+        self.store = store
+        self.bus = bus
+
+    def claim(self, route: HandlerRoute, command_id: str, deadline: Optional[float]) -> Tuple[Optional[ReplyPair], Any]:
+        """``(reply, None)``: answer with it (remembered, or busy); ``(None, token)``: run the handler."""
+        store, bus = self.store, self.bus
+        give_up = time.monotonic() + store.wait
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        while True:
+            try:
+                claim = store.begin(bus, command_id)
+            except NatsBusError as exc:
+                logger.warning("%s %s: the idempotency store failed: %s", route.subject, command_id, exc)
+                return _busy(
+                    command_id,
+                    f"Service busy: cannot check whether command {command_id} already ran ({exc}); retry later",
+                    route.subject,
+                ), None
+            if claim.state is ClaimState.DONE and claim.reply is not None:
+                store.count_replayed()
+                logger.info("%s %s: a repeat; answered with the reply already sent", route.subject, command_id)
+                return claim.reply, None
+            if claim.state is ClaimState.OWNED:
+                return None, claim.token
+            left = give_up - time.monotonic()
+            if left <= 0:
+                return _still_running(command_id, route), None
+            store.wait_for(bus, command_id, left)
+
+    def settle(self, route: HandlerRoute, command_id: str, token: Any, reply: Optional[ReplyPair]) -> None:
+        """Remember ``reply`` for the claim ``token``, or forget the claim (``None``, not started, busy)."""
+        store = self.store
+        if reply is None or isinstance(reply, NotStarted) or _busy_reply(reply):
+            # The handler raised past the dispatcher, did not start (its caller gave up), or
+            # answered busy (it says it did nothing; retry later): a repeat runs it.
+            _quietly(store.abandon, self.bus, command_id, token)
+            return
+        try:
+            store.finish(self.bus, command_id, token, reply)
+        except NatsBusError as exc:
+            logger.error(
+                "%s %s: could not remember the reply (%s); a repeat will run it again",
+                route.subject,
+                command_id,
+                exc,
+            )
 
 
 def _busy_reply(reply: ReplyPair) -> bool:
@@ -245,6 +279,14 @@ def _quietly(fn: Callable[..., None], *args: Any) -> None:
 
 def _busy(command_id: str, text: str, subject: str) -> ReplyPair:
     return error_reply(Kind.COMMAND, command_id, BusyError(text, subject=subject))
+
+
+def _still_running(command_id: str, route: HandlerRoute) -> ReplyPair:
+    return _busy(
+        command_id,
+        f"Service busy: command {command_id} is still running for an earlier request; retry later for its result",
+        route.subject,
+    )
 
 
 class MemoryIdempotencyStore(IdempotencyStore):
@@ -281,7 +323,10 @@ class MemoryIdempotencyStore(IdempotencyStore):
         self._bytes = 0
         self._lock = threading.Lock()
         # command_id -> (expires, reply), oldest first (each entry is re-inserted when stored).
-        self._done: OrderedDict[str, Tuple[float, ReplyPair]] = OrderedDict()
+        # A reply without headers (a success) is kept as its body alone. (A plain dict
+        # would be smaller still, but taking its oldest entry again and again walks
+        # over every slot deleted before it.)
+        self._done: OrderedDict[str, Tuple[float, Union[bytes, ReplyPair]]] = OrderedDict()
         self._running: Dict[str, _Run] = {}
 
     def __len__(self) -> int:
@@ -290,11 +335,11 @@ class MemoryIdempotencyStore(IdempotencyStore):
     def _expire(self, now: float) -> None:
         done = self._done
         while done:
-            key, (expires, reply) = next(iter(done.items()))
+            key, (expires, kept) = next(iter(done.items()))
             if expires > now:
                 break
             del done[key]
-            self._bytes -= _size(reply)
+            self._bytes -= _kept_size(kept)
 
     def begin(self, bus: Connection, command_id: str) -> Claim:
         """See :meth:`IdempotencyStore.begin`."""
@@ -302,27 +347,41 @@ class MemoryIdempotencyStore(IdempotencyStore):
             self._expire(time.monotonic())
             entry = self._done.get(command_id)
             if entry is not None:
-                return Claim(ClaimState.DONE, reply=entry[1])
+                return Claim(ClaimState.DONE, reply=_as_reply(entry[1]))
             if command_id in self._running:
                 return Claim(ClaimState.RUNNING)
             run = self._running[command_id] = _Run()
             return Claim(ClaimState.OWNED, token=run)
 
+    def guard(self, bus: Connection) -> ReplyMemory:
+        """See :meth:`IdempotencyStore.guard` (a first request claims with one lock and no :class:`Claim`)."""
+        return _MemoryGuard(self, bus)
+
+    def owns(self, command_id: str) -> Optional[_Run]:
+        """Claim ``command_id`` when it is neither remembered nor running: the token, else ``None``."""
+        with self._lock:  # an expired entry makes this None: begin() expires it, then claims
+            if command_id in self._done or command_id in self._running:
+                return None
+            run = self._running[command_id] = _Run()
+            return run
+
     def finish(self, bus: Connection, command_id: str, token: Any, reply: ReplyPair) -> None:
         """See :meth:`IdempotencyStore.finish`."""
+        size = _size(reply)
+        now = time.monotonic()
         with self._lock:
             if self._running.get(command_id) is token:
                 del self._running[command_id]
-            previous = self._done.pop(command_id, None)
+            self._expire(now)
+            done = self._done
+            previous = done.pop(command_id, None)
             if previous is not None:
-                self._bytes -= _size(previous[1])
-            size = _size(reply)
+                self._bytes -= _kept_size(previous[1])
             if self.max_bytes is None or size <= self.max_bytes:
-                self._done[command_id] = (time.monotonic() + self.ttl, reply)
+                done[command_id] = (now + self.ttl, reply[0] if reply[1] is None else reply)
                 self._bytes += size
-            while len(self._done) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes):
-                _, (_, dropped) = self._done.popitem(last=False)
-                self._bytes -= _size(dropped)
+            while len(done) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes):
+                self._bytes -= _kept_size(done.popitem(last=False)[1][1])
             waiting = token.event
         if waiting is not None:
             waiting.set()
@@ -348,6 +407,23 @@ class MemoryIdempotencyStore(IdempotencyStore):
         event.wait(timeout)
 
 
+class _MemoryGuard(_Guard):
+    """The memory store's guard: a first request (nearly all) costs one lock and no objects but its token."""
+
+    __slots__ = ("memory",)
+
+    def __init__(self, store: MemoryIdempotencyStore, bus: Connection) -> None:
+        super().__init__(store, bus)
+        self.memory = store
+
+    def claim(self, route: HandlerRoute, command_id: str, deadline: Optional[float]) -> Tuple[Optional[ReplyPair], Any]:
+        """See :meth:`_Guard.claim`."""
+        token = self.memory.owns(command_id)
+        if token is not None:
+            return None, token
+        return super().claim(route, command_id, deadline)  # a repeat: answer, or wait for the first
+
+
 class _Run:
     """A command running for the memory store: who waits for it gets an event, made on demand."""
 
@@ -355,6 +431,14 @@ class _Run:
 
     def __init__(self) -> None:
         self.event: Optional[threading.Event] = None
+
+
+def _as_reply(kept: Union[bytes, ReplyPair]) -> ReplyPair:
+    return (kept, None) if isinstance(kept, bytes) else kept
+
+
+def _kept_size(kept: Union[bytes, ReplyPair]) -> int:
+    return len(kept) if isinstance(kept, bytes) else _size(kept)
 
 
 def _size(reply: ReplyPair) -> int:

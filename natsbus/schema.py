@@ -76,8 +76,9 @@ __all__ = [
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 #: The AsyncAPI version :func:`asyncapi_document` writes.
 ASYNCAPI_VERSION = "3.0.0"
-#: The NATS micro endpoint metadata keys that carry the schemas (as JSON text).
+#: The NATS micro endpoint metadata key that carries the request payload's schema (as JSON text).
 REQUEST_SCHEMA_KEY = "request_schema"
+#: The NATS micro endpoint metadata key that carries a success reply payload's schema (as JSON text).
 RESPONSE_SCHEMA_KEY = "response_schema"
 
 _ARRAYS = {

@@ -77,7 +77,6 @@ class NatsServer:
             ``/connz``, ``/routez``...) on a free port; see :meth:`monitor_json`.
 
     Attributes:
-        url: ``nats://127.0.0.1:<port>`` once started.
         port: The client port once started.
         monitor_port: The monitoring port once started with ``monitor=True``.
         cluster_port: The route port once started with ``--cluster`` in ``args``.
@@ -113,7 +112,7 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        """The client URL (after :meth:`start`)."""
+        """The client URL, ``nats://127.0.0.1:<port>`` (after :meth:`start`)."""
         if self.port is None:
             raise ServerError("the server is not started")
         return f"nats://{self.host}:{self.port}"

@@ -467,7 +467,7 @@ class WorkerPool:
             subject=route.subject,
         )
         body, headers = error_reply(route.kind, message_id or "", error)
-        self.dispatcher.count(route, time.perf_counter_ns(), error.message)  # an error reply, in the stats too
+        self.dispatcher.count_refused(route, error.message)  # an error reply, in the stats too
         logger.debug("refused %s %s: busy", route.subject, message_id)
         self._bus().live_transport().publish(reply, body, {**(headers or {}), **extra} if extra else headers)
 
@@ -487,7 +487,7 @@ class WorkerPool:
             route.label,
             limit_ms,
         )
-        self.dispatcher.count_error(route, error.message)
+        self.dispatcher.count_overrun(route, error.message)
         body, headers = error_reply(route.kind, message_id or "", error)
         try:
             self._bus().live_transport().publish(reply, body, headers)
@@ -497,8 +497,8 @@ class WorkerPool:
     def _work(self) -> None:
         transport = self._bus().live_transport()
         dispatch = self.dispatcher.dispatch
-        if self.idempotency is not None:  # a repeated command_id gets the reply already sent
-            dispatch = self.idempotency.wrap(dispatch, self._bus())
+        # A repeated command_id gets the reply already sent, looked up once the envelope is decoded.
+        memory = self.idempotency.guard(self._bus()) if self.idempotency is not None else None
         get = self._queue.get
         pending = self._queue.items
         park = threading.Lock()
@@ -520,7 +520,9 @@ class WorkerPool:
                     self._watchdog.watch(time.monotonic() + route.time_limit, claim, route, reply, data)
                 headers = as_headers(item.headers)  # parsed here, off the loop
                 deadline = parse_deadline(headers, item.received)
-                body, reply_headers = dispatch(route, data, transport.max_payload, headers=headers, deadline=deadline)
+                body, reply_headers = dispatch(
+                    route, data, transport.max_payload, headers=headers, deadline=deadline, memory=memory
+                )
                 if claim is None or claim.acquire(blocking=False):
                     # Write it now when idle; under load, let the loop batch the replies.
                     transport.publish(reply, body, reply_headers, direct=not pending)

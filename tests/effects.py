@@ -2,7 +2,7 @@
 
 ``record`` is a handler's effect with no protection of its own: what the
 idempotency tests need, to see whether natsbus ran a handler twice.
-``apply_once`` is the pattern the README recommends for durable commands:
+``apply_once`` is the pattern docs/exactly-once.rst recommends for durable commands:
 the effect and the ``command_id`` are written in one transaction, so a
 delivery after a crash between the handler's commit and natsbus storing the
 reply finds the id and does nothing. Every call of either is logged in

@@ -24,6 +24,9 @@ HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 ROOT = Path(__file__).resolve().parent.parent
 CROSS = ("raw client, natsbus responder", "natsbus client, raw responder")
 
+# A --quick run is about 30 s on an idle 2-core machine; a busy one (CI) may take twice that.
+pytestmark = pytest.mark.timeout(180)
+
 
 def _bench(argv: List[str], timeout: float) -> str:
     """``natsbus bench ARGV`` on its own embedded server; its stdout."""
@@ -43,7 +46,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[str, D
     argv = ["--quick", "--json", str(report)]
     if HAS_MATPLOTLIB:
         argv += ["--chart", str(chart)]
-    stdout = _bench(argv, timeout=50)
+    stdout = _bench(argv, timeout=120)
     yield stdout, json.loads(report.read_text()), chart
 
 
@@ -94,6 +97,9 @@ def test_bench_json_has_every_target_with_a_verdict(quick_run: Tuple[str, Dict[s
         "natsbus 256 vs 64 callers, small payload",
         "1 MiB payload works (sequential p50)",
         "200 more registered types vs none, 64 callers",
+        "default reply store on vs off: throughput, 64 callers, small payload",
+        "default reply store on vs off: execute_many, 64 in flight, small payload",
+        "2 worker processes vs 1, 64 callers, 200 us of CPU per request",
     ):
         assert expected in names
     for target in report["targets"]:
@@ -110,6 +116,8 @@ def test_bench_measures_raw_and_natsbus_in_every_cell(quick_run: Tuple[str, Dict
     impls = {cell["key"]: cell["impls"] for cell in report["cells"]}
     assert impls["sequential/1/0"] == impls["throughput/64/0"] == ["raw", *CROSS, "natsbus"]
     assert impls["throughput/8/0"] == impls["sequential/1/10240"] == ["raw", "natsbus"]
+    assert impls["store/64/0"] == ["natsbus", "natsbus, no reply store"]
+    assert impls["processes/64/0"] == ["raw", "raw, 2 responder processes", "natsbus", "natsbus, 2 worker processes"]
     for cell in report["cells"]:
         if cell["scenario"] == "batch" and not report["meta"]["execute_many"]:
             assert cell["results"] == {"natsbus": {"missing": "execute_many"}}
@@ -164,7 +172,7 @@ def test_bench_compares_a_baseline_natsbus_in_the_same_run(tmp_path: Path) -> No
     """The same tree as the baseline: its rows are there, beside raw and natsbus, in one run."""
     report_path = tmp_path / "bench.json"
     argv = ["--quick", "--baseline", str(ROOT), "--payload-sizes", "0", "--concurrency", "8"]
-    stdout = _bench([*argv, "--json", str(report_path)], timeout=50)
+    stdout = _bench([*argv, "--json", str(report_path)], timeout=120)
     report = json.loads(report_path.read_text())
     assert report["meta"]["baseline"]["path"] == str(ROOT)
     assert f"baseline: natsbus {report['meta']['baseline']['natsbus']} from {ROOT}" in stdout

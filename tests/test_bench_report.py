@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from natsbus.bench import runner
-from natsbus.bench.plan import BASELINE, CROSS, Options, plan
+from natsbus.bench.plan import BASELINE, CROSS, HANDLER_WORK_US, NATSBUS_X2, NO_STORE, RAW_X2, Options, plan
 from natsbus.bench.report import targets, versus_baseline
 from natsbus.cli import main
 
@@ -54,7 +54,19 @@ def test_default_plan_measures_8_32_64_and_256_callers_with_the_diagnostics_at_6
     impls = {cell.key: cell.impls for cell in main_cells}
     assert impls["sequential/1/0"] == impls["throughput/64/0"] == ("raw", *CROSS, "natsbus")
     assert impls["throughput/8/0"] == impls["throughput/64/10240"] == ("raw", "natsbus")
-    assert [cell.key for cell in growth] == ["types/64/0", "sequential/1/1048576"]
+    assert [cell.key for cell in growth] == [
+        "types/64/0",
+        "store/64/0",
+        "store-batch/64/0",
+        "processes/64/0",
+        "sequential/1/1048576",
+    ]
+    by_key = {cell.key: cell for cell in growth}
+    assert by_key["store/64/0"].impls == by_key["store-batch/64/0"].impls == ("natsbus", NO_STORE)
+    processes = by_key["processes/64/0"]
+    assert processes.impls == ("raw", RAW_X2, "natsbus", NATSBUS_X2)
+    assert processes.work_us == HANDLER_WORK_US > 0  # a handler with work a second core can share
+    assert [cell.key for cell in plan(Options(), execute_many=False)[1]].count("store-batch/64/0") == 0
 
 
 def test_plan_with_a_baseline_measures_it_in_every_main_cell_but_not_in_the_growth_checks() -> None:
@@ -115,6 +127,35 @@ def test_cross_diagnostics_are_ratios_to_raw_without_a_verdict() -> None:
         "diagnostic: only the responder is natsbus",
     )
     assert (client["ratio"], client["result"], client["note"]) == (0.8, "-", "diagnostic: only the client is natsbus")
+
+
+def test_the_reply_store_rows_compare_natsbus_with_itself_store_on_vs_off() -> None:
+    cells = {
+        "store/64/0": {"natsbus": _result(960), NO_STORE: _result(1000)},
+        "store-batch/64/0": {"natsbus": _result(900), NO_STORE: _result(1000)},
+    }
+    rows = {r["name"]: r for r in targets(Options(payload_sizes=(0,)), cells, {})}
+    throughput = rows["default reply store on vs off: throughput, 64 callers, small payload"]
+    batch = rows["default reply store on vs off: execute_many, 64 in flight, small payload"]
+    assert (throughput["ratio"], throughput["target"], throughput["result"]) == (0.96, ">= 0.95x", "PASS")
+    assert (batch["ratio"], batch["result"]) == (0.9, "MISS")
+
+
+def test_the_processes_rows_put_natsbus_beside_raw_with_two_responders_each() -> None:
+    cells = {
+        "processes/64/0": {
+            "raw": _result(1000),
+            RAW_X2: _result(1800),
+            "natsbus": _result(800),
+            NATSBUS_X2: _result(1200),
+        }
+    }
+    rows = {r["name"]: r for r in targets(Options(payload_sizes=(0,)), cells, {})}
+    work = f"{HANDLER_WORK_US} us of CPU per request"
+    versus_raw = rows[f"2 worker processes, 64 callers, {work}"]
+    versus_one = rows[f"2 worker processes vs 1, 64 callers, {work}"]
+    assert (versus_raw["ratio"], versus_raw["result"]) == (0.667, "-")  # 1,200 / 1,800
+    assert (versus_one["ratio"], versus_one["raw"], versus_one["result"]) == (1.5, "1.80x", "-")
 
 
 def test_targets_carry_their_cell_and_goal_for_the_chart() -> None:

@@ -496,3 +496,85 @@ def read_rows(path: Path) -> List[Dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+# -- --json: the summary as one JSON object on standard error ------------------------
+
+
+def test_json_summary_is_one_object_with_an_error_and_code_when_lines_failed(
+    capsys: Any, nats_url: str, user_pool: WorkerPool, tmp_path: Path
+) -> None:
+    CommandBus(user_pool.bus).execute(CreateUserCommand("x", "json-taken@example.com"))  # type: ignore[arg-type]
+    taken = {"name": "t", "email": "json-taken@example.com"}
+    path = write_lines(tmp_path / "mixed.jsonl", [*users(2, "jsonsum"), taken, {"name": "no email"}])
+    status, rows, err = run(capsys, nats_url, "execute-many", "CreateUserCommand", str(path), "--json")
+    assert status == 1
+    assert [row["ok"] for row in rows] == [True, True, False, False]  # the rows are unchanged
+    (line,) = err.splitlines()  # no progress lines: --json makes --progress auto mean never
+    summary = json.loads(line)
+    elapsed = summary.pop("elapsed")
+    assert isinstance(elapsed, float) and elapsed >= 0
+    assert summary == {
+        "command": "execute-many",
+        "type": "CreateUserCommand",
+        "total": 4,
+        "written": 4,
+        "succeeded": 2,
+        "failed": 2,
+        "failures": {"ConflictError": 1, "InvalidRequestError": 1},
+        "skipped": 0,
+        "abandoned": 0,
+        "not_sent": 0,
+        "output": None,
+        "interrupted": None,
+        "error": "2 of 4 failed",
+        "code": "failed",
+    }
+
+
+def test_json_summary_of_a_resumed_run_that_succeeded_has_no_error(
+    capsys: Any, nats_url: str, user_pool: WorkerPool, tmp_path: Path
+) -> None:
+    path = write_lines(tmp_path / "users.jsonl", users(3, "jsonok"))
+    output = tmp_path / "out.jsonl"
+    output.write_text('{"line": 1, "ok": true, "result": null}\n')  # line 1 finished in an earlier run
+    argv = ["execute-many", "CreateUserCommand", str(path), "-o", str(output), "--resume"]
+    status, rows, err = run(capsys, nats_url, *argv, "--json")
+    assert (status, rows) == (0, [])
+    summary = json.loads(err)
+    assert "error" not in summary and "code" not in summary
+    assert (summary["total"], summary["succeeded"], summary["skipped"], summary["output"]) == (2, 2, 1, str(output))
+    assert [row["line"] for row in read_rows(output)] == [1, 2, 3]
+
+
+def test_json_errors_before_sending_are_error_objects(capsys: Any, nats_url: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"n": 1}\nnot json\n')
+    status, rows, err = run(capsys, nats_url, "execute-many", "BatchStep", str(bad), "--json")
+    assert (status, rows) == (2, [])
+    error = json.loads(err)
+    assert error["code"] == "usage" and error["error"].startswith(f"line 2 of {bad} is not valid JSON: ")
+    good = write_lines(tmp_path / "good.jsonl", [{"n": 1}])
+    status, rows, err = run(capsys, "nats://127.0.0.1:1", "ask-many", "BatchStep", str(good), "--json")
+    assert (status, rows) == (3, [])
+    error = json.loads(err)
+    assert error["code"] == "connect" and "127.0.0.1:1" in error["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_json_summary_says_it_was_interrupted(nats_url: str, bus: Bus, tmp_path: Path) -> None:
+    steps = Steps(hold_from=3)
+    path = write_lines(tmp_path / "steps.jsonl", [{"n": n} for n in range(1, 11)])
+    results = tmp_path / "results.jsonl"
+    for _ in serving(bus, steps):
+        args = ("-o", str(results), "--concurrency", "2", "--timeout", "60", "--grace", "0", "--json")
+        proc = start_batch(nats_url, path, *args)
+        steps.wait_for(lambda s: s.held == 2)  # lines 1-2 answered, 3-4 held
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out) == (143, "")
+    summary = json.loads(err)
+    assert (summary["interrupted"], summary["code"], summary["written"]) == ("SIGTERM", "interrupted", 2)
+    assert (summary["abandoned"], summary["not_sent"], summary["total"]) == (2, 6, 10)
+    assert summary["error"] == "interrupted by SIGTERM; to finish, run the same command with --resume"

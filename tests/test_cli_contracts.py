@@ -167,3 +167,35 @@ def test_asyncapi_of_something_that_is_no_pool_exits_2(capsys: Any) -> None:
     status, out, err = run(capsys, "asyncapi", "natsbus.nowhere:pool")
     assert status == 2
     assert err.startswith("natsbus asyncapi: cannot load a WorkerPool from natsbus.nowhere:pool: ")
+
+
+def test_schema_and_asyncapi_json_print_one_line_and_errors_as_objects(
+    capsys: Any, nats_url: str, user_pool: WorkerPool
+) -> None:
+    status, out, err = run(capsys, "schema", "user-service", "--server", nats_url)
+    assert status == 0
+    document = json.loads(out)
+    status, out, err = run(capsys, "schema", "user-service", "--server", nats_url, "--json")
+    assert (status, err, out.count("\n")) == (0, "", 1)
+    assert json.loads(out) == document
+    status, out, err = run(capsys, "schema", "user-service", "DeleteUserCommand", "--server", nats_url, "--json")
+    assert (status, out) == (1, "")
+    assert json.loads(err) == {
+        "error": "user-service serves no DeleteUserCommand (it serves CreateUserCommand, GetUserQuery)",
+        "code": "unknown_type",
+    }
+    status, out, err = run(capsys, "schema", "nobody-here", "--server", nats_url, "--timeout", "0.5", "--json")
+    assert (status, out) == (1, "")
+    assert json.loads(err) == {"error": "no instance of nobody-here answered within 0.5s", "code": "no_answer"}
+    status, out, err = run(capsys, "schema", "user-service", "--server", "nats://127.0.0.1:1", "--json")
+    assert (status, out, json.loads(err)["code"]) == (3, "", "connect")
+
+    status, out, err = run(capsys, "asyncapi", "natsbus.demo:build_pool", "--json")
+    assert (status, err, out.count("\n")) == (0, "", 1)
+    assert json.loads(out)["asyncapi"] == "3.0.0"
+    status, out, err = run(capsys, "asyncapi", "natsbus.demo:SERVICE_ID", "--json")
+    assert (status, out) == (2, "")
+    assert json.loads(err) == {
+        "error": "natsbus.demo:SERVICE_ID is neither a WorkerPool nor a factory returning one",
+        "code": "usage",
+    }

@@ -1,4 +1,4 @@
-"""The README's exit-code table is what the commands do: each code, from real runs of every entry point.
+"""The documented exit-code table (docs/exit-codes.rst) is what the commands do: each code, from real runs.
 
 Each code in the table has runs of ``python -m natsbus ...`` (and of
 ``manage.py natsbus_worker``) that must exit with it, and every code these
@@ -32,10 +32,10 @@ ROOT = TESTS.parent
 DJANGO_EXAMPLE = ROOT / "examples" / "django_app"
 
 
-def readme_exit_codes() -> Dict[int, str]:
-    """The table under the README's "Exit codes" heading: code -> meaning."""
-    text = (ROOT / "README.rst").read_text()
-    section = text.split("\nExit codes\n----------\n", 1)[1]
+def documented_exit_codes() -> Dict[int, str]:
+    """The table of docs/exit-codes.rst: code -> meaning."""
+    text = (ROOT / "docs" / "exit-codes.rst").read_text()
+    section = text.split("Exit codes\n==========\n", 1)[1]
     borders = [i for i, line in enumerate(section.splitlines()) if re.fullmatch(r"=+  =+", line)]
     rows = section.splitlines()[borders[1] + 1 : borders[2]]
     table: Dict[int, str] = {}
@@ -208,11 +208,11 @@ def env(nats_server: NatsServer, bus: Bus, user_pool: WorkerPool, tmp_path: Path
     yield Env(nats_server, bus, tmp_path)
 
 
-def test_the_readme_table_lists_exactly_the_codes_the_runs_check() -> None:
-    assert sorted(readme_exit_codes()) == sorted(RUNS)
+def test_the_documented_table_lists_exactly_the_codes_the_runs_check() -> None:
+    assert sorted(documented_exit_codes()) == sorted(RUNS)
 
 
-@pytest.mark.parametrize("code", sorted(readme_exit_codes()))
-def test_every_run_exits_with_the_code_the_readme_gives(env: Env, code: int) -> None:
+@pytest.mark.parametrize("code", sorted(documented_exit_codes()))
+def test_every_run_exits_with_the_code_the_docs_give(env: Env, code: int) -> None:
     got = {name: run(env) for name, run in RUNS[code]}
     assert got == {name: code for name, _ in RUNS[code]}

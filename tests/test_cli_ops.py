@@ -438,3 +438,17 @@ def test_json_errors_before_and_at_connecting(capsys: Any) -> None:
         assert (status, out) == (3, ""), argv
         error = error_object(err)
         assert error["code"] == "connect" and url in error["error"]
+
+
+def test_every_command_that_talks_to_nats_or_prints_a_document_takes_json() -> None:
+    from natsbus.cli.main import _parser
+
+    commands = _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    without = []
+    for name, parser in commands.items():
+        actions = parser._subparsers._group_actions[0].choices if parser._subparsers else {"": parser}
+        for action, sub in actions.items():
+            if "--json" not in sub._option_string_actions:
+                without.append(f"{name} {action}".strip())
+    # demo runs a demo; worker is a daemon (its output is logs).
+    assert without == ["demo", "worker"]

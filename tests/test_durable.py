@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import signal
 import threading
 import time
@@ -439,6 +440,96 @@ def test_cli_pending_shows_stored_commands_and_consumers(
     assert lines[0] == f"stream {config.stream}: 0 command(s) stored"
     assert lines[1].split() == ["CONSUMER", "PENDING", "ACK", "PENDING", "REDELIVERED", "WAITING"]
     assert lines[2].split()[:4] == ["appliers", "0", "0", "0"]
+
+
+def _cli_names(nats_url: str, config: DurableConfig) -> List[str]:
+    return [
+        *("--server", nats_url, "--stream", config.stream, "--subject-prefix", config.subject_prefix),
+        *("--dead-letter-stream", config.dead_letter_stream, "--dead-letter-prefix", config.dead_letter_prefix),
+        *("--results-bucket", config.results_bucket),
+    ]
+
+
+def _cli_json(capsys: Any, *argv: str) -> Tuple[int, Any, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, json.loads(out) if out else None, err
+
+
+def test_cli_durable_json_pending_dead_and_replay(bus: Bus, cleanup: DurableConfig, capsys: Any, nats_url: str) -> None:
+    config = cleanup
+    names = _cli_names(nats_url, config)
+    status, document, err = _cli_json(capsys, "durable", "pending", "--json", *names)
+    assert (status, err) == (0, "")
+    assert document == {"stream": config.stream, "exists": False, "messages": 0, "consumers": [], "commands": []}
+    fixed = threading.Event()
+    pool = WorkerPool(bus, service_id="flaky", durable=config)
+
+    @pool.register
+    def flaky(cmd: Flaky) -> str:
+        if not fixed.is_set():
+            raise RuntimeError("disk full")
+        return "ok"
+
+    commands = CommandBus(bus)
+    command_id = commands.send(Flaky(1), durable=config)
+    status, document, err = _cli_json(capsys, "durable", "pending", "--json", *names)
+    assert (status, err) == (0, "")
+    (stored,) = document.pop("commands")
+    assert document == {"stream": config.stream, "exists": True, "messages": 1, "consumers": []}
+    assert (stored["seq"], stored["command_type"], stored["command_id"]) == (1, "Flaky", command_id)
+    assert sorted(stored) == ["command_id", "command_type", "seq", "stored_at"]
+    with pool:
+        with pytest.raises(HandlerError, match="disk full"):
+            commands.result(command_id, wait=15, durable=config)
+        status, letters, err = _cli_json(capsys, "durable", "dead", "--json", *names)
+        assert (status, err) == (0, "")
+        (letter,) = letters
+        assert letter == {
+            "seq": letter["seq"],
+            "command_type": "Flaky",
+            "command_id": command_id,
+            "service": "flaky",
+            "deliveries": 3,
+            "failed_at": letter["failed_at"],
+            "error_code": "500",
+            "error": "disk full",
+            "original_subject": config.command_subject("Flaky"),
+        }
+        status, document, err = _cli_json(capsys, "durable", "pending", "--json", *names)
+        assert [c["name"] for c in document["consumers"]] == ["flaky"]
+        assert sorted(document["consumers"][0]) == [
+            "name",
+            "num_ack_pending",
+            "num_pending",
+            "num_redelivered",
+            "num_waiting",
+        ]
+        fixed.set()
+        status, document, err = _cli_json(capsys, "durable", "replay", str(letter["seq"]), "--json", *names)
+        assert (status, err) == (0, "")
+        assert document == {
+            "seq": letter["seq"],
+            "command_type": "Flaky",
+            "command_id": command_id,
+            "subject": config.command_subject("Flaky"),
+        }
+        assert commands.result(command_id, wait=10, durable=config) == "ok"
+        assert _cli_json(capsys, "durable", "dead", "--json", *names) == (0, [], "")
+        status, document, err = _cli_json(capsys, "durable", "replay", "cmd-no-such", "--json", *names)
+        assert (status, document) == (1, None)
+        error = json.loads(err)
+        assert error["code"] == "failed" and "no dead letter cmd-no-such" in error["error"]
+
+
+def test_cli_durable_json_errors_are_objects(capsys: Any) -> None:
+    status, document, err = _cli_json(capsys, "durable", "dead", "--json", "--retention", "forever")
+    assert (status, document) == (2, None)
+    error = json.loads(err)
+    assert error["code"] == "usage" and "forever" in error["error"]
+    status, document, err = _cli_json(capsys, "durable", "pending", "--json", "--server", "nats://127.0.0.1:1")
+    assert (status, document) == (3, None)
+    assert json.loads(err)["code"] == "connect"
 
 
 def test_every_nats_jetstream_error_class_is_mapped() -> None:

@@ -130,3 +130,36 @@ def test_ids_do_not_repeat_when_user_code_seeds_random() -> None:
     first = new_id(Kind.COMMAND)
     random.seed(1234)
     assert new_id(Kind.COMMAND) != first
+
+
+def test_the_fast_builders_build_what_the_attrs_constructors_build_and_keep_them_frozen() -> None:
+    import attrs as attrs_mod
+
+    from natsbus.context import RequestContext, new_context
+    from natsbus.envelope import RequestEnvelope, _request_envelope
+
+    # Every field, in order: a field added to either class fails here until its builder sets it.
+    assert [f.name for f in attrs_mod.fields(RequestEnvelope)] == [
+        "kind",
+        "message_type",
+        "id",
+        "service_id",
+        "timestamp",
+        "payload",
+    ]
+    assert [f.name for f in attrs_mod.fields(RequestContext)] == [
+        "subject",
+        "kind",
+        "message_id",
+        "service_id",
+        "headers",
+        "deadline",
+    ]
+    values = (Kind.QUERY, "GetUserQuery", "q-1", "web", "2025-01-01T00:00:00Z", {"user_id": "u1"})
+    envelope = _request_envelope(*values)
+    assert envelope == RequestEnvelope(*values) and type(envelope) is RequestEnvelope
+    context = new_context("queries.GetUserQuery", Kind.QUERY, "q-1", "web", {"h": "v"}, 12.5)
+    assert context == RequestContext("queries.GetUserQuery", Kind.QUERY, "q-1", "web", {"h": "v"}, 12.5)
+    for frozen, name in ((envelope, "id"), (context, "message_id")):
+        with pytest.raises(attrs_mod.exceptions.FrozenInstanceError):
+            setattr(frozen, name, "changed")

@@ -36,6 +36,7 @@ from natsbus._records import record_key, running_record
 from natsbus._transport.jetstream import jetstream_for
 from natsbus.dispatch import Dispatcher, NotStarted
 from natsbus.idempotency import Claim, ClaimState
+from natsbus.messages import Kind
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -161,6 +162,69 @@ def test_wrap_forgets_a_not_started_reply_whatever_its_text_but_remembers_a_hand
     assert guarded(route, body) == ran
     assert guarded(route, body) == ran  # remembered: answered without dispatching
     assert len(calls) == 2
+
+
+def test_dispatcher_with_a_store_answers_a_repeat_without_running_the_handler() -> None:
+    store = MemoryIdempotencyStore()
+    ran: List[int] = []
+    dispatcher = Dispatcher("svc")
+    route = dispatcher.register(lambda cmd: ran.append(cmd.n) or len(ran), message_type=Tally)
+    memory = store.guard(None)  # type: ignore[arg-type]  # the memory store never uses the bus
+    body = command_body("Tally", "cmd-once", {"n": 7})
+    first = dispatcher.dispatch(route, body, memory=memory)
+    assert dispatcher.dispatch(route, body, memory=memory) == first  # the same bytes, from the store
+    assert ran == [7] and store.replayed == 1
+    other = dispatcher.dispatch(route, command_body("Tally", "cmd-other", {"n": 8}), memory=memory)
+    assert json.loads(other[0])["payload"] == 2 and ran == [7, 8]
+
+
+def test_dispatcher_with_a_store_remembers_nothing_it_did_not_start_or_could_not_read() -> None:
+    store = MemoryIdempotencyStore()
+    dispatcher = Dispatcher("svc")
+    route = dispatcher.register(lambda cmd: cmd.n, message_type=Tally)
+    memory = store.guard(None)  # type: ignore[arg-type]
+    late = dispatcher.dispatch(
+        route, command_body("Tally", "cmd-late", {"n": 1}), memory=memory, deadline=time.monotonic() - 1
+    )
+    assert isinstance(late, NotStarted)
+    invalid = dispatcher.dispatch(route, command_body("Tally", "cmd-bad", {"n": "not a number"}), memory=memory)
+    assert invalid[1] is not None and invalid[1]["Nats-Service-Error-Code"] == "400"
+    assert len(store) == 0  # neither remembered: a retry of either is handled afresh
+    retried = dispatcher.dispatch(route, command_body("Tally", "cmd-late", {"n": 1}), memory=memory)
+    assert json.loads(retried[0])["success"] is True and len(store) == 1
+
+
+def test_dispatcher_with_a_store_releases_the_claim_when_the_handler_raises_past_it() -> None:
+    store = MemoryIdempotencyStore()
+    calls: List[int] = []
+
+    def handler(cmd: Tally) -> int:
+        calls.append(cmd.n)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return cmd.n
+
+    dispatcher = Dispatcher("svc")
+    route = dispatcher.register(handler, message_type=Tally)
+    memory = store.guard(None)  # type: ignore[arg-type]
+    body = command_body("Tally", "cmd-interrupted", {"n": 3})
+    with pytest.raises(KeyboardInterrupt):
+        dispatcher.dispatch(route, body, memory=memory)
+    # Released, not left "running": the retry runs at once instead of waiting out the store's wait.
+    assert json.loads(dispatcher.dispatch(route, body, memory=memory)[0])["payload"] == 3
+    assert calls == [3, 3]
+
+
+def test_dispatcher_with_a_store_never_deduplicates_queries() -> None:
+    store = MemoryIdempotencyStore()
+    ran: List[int] = []
+    dispatcher = Dispatcher("svc")
+    route = dispatcher.register(lambda q: ran.append(q.n) or q.n, message_type=Count)
+    memory = store.guard(None)  # type: ignore[arg-type]
+    body = create_request_envelope("Count", "q-1", "test", {"n": 2}, kind=Kind.QUERY).to_bytes()
+    dispatcher.dispatch(route, body, memory=memory)
+    dispatcher.dispatch(route, body, memory=memory)
+    assert ran == [2, 2] and len(store) == 0
 
 
 # -- request-reply with a store ------------------------------------------------------------

@@ -95,6 +95,11 @@ RESET_RETRY_PAUSES = (0.01, 0.04, 0.16)
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, nerr.UnexpectedEOF)
 
 
+# The loop builds each reply as a plain tuple of the Reply type: NamedTuple's own
+# __new__ is a Python function, twice the cost, on the one thread every reply crosses.
+_new_tuple = tuple.__new__
+
+
 class ConnectionState(enum.Enum):
     """Where a :class:`~natsbus.Bus`'s connection stands (``bus.state``), for health checks."""
 
@@ -172,6 +177,9 @@ class Transport(FrameWriter):
         # reconnect wait on the event.
         self._up = False
         self._connected = threading.Event()
+        #: Set once the first round of connect tries is over (connected or
+        #: not), or once closed: until then the connection is being opened.
+        self.opened = threading.Event()
         self._connector: Optional[asyncio.Task[None]] = None  # connect_in_background's retries
         self._failures: List[Failure] = []  # the latest round of tries, until connected
         self._down_reason = ""  # why the connection is down now (redacted)
@@ -196,18 +204,21 @@ class Transport(FrameWriter):
         ``config.connect_in_background`` a failed round is no error: the
         transport keeps trying in the background (see :meth:`_keep_connecting`).
         """
-        failures = await self._connect_round()
-        if failures is None:
-            return
-        self._failures = failures
-        text = self._failure_text(failures)
-        if self.config.connect_in_background:
-            logger.warning("%s; trying again every %gs", text, self.config.reconnect_time_wait)
-            self._connector = asyncio.get_running_loop().create_task(self._keep_connecting())
-            return
-        self._closed = True
-        cause = next((f.error for f in failures if f.error is not None and is_telling(f.error)), None)
-        raise ConnectError(text, servers=self._shown_servers()) from cause
+        try:
+            failures = await self._connect_round()
+            if failures is None:
+                return
+            self._failures = failures
+            text = self._failure_text(failures)
+            if self.config.connect_in_background:
+                logger.warning("%s; trying again every %gs", text, self.config.reconnect_time_wait)
+                self._connector = asyncio.get_running_loop().create_task(self._keep_connecting())
+                return
+            self._closed = True
+            cause = next((f.error for f in failures if f.error is not None and is_telling(f.error)), None)
+            raise ConnectError(text, servers=self._shown_servers()) from cause
+        finally:
+            self.opened.set()
 
     async def _connect_round(self) -> Optional[List[Failure]]:
         """One try of each server, in random order, within ``connect_timeout``; None once one let us in."""
@@ -398,6 +409,7 @@ class Transport(FrameWriter):
             logger.debug("flush before close failed: %r", exc)
         self._closed = True
         self._set_up(False)
+        self.opened.set()
         self._fail_waiters(BusClosedError("the Bus was closed while waiting for a reply"))
         if self._pump_task is not None:
             self._pump_task.cancel()
@@ -414,6 +426,7 @@ class Transport(FrameWriter):
         """From any thread: refuse new requests, fail the waiting ones."""
         self._closed = True
         self._set_up(False)
+        self.opened.set()  # nothing is being opened any more
         self._fail_waiters(BusClosedError("the Bus was closed while waiting for a reply"))
 
     def release_after_fork(self) -> None:
@@ -597,11 +610,11 @@ class Transport(FrameWriter):
         if waiter is None:
             return  # its caller gave up; a late reply is dropped
         if headers is None:
-            waiter.settle(Reply(data, None), None)
+            waiter.settle(_new_tuple(Reply, (data, None)), None)  # Reply(...) without its __new__
         elif not data and headers.startswith(b"NATS/1.0 503"):
             waiter.settle(None, NoHandlerError(f"No handler available for {waiter.subject}", subject=waiter.subject))
         else:
-            waiter.settle(Reply(data, parse_headers(headers)), None)
+            waiter.settle(_new_tuple(Reply, (data, parse_headers(headers))), None)
 
     async def _on_reply(self, msg: Msg) -> None:
         waiter = self._waiters.pop(msg.subject[len(self._prefix) :].encode(), None)

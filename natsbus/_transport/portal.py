@@ -131,6 +131,23 @@ class Portal:
             with self._calls_lock:
                 self._calls.discard(future)
 
+    def start_soon(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> concurrent.futures.Future[T]:
+        """Start ``fn(*args)`` on the loop without waiting (as anyio's ``BlockingPortal.start_task_soon``).
+
+        Raises:
+            BusClosedError: the portal is stopped.
+        """
+        if self._stopped or self._loop is None:
+            raise BusClosedError("the natsbus event loop is stopped")
+
+        async def runner() -> T:
+            return await fn(*args)
+
+        try:
+            return asyncio.run_coroutine_threadsafe(runner(), self._loop)
+        except RuntimeError:  # the loop closed meanwhile
+            raise BusClosedError("the natsbus event loop is stopped") from None
+
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel what still runs on the loop, stop it and join the thread.
 

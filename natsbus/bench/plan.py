@@ -15,6 +15,16 @@ RAW_TO_NATSBUS = "raw client, natsbus responder"
 NATSBUS_TO_RAW = "natsbus client, raw responder"
 CROSS = (RAW_TO_NATSBUS, NATSBUS_TO_RAW)
 
+#: natsbus against itself with the pool's default reply store turned off
+#: (``WorkerPool(idempotency=None)``): what remembering command replies costs.
+NO_STORE = "natsbus, no reply store"
+#: Each with two responder processes (the same client load): the processes figure.
+RAW_X2 = "raw, 2 responder processes"
+NATSBUS_X2 = "natsbus, 2 worker processes"
+#: The responders' handler spends this much CPU (microseconds) per request in the
+#: processes figure, on both sides: work a second core can share.
+HANDLER_WORK_US = 200
+
 #: Callers per throughput run: a gunicorn worker's thread counts (8, 32), then 64 and 256.
 CONCURRENCY = (8, 32, 64, 256)
 #: Memory under load, the cross diagnostics, the types check and the growth check run
@@ -74,6 +84,7 @@ class Cell:
     impls: Tuple[str, ...] = (RAW, NATSBUS)
     max_requests: Optional[int] = None
     duration: Optional[float] = None
+    work_us: int = 0  # CPU each handler spends per request (both sides)
 
 
 def size_label(size: int) -> str:
@@ -88,7 +99,7 @@ def size_label(size: int) -> str:
 
 
 def plan(options: Options, execute_many: bool) -> Tuple[List[Cell], List[Cell]]:
-    """The main cells (memory is read after them), then the growth checks.
+    """The main cells (memory is read after them), then natsbus against itself and the processes figure.
 
     Every main cell measures raw and natsbus (and the baseline natsbus, with
     ``--baseline``). The first payload size's sequential cell and its cell at
@@ -109,6 +120,20 @@ def plan(options: Options, execute_many: bool) -> Tuple[List[Cell], List[Cell]]:
             main.append(Cell(key, "batch", size, BATCH_IN_FLIGHT, impls=(RAW, *ours)))
     growth = [
         Cell(f"types/{ref}/0", "throughput", 0, ref, impls=(NATSBUS, NATSBUS_TYPES)),
+        Cell(f"store/{ref}/0", "throughput", 0, ref, impls=(NATSBUS, NO_STORE)),
+        *(
+            [Cell(f"store-batch/{BATCH_IN_FLIGHT}/0", "batch", 0, BATCH_IN_FLIGHT, impls=(NATSBUS, NO_STORE))]
+            if execute_many
+            else []
+        ),
+        Cell(
+            f"processes/{ref}/0",
+            "throughput",
+            0,
+            ref,
+            impls=(RAW, RAW_X2, NATSBUS, NATSBUS_X2),
+            work_us=HANDLER_WORK_US,
+        ),
         Cell(
             f"sequential/1/{LARGE_PAYLOAD}",
             "sequential",

@@ -122,9 +122,15 @@ def payload_for(size: int) -> Dict[str, Any]:
 async def _responder(nc: Client, commands: asyncio.StreamReader) -> None:
     handled = 0
 
+    work_us = 0
+
     async def on_request(msg: Msg) -> None:
         nonlocal handled
         handled += 1
+        if work_us:  # the handler's own work (the processes figure)
+            end = time.thread_time() + work_us / 1e6
+            while time.thread_time() < end:
+                pass
         command_id = ""
         try:
             request = loads(msg.data)
@@ -166,6 +172,7 @@ async def _responder(nc: Client, commands: asyncio.StreamReader) -> None:
             if op.get("types", 0):
                 send({"error": "the raw responder serves CreateUserCommand only"})
                 continue
+            work_us = int(op.get("work_us", 0))
             if sub is None:
                 sub = await nc.subscribe(SUBJECT, queue=QUEUE_GROUP, cb=on_request)
                 await nc.flush()  # the server has the SUB before we say so

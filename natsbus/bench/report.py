@@ -5,7 +5,17 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .plan import BASELINE, NATSBUS_TO_RAW, RAW_TO_NATSBUS, Options, size_label
+from .plan import (
+    BASELINE,
+    HANDLER_WORK_US,
+    NATSBUS_TO_RAW,
+    NATSBUS_X2,
+    NO_STORE,
+    RAW_TO_NATSBUS,
+    RAW_X2,
+    Options,
+    size_label,
+)
 from .roles import BATCH_IN_FLIGHT, EXTRA_TYPES, LARGE_PAYLOAD, NATSBUS, NATSBUS_TYPES, RAW
 
 # -- targets -------------------------------------------------------------------------
@@ -23,6 +33,8 @@ WORKER_RSS_GOAL = 1.5
 #: natsbus against itself: 256 callers vs the reference callers, 200 more types vs none.
 GROWTH_GOAL = 0.8
 TYPES_GOAL = 0.95
+#: The pool's default reply store on vs off (natsbus against itself): "nothing visible".
+STORE_GOAL = 0.95
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -224,6 +236,54 @@ def targets(
         f"natsbus vs itself: raw column 1 type, natsbus column {EXTRA_TYPES + 1}",
     )
     rows.append(_gate(row, one, many))
+
+    for key, scenario in ((f"store/{ref}/0", "throughput"), (f"store-batch/{BATCH_IN_FLIGHT}/0", "batch")):
+        on, off = get(key, NATSBUS), get(key, NO_STORE)
+        if on is None and off is None:
+            continue  # execute_many missing: no batch cell
+        label = cell_label(scenario, ref if scenario == "throughput" else BATCH_IN_FLIGHT, 0)
+        row = _target(
+            f"default reply store on vs off: {label}",
+            _ratio(_val(on, "throughput"), _val(off, "throughput")),
+            (">=", STORE_GOAL),
+            _fmt_rate(off),
+            _fmt_rate(on),
+            "natsbus vs itself: raw column idempotency=None, natsbus column the default",
+        )
+        rows.append(_gate(row, on, off))
+
+    key = f"processes/{ref}/0"
+    raw1, raw2, nb1, nb2 = (get(key, impl) for impl in (RAW, RAW_X2, NATSBUS, NATSBUS_X2))
+    if nb2 is not None:
+        work = f"{HANDLER_WORK_US} us of CPU per request"
+        rows.append(
+            _gate(
+                _target(
+                    f"2 worker processes, {ref} callers, {work}",
+                    _ratio(_val(nb2, "throughput"), _val(raw2, "throughput")),
+                    None,
+                    _fmt_rate(raw2),
+                    _fmt_rate(nb2),
+                    "both sides with 2 responder processes",
+                ),
+                raw2,
+                nb2,
+            )
+        )
+        rows.append(
+            _gate(
+                _target(
+                    f"2 worker processes vs 1, {ref} callers, {work}",
+                    _ratio(_val(nb2, "throughput"), _val(nb1, "throughput")),
+                    None,
+                    _fmt_ratio(_ratio(_val(raw2, "throughput"), _val(raw1, "throughput"))),
+                    f"{_fmt_rate(nb2)} vs {_fmt_rate(nb1)}",
+                    "natsbus vs itself; raw column: raw's own ratio, 2 responders vs 1",
+                ),
+                nb1,
+                nb2,
+            )
+        )
     return rows
 
 
@@ -464,7 +524,12 @@ def chart_figure(report: Dict[str, Any], plt: Any) -> Any:
 
     throughput, latency = [], []
     for cell in report["cells"]:
-        if NATSBUS not in cell["impls"] or RAW not in cell["impls"] or cell["payload"] == LARGE_PAYLOAD:
+        if (
+            NATSBUS not in cell["impls"]
+            or RAW not in cell["impls"]
+            or cell["payload"] == LARGE_PAYLOAD
+            or cell["key"].startswith("processes/")  # a handler with work: not like for like with the rest
+        ):
             continue
         size = size_label(cell["payload"])
         if cell["scenario"] == "throughput":

@@ -86,12 +86,31 @@ def _acknowledge(message: Any) -> Dict[str, bool]:
     return {"ok": True}
 
 
-def build_pool(bus: Bus, types: int) -> WorkerPool:
-    """The bench's WorkerPool (default size) with ``types`` extra message types."""
+def spin(microseconds: int) -> None:
+    """Spend ``microseconds`` of this thread's CPU time: a handler's own work."""
+    end = time.thread_time() + microseconds / 1e6
+    while time.thread_time() < end:
+        pass
+
+
+def build_pool(bus: Bus, types: int, *, store: bool = True, work_us: int = 0) -> WorkerPool:
+    """The bench's WorkerPool (default size, default reply store unless ``store=False``).
+
+    It serves ``types`` extra message types; its handler spends ``work_us``
+    of CPU per request.
+    """
     from ..worker import WorkerPool
 
-    pool = WorkerPool(bus, service_id=SERVICE_ID)
-    pool.register(create_user)
+    pool = WorkerPool(bus, service_id=SERVICE_ID) if store else WorkerPool(bus, service_id=SERVICE_ID, idempotency=None)
+    if work_us:
+
+        def create_user_working(command: BenchCreateUser) -> UserCreated:
+            spin(work_us)
+            return create_user(command)
+
+        pool.register(create_user_working, message_type=BenchCreateUser)
+    else:
+        pool.register(create_user)
     for cls in extra_types(types):
         pool.register(_acknowledge, message_type=cls)
     return pool
@@ -151,7 +170,9 @@ def _responder_main(url: str) -> int:
                     break
                 if op["op"] == "serve":
                     if pool is None:
-                        pool = build_pool(bus, int(op.get("types", 0))).start()  # returns once subscribed
+                        pool = build_pool(  # start() returns once subscribed
+                            bus, int(op.get("types", 0)), store=op.get("store", True), work_us=int(op.get("work_us", 0))
+                        ).start()
                         cpu, csw = time.process_time(), switches()
                     _send({"ok": True})
                 elif op["op"] == "pause":

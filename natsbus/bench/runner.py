@@ -70,8 +70,11 @@ from .plan import (
     CONCURRENCY,
     JSON_LIBS,
     NATSBUS_TO_RAW,
+    NATSBUS_X2,
+    NO_STORE,
     PLAIN_JSON,
     RAW_TO_NATSBUS,
+    RAW_X2,
     REFERENCE_CALLERS,
     Cell,
     Options,
@@ -279,8 +282,10 @@ class _Runner:
             kinds[BASELINE] = (module, self.options.baseline)
         for impl, (target, root) in kinds.items():  # all start at once; then wait for each to be ready
             env = _child_env(root)
-            for role in ("responder", "client"):
-                argv = child_argv(self.options.json_lib, target, [role, self.url])
+            # A second responder each for the processes figure (not the baseline's).
+            roles = ("responder", "responder 2", "client") if impl != BASELINE else ("responder", "client")
+            for role in roles:
+                argv = child_argv(self.options.json_lib, target, [role.split()[0], self.url])
                 self.children[f"{impl} {role}"] = _Child(f"{impl} {role}", argv, env)
         for name, child in self.children.items():
             self.ready[name] = child.receive(timeout=60.0)
@@ -292,12 +297,24 @@ class _Runner:
         for child in self.children.values():
             child.close()
 
-    def _roles(self, impl: str) -> Tuple[_Child, _Child, int]:
-        """The client, the responder and the extra types of one implementation (or cross pair)."""
-        pairs = {RAW_TO_NATSBUS: (RAW, NATSBUS), NATSBUS_TO_RAW: (NATSBUS, RAW), NATSBUS_TYPES: (NATSBUS, NATSBUS)}
+    def _roles(self, impl: str) -> Tuple[_Child, List[_Child], Dict[str, Any]]:
+        """The client, the responders and what they serve, of one implementation (or cross pair)."""
+        pairs = {
+            RAW_TO_NATSBUS: (RAW, NATSBUS),
+            NATSBUS_TO_RAW: (NATSBUS, RAW),
+            NATSBUS_TYPES: (NATSBUS, NATSBUS),
+            NO_STORE: (NATSBUS, NATSBUS),
+            RAW_X2: (RAW, RAW),
+            NATSBUS_X2: (NATSBUS, NATSBUS),
+        }
         client, responder = pairs.get(impl, (impl, impl))
-        types = EXTRA_TYPES if impl == NATSBUS_TYPES else 0
-        return self.children[f"{client} client"], self.children[f"{responder} responder"], types
+        responders = [self.children[f"{responder} responder"]]
+        if impl in (RAW_X2, NATSBUS_X2):
+            responders.append(self.children[f"{responder} responder 2"])
+        serve: Dict[str, Any] = {"types": EXTRA_TYPES if impl == NATSBUS_TYPES else 0}
+        if impl == NO_STORE:
+            serve["store"] = False
+        return self.children[f"{client} client"], responders, serve
 
     def measure(self, cell: Cell) -> None:
         opts = self.options
@@ -318,17 +335,20 @@ class _Runner:
         for round_no in range(opts.rounds):
             order = cell.impls if round_no % 2 == 0 else cell.impls[::-1]
             for impl in order:
-                client, responder, types = self._roles(impl)
-                responder.call({"op": "serve", "types": types}, timeout=60.0)
+                client, responders, serve = self._roles(impl)
+                if cell.work_us:
+                    serve["work_us"] = cell.work_us
+                for responder in responders:
+                    responder.call({"op": "serve", **serve}, timeout=60.0)
                 try:
-                    result = client.call(dict(op, types=types), timeout=limit)
+                    result = client.call(dict(op, types=serve["types"]), timeout=limit)
                 finally:
-                    paused = responder.call({"op": "pause"}, timeout=60.0)
+                    paused = [responder.call({"op": "pause"}, timeout=60.0) for responder in responders]
                 result["round"] = round_no
-                result["responder_memory"] = paused["memory"]
-                result["responder_cpu_seconds"] = paused["cpu_seconds"]
-                result["responder_switches"] = paused["switches"]
-                result["responder_handled"] = paused["handled"]
+                result["responder_memory"] = max((p["memory"] for p in paused), key=lambda m: m["rss_kib"])
+                result["responder_cpu_seconds"] = sum(p["cpu_seconds"] for p in paused)
+                result["responder_switches"] = sum(p["switches"] for p in paused)
+                result["responder_handled"] = sum(p["handled"] for p in paused)
                 self.runs.setdefault((cell.key, impl), []).append(result)
 
     def read_memory(self) -> None:

@@ -68,11 +68,15 @@ from .options import (
     EXIT_OK,
     EXIT_USAGE,
     add_connection_options,
+    add_json_option,
+    error_code,
     exit_code,
+    fail,
     non_negative_float,
     open_bus,
     positive_float,
     positive_int,
+    write_json,
 )
 
 __all__ = ["BATCH_COMMANDS", "ProgressBar", "add_batch_commands", "run_batch"]
@@ -125,6 +129,7 @@ def add_batch_commands(sub: Any) -> None:
         cmd.add_argument("type", help=f"the {kind} type name")
         cmd.add_argument("file", help="JSON Lines or CSV, one payload per line ('-' reads standard input)")
         add_connection_options(cmd)
+        add_json_option(cmd)
         cmd.add_argument(
             "--format",
             choices=("auto", "jsonl", "csv"),
@@ -164,7 +169,7 @@ def add_batch_commands(sub: Any) -> None:
             choices=("auto", "bar", "lines", "never"),
             default="auto",
             help="progress on standard error: a bar, or a line every --progress-interval seconds "
-            "(default auto: the bar on a terminal, else lines)",
+            "(default auto: the bar on a terminal, else lines; never with --json)",
         )
         cmd.add_argument(
             "--progress-interval",
@@ -381,7 +386,7 @@ def _read_input(path: str, fmt: str, stdin: TextIO, label: str, keep_lines: bool
 # -- output ------------------------------------------------------------------------
 
 
-def _finished_lines(path: str, err: TextIO, name: str) -> Set[int]:
+def _finished_lines(path: str, warn: Callable[[str], None], name: str) -> Set[int]:
     """The input line numbers that have a result in ``path``.
 
     A last row without its newline (the process was killed while writing
@@ -399,7 +404,7 @@ def _finished_lines(path: str, err: TextIO, name: str) -> Set[int]:
         for number, raw in enumerate(handle, 1):
             if not raw.endswith(b"\n"):
                 handle.truncate(complete)
-                err.write(f"natsbus {name}: the last row of {path} was incomplete; dropped (its line runs again)\n")
+                warn(f"the last row of {path} was incomplete; dropped (its line runs again)")
                 break
             complete += len(raw)
             if not raw.strip():
@@ -611,7 +616,10 @@ def run_batch(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: Optiona
         with signals:
             return _run_batch(args, out, err, stdin or sys.stdin, signals, done)
     except _Interrupted as exc:  # before anything was sent
-        err.write(f"\nnatsbus {args.command}: interrupted by {signal.Signals(exc.signum).name}; nothing was sent\n")
+        message = f"interrupted by {signal.Signals(exc.signum).name}; nothing was sent"
+        if not getattr(args, "json", False):
+            err.write("\n")  # after the ^C the terminal echoed
+        fail(args, err, message, "interrupted")
         return 128 + exc.signum
 
 
@@ -639,7 +647,7 @@ def _run_batch(
         data = _read_input(args.file, args.format, stdin, f"{kind.value}\0{args.type}", bool(args.resume))
         finished: Set[int] = set()
         if args.output and args.resume:
-            finished = _finished_lines(args.output, err, name)
+            finished = _finished_lines(args.output, functools.partial(_warn, args, err), name)
             strangers = sorted(finished - data.lines)
             if strangers:
                 raise _Usage(
@@ -649,7 +657,7 @@ def _run_batch(
         elif args.output and os.path.exists(args.output) and os.path.getsize(args.output):
             raise _Usage(f"{args.output} exists: --resume to continue the run that wrote it, or choose another file")
     except (_Usage, NatsBusError) as exc:
-        err.write(f"natsbus {name}: {exc}\n")
+        fail(args, err, str(exc), "usage")
         return EXIT_USAGE
     run_key = getattr(args, "run_key", None) or data.digest[:16]
     total = data.total - len(finished)
@@ -658,14 +666,14 @@ def _run_batch(
     try:
         bus = open_bus(args, name="natsbus-cli")
     except NatsBusError as exc:
-        err.write(f"natsbus {name}: {exc}\n")
+        fail(args, err, str(exc), error_code(exc))
         return exit_code(exc)
     signals.sending = True  # from now on a signal stops sending and keeps what finished
     try:
         target: TextIO = open(args.output, "a", encoding="utf-8") if args.output else out
     except OSError as exc:
         bus.close()
-        err.write(f"natsbus {name}: cannot write {args.output}: {exc.strerror or exc}\n")
+        fail(args, err, f"cannot write {args.output}: {exc.strerror or exc}", "usage")
         return EXIT_USAGE
     with bus:
         if kind is Kind.COMMAND:
@@ -699,6 +707,8 @@ def _run_batch(
             if target is not out:
                 target.close()
     elapsed = time.monotonic() - started
+    if args.json:
+        return _json_summary(args, err, run, total, len(finished), elapsed, signals.received)
     failed = sum(run.failures.values())
     by_type = ", ".join(f"{n} {t}" for t, n in sorted(run.failures.items(), key=lambda item: (-item[1], item[0])))
     outcome = f"{run.written - failed} succeeded, {failed} failed{f' ({by_type})' if by_type else ''}"
@@ -723,10 +733,67 @@ def _run_batch(
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _json_summary(
+    args: argparse.Namespace,
+    err: TextIO,
+    run: _Run,
+    total: int,
+    skipped: int,
+    elapsed: float,
+    received: List[int],
+) -> int:
+    """With ``--json``: the summary as one JSON object on standard error; return the exit status.
+
+    It has ``error`` and ``code`` exactly when the exit status is not 0,
+    as every ``--json`` error object (``docs/cli-json.rst`` lists the keys).
+    """
+    failed = sum(run.failures.values())
+    summary: Dict[str, Any] = {
+        "command": args.command,
+        "type": args.type,
+        "total": total,
+        "written": run.written,
+        "succeeded": run.written - failed,
+        "failed": failed,
+        "failures": dict(sorted(run.failures.items())),
+        "skipped": skipped,
+        "abandoned": run.abandoned,
+        "not_sent": total - run.written - run.abandoned,
+        "elapsed": round(elapsed, 3),
+        "output": args.output,
+        "interrupted": signal.Signals(received[0]).name if received else None,
+    }
+    if received:
+        status = 128 + received[0]
+        again = "--resume" if args.output else "--resume --output FILE, FILE holding the results written so far"
+        summary.update(
+            error=f"interrupted by {summary['interrupted']}; to finish, run the same command with {again}",
+            code="interrupted",
+        )
+    elif run.error is not None:
+        status = exit_code(run.error)
+        summary.update(error=f"stopped: {run.error}", code=error_code(run.error))
+    elif failed:
+        status = EXIT_FAILED
+        summary.update(error=f"{failed} of {run.written} failed", code="failed")
+    else:
+        status = EXIT_OK
+    write_json(err, summary)
+    return status
+
+
+def _warn(args: argparse.Namespace, err: TextIO, message: str) -> None:
+    """A warning on standard error: text, or ``{"warning": ...}`` with ``--json``."""
+    if args.json:
+        write_json(err, {"warning": message})
+    else:
+        err.write(f"natsbus {args.command}: {message}\n")
+
+
 def _progress(args: argparse.Namespace, err: TextIO, total: int, name: str) -> Optional[ProgressBar]:
     mode = args.progress
     if mode == "auto":
-        mode = "bar" if err.isatty() else "lines"
+        mode = "never" if args.json else "bar" if err.isatty() else "lines"
     if mode == "never":
         return None
     interval = args.progress_interval

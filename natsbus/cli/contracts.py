@@ -23,12 +23,13 @@ an error, or NATS could not be reached; 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import sys
 from typing import Any, Dict, Optional, TextIO
 
-from .options import add_connection_options, add_json_option, exit_code, open_bus
+from .options import add_connection_options, add_json_option, error_code, exit_code, fail, open_bus, write_json
 from .worker import Refused, load
 
 __all__ = ["CONTRACT_COMMANDS", "add_contract_commands", "run_contract_command"]
@@ -54,7 +55,7 @@ def add_contract_commands(sub: Any) -> None:
     schema.add_argument("service", help="the service name")
     schema.add_argument("type", nargs="?", help="only this message type")
     add_connection_options(schema)
-    add_json_option(schema)  # its output is JSON already: accepted for the same flag everywhere
+    add_json_option(schema)  # the document on one line, errors as JSON objects
     schema.add_argument(
         "--timeout",
         type=float,
@@ -70,6 +71,7 @@ def add_contract_commands(sub: Any) -> None:
     )
     asyncapi.add_argument("target", metavar="MODULE:ATTR")
     asyncapi.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    add_json_option(asyncapi)  # the document on one line, errors as JSON objects
 
 
 def run_contract_command(args: argparse.Namespace, out: TextIO, err: TextIO) -> Optional[int]:
@@ -93,20 +95,14 @@ def _ask_all(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from ..messages import Kind
     from .batch import _message_class
 
-    name = "natsbus ask --all"
     as_json = getattr(args, "json", False)
-
-    def fail(message: str, code: str) -> None:
-        if as_json:
-            err.write(json.dumps({"error": message, "code": code}, ensure_ascii=False) + "\n")
-        else:
-            err.write(f"{name}: {message}\n")
+    report = functools.partial(fail, args, err, command="natsbus ask --all")
 
     text = sys.stdin.read() if args.payload == "-" else args.payload
     try:
         payload = json.loads(text)
     except ValueError as exc:
-        fail(f"the payload is not valid JSON: {exc}", "usage")
+        report(f"the payload is not valid JSON: {exc}", "usage")
         return 2
     try:
         query = _message_class(Kind.QUERY, args.type)(payload)
@@ -114,9 +110,8 @@ def _ask_all(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             queries = QueryBus(bus, timeout=args.timeout, service_id=args.service_id)
             results = queries.ask_all(query, max_replies=args.max_replies, stall=args.stall)
     except NatsBusError as exc:
-        status = exit_code(exc)
-        fail(str(exc), {2: "usage", 3: "connect"}.get(status, "failed"))
-        return status
+        report(str(exc), error_code(exc))
+        return exit_code(exc)
     failed = 0
     rows = []
     for result in results:
@@ -128,34 +123,33 @@ def _ask_all(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             row["result"] = result.result
         rows.append(row)
         if not as_json:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            write_json(out, row)
     if as_json:  # one document: the list of the rows
-        out.write(json.dumps(rows, ensure_ascii=False) + "\n")
+        write_json(out, rows)
     out.flush()
     if not results:
-        fail(f"no instance serving {args.type} answered within {args.timeout:g}s", "no_answer")
+        report(f"no instance serving {args.type} answered within {args.timeout:g}s", "no_answer")
         return 1
     noun = "instance" if len(results) == 1 else "instances"
     if as_json:
         if failed:
-            fail(f"{len(results)} {noun} answered, {failed} with an error", "error_reply")
+            report(f"{len(results)} {noun} answered, {failed} with an error", "error_reply")
     else:
-        err.write(f"{name}: {len(results)} {noun} answered, {failed} with an error\n")
+        err.write(f"natsbus ask --all: {len(results)} {noun} answered, {failed} with an error\n")
     return 1 if failed else 0
 
 
 def _schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from ..errors import NatsBusError
 
-    name = "natsbus schema"
     try:
         with _bus(args) as bus:
             services = bus.discover(args.service, timeout=args.timeout)
     except NatsBusError as exc:
-        err.write(f"{name}: {exc}\n")
+        fail(args, err, str(exc), error_code(exc))
         return exit_code(exc)
     if not services:
-        err.write(f"{name}: no instance of {args.service} answered within {args.timeout:g}s\n")
+        fail(args, err, f"no instance of {args.service} answered within {args.timeout:g}s", "no_answer")
         return 1
     # The first instance that publishes schemas (instances of one deploy publish the same).
     service = next((s for s in services if any(e.request_schema for e in s.endpoints)), services[0])
@@ -165,32 +159,40 @@ def _schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     }
     if args.type is not None:
         if args.type not in endpoints:
-            err.write(f"{name}: {service.name} serves no {args.type} (it serves {', '.join(endpoints) or 'nothing'})\n")
+            served = ", ".join(endpoints) or "nothing"
+            fail(args, err, f"{service.name} serves no {args.type} (it serves {served})", "unknown_type")
             return 1
         document: Dict[str, Any] = endpoints[args.type]
     else:
         document = {"service": service.name, "version": service.version, "instance": service.id}
         document["endpoints"] = endpoints
-    out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    _write_document(args, out, document)
     return 0
+
+
+def _write_document(args: argparse.Namespace, out: TextIO, document: Any) -> None:
+    """``document`` indented for a reader, or on one line with ``--json``."""
+    if args.json:
+        write_json(out, document)
+    else:
+        out.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 def _asyncapi(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from ..schema import asyncapi_document
     from ..worker import WorkerPool
 
-    name = "natsbus asyncapi"
     try:
         pool = _pool(load(args.target))
     except Refused as exc:  # the target does not import (said as file:line), or has no such attribute
         reason = str(exc).removeprefix(f"cannot load {args.target}: ")
-        err.write(f"{name}: cannot load a WorkerPool from {args.target}: {reason}\n")
+        fail(args, err, f"cannot load a WorkerPool from {args.target}: {reason}", "usage")
         return exc.code
     except Exception as exc:  # the factory raised
-        err.write(f"{name}: cannot load a WorkerPool from {args.target}: {exc}\n")
+        fail(args, err, f"cannot load a WorkerPool from {args.target}: {exc}", "usage")
         return 2
     if not isinstance(pool, WorkerPool):
-        err.write(f"{name}: {args.target} is neither a WorkerPool nor a factory returning one\n")
+        fail(args, err, f"{args.target} is neither a WorkerPool nor a factory returning one", "usage")
         return 2
     document = asyncapi_document(
         pool.service_id,
@@ -199,16 +201,15 @@ def _asyncapi(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         description=pool.micro.description,
         queue_group=pool.queue_group,
     )
-    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     if args.output:
         try:
             with open(args.output, "w", encoding="utf-8") as handle:
-                handle.write(text)
+                _write_document(args, handle, document)
         except OSError as exc:
-            err.write(f"{name}: cannot write {args.output}: {exc.strerror or exc}\n")
+            fail(args, err, f"cannot write {args.output}: {exc.strerror or exc}", "failed")
             return 1
     else:
-        out.write(text)
+        _write_document(args, out, document)
     return 0
 
 

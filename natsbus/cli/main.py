@@ -23,9 +23,10 @@ Durable commands (JetStream; see natsbus.durable)::
     natsbus durable replay SEQ|ID       send a dead-lettered command again
 
 All take ``--server URL`` (default ``NATS_URL``, else nats://127.0.0.1:4222)
-and ``--connect-timeout SECONDS``; the ops commands take ``-j`` / ``--json``
-(one JSON document on standard output, errors as JSON objects on standard
-error; the keys are listed in the README's ops CLI section). One set of exit codes for every command
+and ``--connect-timeout SECONDS``; all but ``demo`` and ``worker`` take
+``-j`` / ``--json`` (one JSON document on standard output, errors as JSON
+objects on standard error; the keys are listed in ``docs/cli-json.rst``).
+One set of exit codes for every command
 (:mod:`natsbus.cli.options`): 0 success; 1 the call failed (an error reply,
 a timeout, no handler, no instance answering ``ping`` / ``info`` /
 ``stats``; an empty ``ls`` is not a failure), a batch line failed, or a
@@ -45,20 +46,23 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO
 from .._version import __version__
 from .contracts import add_contract_commands, run_contract_command
 from .options import (
-    EXIT_CONNECT,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_SIGINT,
     EXIT_USAGE,
     add_connection_options,
     add_json_option,
+    error_code,
     exit_code,
+    fail,
     open_bus,
+    write_json,
 )
 
 if TYPE_CHECKING:
     from ..bus import Bus
     from ..discovery import EndpointStatsSnapshot, ServiceInfo, ServicePing, ServiceStats
+    from ..durable import DeadLetter, PendingCommands
     from ..messages import Kind
 
 __all__ = ["main"]
@@ -184,36 +188,6 @@ def _add_ops_commands(sub: Any) -> None:
         cmd.add_argument("--service-id", default="natsbus-cli", help="the service_id put in the envelope")
 
 
-def _fail(args: argparse.Namespace, err: TextIO, message: str, code: str, prefix: bool = True, **extra: Any) -> None:
-    """Report a failure on ``err``: ``natsbus CMD: message`` as text, or one JSON object with ``--json``.
-
-    The JSON object's keys: ``error`` (the message), ``code`` (``usage``,
-    ``connect``, ``no_handler``, ``timeout``, ``error_reply``,
-    ``unsuccessful_reply``, ``no_answer`` or ``failed``) and, where they
-    apply, ``reply_code`` (the reply's error code) and ``served_as`` (the
-    other kind that serves the type name).
-    """
-    if getattr(args, "json", False):
-        err.write(json.dumps({"error": message, "code": code, **extra}, ensure_ascii=False) + "\n")
-    else:
-        err.write(f"natsbus {args.command}: {message}\n" if prefix else message + "\n")
-
-
-def _error_code(exc: BaseException) -> str:
-    """The ``code`` of a ``--json`` error object for an error that ended a command."""
-    from ..errors import NoHandlerError, RequestTimeoutError
-
-    if isinstance(exc, NoHandlerError):
-        return "no_handler"
-    if isinstance(exc, RequestTimeoutError):
-        return "timeout"
-    return {EXIT_CONNECT: "connect", EXIT_USAGE: "usage"}.get(exit_code(exc), "failed")
-
-
-def _dump(out: TextIO, document: Any) -> None:
-    out.write(json.dumps(document, ensure_ascii=False) + "\n")
-
-
 def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from ..errors import MessageTypeError, NatsBusError
     from ..messages import Kind, subject_for
@@ -223,13 +197,13 @@ def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         try:  # a usage error, before connecting
             subject_for(Kind.COMMAND if args.command == "execute" else Kind.QUERY, args.type)
         except MessageTypeError as exc:
-            _fail(args, err, str(exc), "usage")
+            fail(args, err, str(exc), "usage")
             return EXIT_USAGE
         text = sys.stdin.read() if args.payload == "-" else args.payload
         try:
             payload = json.loads(text)
         except ValueError as exc:
-            _fail(args, err, f"the payload is not valid JSON: {exc}", "usage")
+            fail(args, err, f"the payload is not valid JSON: {exc}", "usage")
             return EXIT_USAGE
     try:
         with open_bus(args, name="natsbus-cli") as bus:
@@ -237,7 +211,7 @@ def _run_ops(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 return _send(bus, args, payload, out, err)
             return _show(bus, args, out, err)
     except NatsBusError as exc:
-        _fail(args, err, str(exc), _error_code(exc))
+        fail(args, err, str(exc), error_code(exc))
         return exit_code(exc)
 
 
@@ -265,7 +239,7 @@ def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command == "ls":
         services = bus.discover(name, id, timeout=timeout)
         if args.json:
-            _dump(out, [_info_json(s) for s in services])
+            write_json(out, [_info_json(s) for s in services])
         elif not services:
             err.write("no services answered\n" if not name else f"no {what} answered\n")
         else:
@@ -276,7 +250,7 @@ def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         pings = bus.ping(name, id, timeout=timeout)
         found = len(pings)
         if args.json:
-            _dump(out, [_ping_json(p) for p in pings])
+            write_json(out, [_ping_json(p) for p in pings])
         elif found:
             rows = [[p.name, p.id, p.version, _duration(_rtt_ns(p.rtt))] for p in pings]
             out.write(_table(["NAME", "ID", "VERSION", "RTT"], rows))
@@ -284,7 +258,7 @@ def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         infos = bus.discover(name, id, timeout=timeout)
         found = len(infos)
         if args.json:
-            _dump(out, [_info_json(i) for i in infos])
+            write_json(out, [_info_json(i) for i in infos])
         for info in infos if not args.json else ():
             out.write(f"{info.name} {info.version}, instance {info.id}\n")
             out.write(f"  description: {info.description or '-'}\n")
@@ -296,7 +270,7 @@ def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         found = len(all_stats)
         totals = _totals([e for stats in all_stats for e in stats.endpoints])
         if args.json:
-            _dump(out, {"instances": [_stats_json(s) for s in all_stats], "totals": totals})
+            write_json(out, {"instances": [_stats_json(s) for s in all_stats], "totals": totals})
         now = dt.datetime.now(dt.UTC)
         for stats in all_stats if not args.json else ():
             started = stats.started.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -336,7 +310,7 @@ def _show(bus: Bus, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             )
             return EXIT_OK
     if not found:
-        _fail(args, err, f"no {what} answered within {timeout:g}s", "no_answer", prefix=False)
+        fail(args, err, f"no {what} answered within {timeout:g}s", "no_answer", prefix=False)
         return EXIT_FAILED
     if not args.json:
         out.write(f"{found} instance{'s' if found != 1 else ''} answered\n")
@@ -426,16 +400,16 @@ def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: Te
     try:
         reply = bus.request(subject, envelope.to_bytes(), timeout=args.timeout)
     except RequestTimeoutError:
-        _fail(args, err, f"{kind.label} request timeout after {round(args.timeout * 1000)}ms", "timeout")
+        fail(args, err, f"{kind.label} request timeout after {round(args.timeout * 1000)}ms", "timeout")
         return EXIT_FAILED
     except NoHandlerError as exc:
         other = _served_as(bus, args.type, kind)
         if other is None:
-            _fail(args, err, str(exc), "no_handler")
+            fail(args, err, str(exc), "no_handler")
         else:
             verb = "execute" if other is Kind.COMMAND else "ask"
             hint = f"{args.type} is served as a {other.value}: use natsbus {verb}"
-            _fail(args, err, f"{exc} ({hint})", "no_handler", served_as=other.value)
+            fail(args, err, f"{exc} ({hint})", "no_handler", served_as=other.value)
         return EXIT_FAILED
     try:
         body: Any = json.loads(reply.data)
@@ -451,12 +425,12 @@ def _send(bus: Bus, args: argparse.Namespace, payload: Any, out: TextIO, err: Te
         code = headers.get(ERROR_CODE_HEADER, "?")
         description = headers.get(ERROR_HEADER, "")
         if args.json:
-            _fail(args, err, description, "error_reply", reply_code=code)
+            fail(args, err, description, "error_reply", reply_code=code)
         else:
-            _fail(args, err, f"error {code}: {description}", "error_reply")
+            fail(args, err, f"error {code}: {description}", "error_reply")
         return EXIT_FAILED
     if isinstance(body, dict) and "success" in body and body["success"] is not True:
-        _fail(args, err, str(body.get("error") or "the service answered success: false"), "unsuccessful_reply")
+        fail(args, err, str(body.get("error") or "the service answered success: false"), "unsuccessful_reply")
         return EXIT_FAILED
     return EXIT_OK
 
@@ -492,6 +466,7 @@ def _add_durable_commands(sub: Any) -> None:
     replay.add_argument("which", metavar="SEQ|COMMAND_ID", help="the dead letter's sequence number or command id")
     for action in (pending, dead, replay):
         add_connection_options(action)
+        add_json_option(action)
         action.add_argument("--stream", help="the commands stream (default NATSBUS_COMMANDS)")
         action.add_argument("--subject-prefix", help="the commands' subject prefix (default durable.commands)")
         action.add_argument("--dead-letter-stream", help="the dead-letter stream (default NATSBUS_DEAD_LETTERS)")
@@ -508,16 +483,20 @@ def _run_durable(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if action is None:
         err.write("natsbus durable: say pending, dead or replay\n")
         return EXIT_USAGE
+    command = f"natsbus durable {action}"
     names = ("stream", "subject_prefix", "dead_letter_stream", "dead_letter_prefix", "results_bucket", "retention")
     try:
         config = DurableConfig(**{name: getattr(args, name) for name in names if getattr(args, name)})
     except ConfigError as exc:
-        err.write(f"natsbus durable {action}: {exc}\n")
+        fail(args, err, str(exc), "usage", command=command)
         return EXIT_USAGE
     try:
         with open_bus(args, name="natsbus-cli") as bus:
             if action == "pending":
                 report = pending(bus, config, limit=args.limit)
+                if args.json:
+                    write_json(out, _pending_json(report))
+                    return EXIT_OK
                 if not report.exists:
                     err.write(f"no stream {config.stream}: nothing was sent durably yet\n")
                     return EXIT_OK
@@ -539,6 +518,9 @@ def _run_durable(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 return EXIT_OK
             if action == "dead":
                 letters = dead_letters(bus, config, limit=args.limit)
+                if args.json:
+                    write_json(out, [_dead_letter_json(d) for d in letters])
+                    return EXIT_OK
                 if not letters:
                     err.write(f"no dead letters in {config.dead_letter_stream}\n")
                     return EXIT_OK
@@ -557,14 +539,62 @@ def _run_durable(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 out.write(f"{len(letters)} dead letter{'s' if len(letters) != 1 else ''}\n")
                 return EXIT_OK
             letter = replay(bus, args.which, config)
-            out.write(
-                f"replayed dead letter {letter.seq}: {letter.command_type} {letter.command_id} "
-                f"sent again to {config.command_subject(letter.command_type)}\n"
-            )
+            subject = config.command_subject(letter.command_type)
+            if args.json:
+                write_json(
+                    out,
+                    {
+                        "seq": letter.seq,
+                        "command_type": letter.command_type,
+                        "command_id": letter.command_id,
+                        "subject": subject,
+                    },
+                )
+                return EXIT_OK
+            what = f"{letter.command_type} {letter.command_id}"
+            out.write(f"replayed dead letter {letter.seq}: {what} sent again to {subject}\n")
             return EXIT_OK
     except NatsBusError as exc:
-        err.write(f"natsbus durable {action}: {exc}\n")
+        fail(args, err, str(exc), error_code(exc), command=command)
         return exit_code(exc)
+
+
+def _pending_json(report: PendingCommands) -> Dict[str, Any]:
+    """``natsbus durable pending --json``."""
+    return {
+        "stream": report.stream,
+        "exists": report.exists,
+        "messages": report.messages,
+        "consumers": [
+            {
+                "name": c.name,
+                "num_pending": c.num_pending,
+                "num_ack_pending": c.num_ack_pending,
+                "num_redelivered": c.num_redelivered,
+                "num_waiting": c.num_waiting,
+            }
+            for c in report.consumers
+        ],
+        "commands": [
+            {"seq": c.seq, "command_type": c.command_type, "command_id": c.command_id, "stored_at": c.stored_at}
+            for c in report.commands
+        ],
+    }
+
+
+def _dead_letter_json(letter: DeadLetter) -> Dict[str, Any]:
+    """One dead letter in ``natsbus durable dead --json``."""
+    return {
+        "seq": letter.seq,
+        "command_type": letter.command_type,
+        "command_id": letter.command_id,
+        "service": letter.service,
+        "deliveries": letter.deliveries,
+        "failed_at": letter.failed_at,
+        "error_code": letter.error_code,
+        "error": letter.error,
+        "original_subject": letter.original_subject,
+    }
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:

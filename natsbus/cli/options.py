@@ -1,8 +1,8 @@
 """What every ``natsbus`` command shares: the exit codes, the connection options, errors as exit codes.
 
 One table for ``natsbus execute`` / ``ask`` / ``execute-many`` / ``worker``,
-the ops and durable commands and ``manage.py natsbus_worker`` (the README's
-"Exit codes" section, which a test checks against real runs):
+the ops and durable commands and ``manage.py natsbus_worker``
+(docs/exit-codes.rst, which a test checks against real runs):
 
 ===  ====================================================================
 0    success
@@ -18,8 +18,9 @@ the ops and durable commands and ``manage.py natsbus_worker`` (the README's
 from __future__ import annotations
 
 import argparse
+import json
 import signal
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 if TYPE_CHECKING:
     from ..bus import Bus
@@ -35,7 +36,9 @@ __all__ = [
     "EXIT_USAGE",
     "add_connection_options",
     "add_json_option",
+    "error_code",
     "exit_code",
+    "fail",
     "nats_config",
     "non_negative_float",
     "non_negative_int",
@@ -43,6 +46,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "server_urls",
+    "write_json",
 ]
 
 EXIT_OK = 0
@@ -110,6 +114,62 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
         help="print one JSON document (stable snake_case keys) instead of text; errors go to "
         'standard error as {"error": ..., "code": ...}; exit codes are the same',
     )
+
+
+# -- --json: one printer for every command ------------------------------------------
+
+
+def write_json(stream: TextIO, document: Any) -> None:
+    """Write ``document`` as one line of JSON (what ``--json`` prints, on either stream)."""
+    stream.write(json.dumps(document, ensure_ascii=False) + "\n")
+
+
+def fail(
+    args: argparse.Namespace,
+    err: TextIO,
+    message: str,
+    code: str,
+    *,
+    prefix: bool = True,
+    command: Optional[str] = None,
+    **extra: Any,
+) -> None:
+    """Report a failure on ``err``: ``natsbus CMD: message`` as text, or one JSON object with ``--json``.
+
+    The JSON object's keys: ``error`` (the message), ``code`` (what kind
+    of failure; each command's codes are in ``docs/cli-json.rst``) and the
+    ``extra`` keys.
+
+    Args:
+        args: The parsed arguments (``args.json``: whether to write JSON).
+        err: Standard error.
+        message: What went wrong.
+        code: The JSON object's ``code``.
+        prefix: Start the text with the command's name.
+        command: That name, when it is not ``natsbus {args.command}``.
+        **extra: More keys for the JSON object (ignored in text).
+    """
+    if getattr(args, "json", False):
+        write_json(err, {"error": message, "code": code, **extra})
+    elif prefix:
+        err.write(f"{command or f'natsbus {args.command}'}: {message}\n")
+    else:
+        err.write(message + "\n")
+
+
+def error_code(exc: BaseException) -> str:
+    """The ``code`` of a ``--json`` error object for an error that ended a command.
+
+    ``no_handler``, ``timeout``, ``connect`` (no NATS), ``usage`` (as exit
+    status 2), else ``failed``.
+    """
+    from ..errors import NoHandlerError, RequestTimeoutError
+
+    if isinstance(exc, NoHandlerError):
+        return "no_handler"
+    if isinstance(exc, RequestTimeoutError):
+        return "timeout"
+    return {EXIT_CONNECT: "connect", EXIT_USAGE: "usage"}.get(exit_code(exc), "failed")
 
 
 def nats_config(args: argparse.Namespace, name: Optional[str] = None) -> NatsConfig:

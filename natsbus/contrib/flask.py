@@ -57,7 +57,7 @@ timeout (no reply, or the handler's limit)  504
 a handler's failure, anything else          500, without the error's text (it is logged)
 ==========================================  ===============================================
 
-(every natsbus error class: the README's "Errors as HTTP" table). Your own
+(every natsbus error class: the "Errors as HTTP" table of docs/web.rst). Your own
 ``@app.errorhandler`` for a natsbus error class wins over this one for that
 class and its subclasses.
 

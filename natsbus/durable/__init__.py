@@ -45,7 +45,7 @@ natsbus counts deliveries itself rather than through the consumer's
 last delivery cannot strand the command: a command delivered more than
 ``max_deliveries`` times without an answer is dead-lettered unrun.
 
-Exactly once: see the README. In short, JetStream and this module make
+Exactly once: see docs/exactly-once.rst. In short, JetStream and this module make
 sure a command is *delivered until answered* and not run again once its
 reply is stored; a worker dying between the handler's commit and that
 store can still run it twice, unless the handler records the

@@ -22,8 +22,9 @@ __all__ = [
     "use_trace",
 ]
 
-#: The W3C trace-context headers, as sent in NATS headers.
+#: The W3C trace-context header ``traceparent``, as sent in NATS headers.
 TRACEPARENT_HEADER = "traceparent"
+#: The W3C trace-context header ``tracestate``, as sent in NATS headers.
 TRACESTATE_HEADER = "tracestate"
 
 

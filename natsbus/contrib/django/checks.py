@@ -13,6 +13,7 @@ from . import DJANGO_KEYS, HINTS, label, natsbus_settings
 
 __all__ = ["POOL_NOT_IMPORTABLE", "check_settings", "import_pool_factory"]
 
+#: The check id of a ``NATSBUS["POOL"]`` that does not import as a pool factory.
 POOL_NOT_IMPORTABLE = "natsbus.E004"
 
 PoolFactory = Callable[[Bus], WorkerPool]

@@ -16,8 +16,8 @@ class ErrorResponseMiddleware:
     """Answers a natsbus error that a view raised with a JSON problem.
 
     ``MIDDLEWARE = [..., "natsbus.contrib.django.ErrorResponseMiddleware"]``.
-    The status, ``error`` and ``detail`` are those of the README's "Errors
-    as HTTP" table, as for Flask: 404, 409, 400 with the service's text;
+    The status, ``error`` and ``detail`` are those of the "Errors as HTTP"
+    table of docs/web.rst, as for Flask: 404, 409, 400 with the service's text;
     503 with ``Retry-After`` for busy, no handler and not connected; 504
     for a timeout; 500 for the rest, with the error logged (logger
     ``natsbus.contrib``), not shown. Other exceptions go on to
