@@ -484,10 +484,15 @@ def supervise(
     so that a module that does not import fails at once, with the message
     and exit status of a single ``natsbus worker``; nothing connects here.
 
+    With ``--health-port`` the supervisor answers ``/livez`` and ``/readyz``
+    from its children's state (:func:`~natsbus.cli.supervisor.supervisor_readiness`).
+    Call it on the main thread: the supervisor installs signal handlers.
+
     Raises:
         Refused: the target does not import or is not a pool or factory;
             ``--reload`` without the ``reload`` extra; connection options
-            for a pool bound at import.
+            for a pool bound at import; ``--health-host`` without
+            ``--health-port``, or a health address that cannot be listened on.
     """
     from ..worker import WorkerPool
     from .supervisor import Supervisor
