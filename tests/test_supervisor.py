@@ -108,6 +108,16 @@ def test_reload_dir_without_reload_is_a_usage_error(tmp_path: Path) -> None:
     assert worker.lines == ["natsbus worker: --reload-dir would be ignored without --reload; add --reload"]
 
 
+def test_health_host_without_health_port_is_a_usage_error_with_processes_too() -> None:
+    worker = WorkerProcess(
+        "nats://127.0.0.1:1", target="supervisor_app:make_pool", args=["--processes", "2", "--health-host", "0.0.0.0"]
+    )
+    assert worker.wait() == 2
+    assert worker.lines == [
+        "natsbus worker: --health-host would be ignored without --health-port; add --health-port PORT"
+    ]
+
+
 def test_processes_auto_is_the_number_of_usable_cpus() -> None:
     assert process_count("auto") == len(os.sched_getaffinity(0))
     assert process_count("3") == 3
