@@ -105,7 +105,9 @@ def _add_worker_parser(sub: Any) -> None:
             "Run a WorkerPool daemon. TARGET is MODULE:ATTR naming a WorkerPool, or a factory "
             "called with a connected Bus (or with no arguments) that returns one. The first "
             "SIGTERM/SIGINT drains gracefully; a second one stops at once. Exit status: 0 drained, "
-            "1 not drained, 2 usage error, 3 no NATS server, 128 + N stopped at once by signal N."
+            "1 not drained, 2 usage error, 3 no NATS server, 128 + N stopped at once by signal N. "
+            "--processes N runs N such processes under a supervisor that restarts them, drains them "
+            "all on SIGTERM/SIGINT and replaces them one at a time on SIGHUP (docs/processes.rst)."
         ),
     )
     worker.add_argument("target", metavar="MODULE:ATTR")

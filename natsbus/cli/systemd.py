@@ -9,6 +9,12 @@ draining (``STOPPING=1``), and that it is alive (``WATCHDOG=1`` every half
 ``WATCHDOG_USEC``) as long as the Bus's event loop answers: a stuck loop
 stops the petting, so systemd restarts the worker. Without
 ``NOTIFY_SOCKET`` it does nothing.
+
+Under ``--processes`` only the supervisor talks to systemd
+(:class:`SupervisorNotifier`): ``READY=1`` once every child serves,
+``STOPPING=1`` when the drain starts, ``WATCHDOG=1`` while its own loop
+runs; the children's loops are watched by the supervisor itself, which
+restarts a child whose loop stops answering (:mod:`natsbus.cli.supervisor`).
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Mapping, Optional
 
 if TYPE_CHECKING:
     from ..bus import Bus
     from ..worker import WorkerPool
 
-__all__ = ["Notifier", "check_loop", "notify", "watchdog_interval"]
+__all__ = ["Notifier", "SupervisorNotifier", "check_loop", "notify", "watchdog_interval"]
 
 logger = logging.getLogger("natsbus.cli")
 
@@ -127,3 +134,32 @@ class Notifier:
             else:
                 notify("WATCHDOG=1", self.environ)
             self._done.wait(interval)
+
+
+class SupervisorNotifier:
+    """What the ``--processes`` supervisor tells systemd: READY=1, STOPPING=1, WATCHDOG=1."""
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
+        self.environ = dict(os.environ if environ is None else environ)
+        self.enabled = bool(self.environ.get("NOTIFY_SOCKET"))
+        self.interval = watchdog_interval(self.environ) if self.enabled else None
+        self._last_pet = 0.0
+
+    def ready(self, processes: int) -> None:
+        """``READY=1``: every child serves."""
+        if self.enabled:
+            notify(f"READY=1\nSTATUS={processes} worker processes serving", self.environ)
+
+    def draining(self) -> None:
+        """``STOPPING=1``: the children's drain starts."""
+        if self.enabled:
+            notify("STOPPING=1\nSTATUS=draining", self.environ)
+
+    def tick(self) -> None:
+        """``WATCHDOG=1`` when half ``WATCHDOG_USEC`` has passed since the last one (the supervisor's loop runs)."""
+        if self.interval is None:
+            return
+        now = time.monotonic()
+        if now - self._last_pet >= self.interval:
+            self._last_pet = now
+            notify("WATCHDOG=1", self.environ)

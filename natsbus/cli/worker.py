@@ -10,6 +10,7 @@ pool subscribes, so a SIGTERM at any moment drains.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import inspect
 import logging
@@ -17,7 +18,7 @@ import os
 import sys
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any, List, Optional, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from .options import (
     EXIT_CONNECT,
@@ -33,8 +34,9 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from ..health import Health
+    from ..health import Health, HealthServer
     from ..worker import WorkerPool
+    from .supervisor import ChildLink, Supervisor
 
 __all__ = [
     "Refused",
@@ -45,16 +47,24 @@ __all__ = [
     "health_address",
     "import_failure",
     "load",
+    "pool_argv",
     "port_number",
+    "process_count",
     "refuse_connection_flags",
     "run_worker",
     "serve",
+    "supervise",
+    "supervised",
+    "supervisor_link",
 ]
 
 logger = logging.getLogger("natsbus.cli")
 
 #: The ``--log-level`` format, as ``natsbus worker`` logs.
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+#: The same in a supervised child (``--processes``): with its process id.
+CHILD_LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
 
 
 class Refused(Exception):
@@ -79,6 +89,28 @@ def add_pool_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level (default INFO)")
     parser.add_argument(
+        "--processes",
+        type=process_count,
+        default=1,
+        metavar="N",
+        help="worker processes, each with its own connection and pool, under one supervisor that "
+        "restarts them; 'auto' for one per usable CPU (default 1: this process serves)",
+    )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: replace the worker processes when a Python file changes "
+        "(needs the 'reload' extra: pip install 'natsbus[reload]')",
+    )
+    parser.add_argument(
+        "--reload-dir",
+        action="append",
+        metavar="DIR",
+        help="with --reload: a directory to watch instead of the current one (repeatable)",
+    )
+    # A supervised child's end of its socket to the supervisor (natsbus.cli.supervisor).
+    parser.add_argument("--supervised-fd", type=non_negative_int, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--health-port",
         type=port_number,
         help="serve GET /livez and /readyz on this port (0: a free one), from before the pool subscribes "
@@ -96,6 +128,22 @@ def port_number(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {value}")
     return port
+
+
+def process_count(value: str) -> int:
+    """An argparse ``type=``: ``--processes``, an integer >= 1 or ``auto`` (the CPUs this process may use)."""
+    if value == "auto":
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # no sched_getaffinity (macOS)
+            return os.cpu_count() or 1
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number nor auto") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {value}")
+    return count
 
 
 # -- loading the target ------------------------------------------------------
@@ -269,7 +317,14 @@ class _Probes:
         self._draining.set()
 
 
-def serve(pool: WorkerPool, drain_timeout: float, label: str, *, health: Optional[Tuple[str, int]] = None) -> int:
+def serve(
+    pool: WorkerPool,
+    drain_timeout: float,
+    label: str,
+    *,
+    link: Optional[ChildLink] = None,
+    health: Optional[Tuple[str, int]] = None,
+) -> int:
     """Serve until SIGTERM/SIGINT, drain; return the exit status (0 drained, 1 not).
 
     The signal handlers are in place before the pool subscribes; a second
@@ -277,7 +332,8 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str, *, health: Optiona
     (``NOTIFY_SOCKET``) it sends ``READY=1`` once the pool serves,
     ``STOPPING=1`` when the drain starts, and ``WATCHDOG=1`` every half
     ``WATCHDOG_USEC`` while the Bus's event loop answers
-    (:mod:`natsbus.cli.systemd`).
+    (:mod:`natsbus.cli.systemd`). Under a supervisor (``link``) it tells
+    the supervisor instead.
 
     With ``health`` (``(host, port)``) it serves ``/livez`` and ``/readyz``
     (:mod:`natsbus.health`) from before the pool subscribes until the
@@ -299,15 +355,20 @@ def serve(pool: WorkerPool, drain_timeout: float, label: str, *, health: Optiona
             raise Refused(str(exc)) from None
     systemd = Notifier(pool)  # READY=1, STOPPING=1, WATCHDOG=1 under a Type=notify unit
 
+    def serving() -> None:
+        systemd.serving()
+        if link is not None:
+            link.serving(pool)  # and heartbeats: the supervisor restarts a child whose loop stops answering
+
     def draining() -> None:
         if probes is not None:
             probes.draining()
         systemd.draining()
+        if link is not None:
+            link.draining()
 
     try:
-        drained = pool.run(  # signal handlers first, then start
-            drain_timeout=drain_timeout, on_serving=systemd.serving, on_draining=draining
-        )
+        drained = pool.run(drain_timeout=drain_timeout, on_serving=serving, on_draining=draining)  # signals, start
     except NatsBusError as exc:
         if not pool.served:  # start() failed: it never served
             code = EXIT_CONNECT if exit_code(exc) == EXIT_CONNECT else EXIT_USAGE
@@ -334,6 +395,13 @@ def _run_worker(args: argparse.Namespace) -> int:
     from ..errors import ConfigError, ConnectError
     from ..worker import WorkerPool
 
+    if supervised(args):
+        return supervise(
+            args,
+            [sys.executable, "-m", "natsbus", "worker", args.target, *pool_argv(args)],
+            args.target,
+        )
+    link = supervisor_link(args)
     label = args.target
     health_address(args)  # its usage errors before anything connects
     target = load(label)
@@ -344,7 +412,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             target = call_factory(target, None, label)  # it may bind a Bus of its own
     if isinstance(target, WorkerPool) and target.bus is not None:
         refuse_connection_flags(args, f"{label} is a WorkerPool already bound to a Bus")
-        return _serve(target, args, label)
+        return _serve(target, args, label, link)
     try:
         bus = open_bus(args)
     except (ConfigError, ConnectError) as exc:
@@ -353,11 +421,147 @@ def _run_worker(args: argparse.Namespace) -> int:
         pool = target.bind(bus) if isinstance(target, WorkerPool) else call_factory(target, bus, label)
         if pool.bus is not bus:
             refuse_connection_flags(args, f"{label} returned a WorkerPool bound to another Bus")
-        return _serve(pool, args, label)
+        return _serve(pool, args, label, link)
     finally:
         bus.close()
 
 
-def _serve(pool: WorkerPool, args: argparse.Namespace, label: str) -> int:
+def _serve(pool: WorkerPool, args: argparse.Namespace, label: str, link: Optional[ChildLink]) -> int:
     apply_pool_options(pool, args)
-    return serve(pool, args.drain_timeout, label, health=health_address(args))
+    return serve(pool, args.drain_timeout, label, link=link, health=health_address(args))
+
+
+def supervisor_link(args: argparse.Namespace) -> Optional[ChildLink]:
+    """The socket to the supervisor of this child process, None when it runs alone."""
+    fd = getattr(args, "supervised_fd", None)
+    if fd is None:
+        return None
+    from .supervisor import ChildLink
+
+    # Its log lines interleave with its siblings': say whose they are.
+    for handler in [*logging.getLogger().handlers, *logging.getLogger("natsbus").handlers]:
+        handler.setFormatter(logging.Formatter(CHILD_LOG_FORMAT))
+    return ChildLink(fd)
+
+
+# -- supervising worker processes (--processes, --reload) -----------------------
+
+
+def supervised(args: argparse.Namespace) -> bool:
+    """Whether the options ask for a supervisor: ``--processes`` > 1 or ``--reload``, in a process not supervised.
+
+    Raises:
+        Refused: ``--reload-dir`` without ``--reload`` (it would be ignored).
+    """
+    if getattr(args, "reload_dir", None) and not getattr(args, "reload", False):
+        raise Refused("--reload-dir would be ignored without --reload; add --reload")
+    if getattr(args, "supervised_fd", None) is not None:
+        return False
+    return bool(getattr(args, "processes", 1) > 1 or getattr(args, "reload", False))
+
+
+def pool_argv(args: argparse.Namespace) -> List[str]:
+    """The options a supervised child gets: the connection, the pool options, ``--drain-timeout``, ``--log-level``."""
+    argv: List[str] = []
+    names = ("server", "connect_timeout", "max_workers", "max_pending", "queue_group", "drain_timeout", "log_level")
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    return argv
+
+
+def supervise(
+    args: argparse.Namespace,
+    command: Sequence[str],
+    label: str,
+    env: Optional[Mapping[str, str]] = None,
+    loaded: Any = None,
+) -> int:
+    """Run ``args.processes`` children of ``command`` under a supervisor; return the exit status.
+
+    The target is imported here first (``loaded``, when the caller did),
+    so that a module that does not import fails at once, with the message
+    and exit status of a single ``natsbus worker``; nothing connects here.
+
+    With ``--health-port`` the supervisor answers ``/livez`` and ``/readyz``
+    from its children's state (:func:`~natsbus.cli.supervisor.supervisor_readiness`).
+    Call it on the main thread: the supervisor installs signal handlers.
+
+    Raises:
+        Refused: the target does not import or is not a pool or factory;
+            ``--reload`` without the ``reload`` extra; connection options
+            for a pool bound at import; ``--health-host`` without
+            ``--health-port``, or a health address that cannot be listened on.
+    """
+    from ..worker import WorkerPool
+    from .supervisor import Supervisor
+    from .systemd import SupervisorNotifier
+
+    health = health_address(args)  # its usage errors before anything is imported
+    reload_dirs: Optional[List[str]] = None
+    if getattr(args, "reload", False):
+        try:
+            import watchfiles  # noqa: F401
+        except ImportError:
+            raise Refused(
+                "--reload needs watchfiles, which the 'reload' extra installs: pip install 'natsbus[reload]'"
+            ) from None
+        reload_dirs = [os.path.abspath(d) for d in (args.reload_dir or [os.getcwd()])]
+        for directory in reload_dirs:
+            if not os.path.isdir(directory):
+                raise Refused(f"--reload-dir {directory}: not a directory")
+    target = load(label) if loaded is None else loaded
+    if not isinstance(target, WorkerPool) and not callable(target):
+        raise Refused(f"{label} is neither a WorkerPool nor a factory returning one")
+    if isinstance(target, WorkerPool) and target.bus is not None:
+        refuse_connection_flags(args, f"{label} is a WorkerPool already bound to a Bus")
+    processes = getattr(args, "processes", 1)
+    systemd = SupervisorNotifier()  # READY=1 once all serve, STOPPING=1, WATCHDOG=1 while the loop runs
+    supervisor = Supervisor(
+        command,
+        processes,
+        drain_timeout=args.drain_timeout,
+        env=env,
+        reload_dirs=reload_dirs,
+        on_ready=functools.partial(systemd.ready, processes),
+        on_draining=systemd.draining,
+        on_tick=systemd.tick,
+        tick_interval=min(1.0, systemd.interval or 1.0),
+    )
+    probes = _supervisor_probes(supervisor, health) if health is not None else None
+    try:
+        return supervisor.run()
+    finally:
+        if probes is not None:
+            probes.close()  # after the drain: /readyz said "draining" throughout
+
+
+def _supervisor_probes(supervisor: Supervisor, address: Tuple[str, int]) -> HealthServer:
+    """``/livez`` and ``/readyz`` of the supervisor, from its children's state, started.
+
+    Raises:
+        Refused: the address cannot be listened on.
+    """
+    from ..errors import ConfigError
+    from ..health import HealthServer
+    from .supervisor import supervisor_liveness, supervisor_readiness
+
+    server = HealthServer(
+        functools.partial(supervisor_liveness, supervisor),
+        functools.partial(supervisor_readiness, supervisor),
+        host=address[0],
+        port=address[1],
+    )
+    try:
+        return server.start()
+    except ConfigError as exc:
+        raise Refused(str(exc)) from None
+
+
+def child_env(extra_path: Sequence[str] = (), environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The environment of supervised children: this one, with ``extra_path`` first on ``PYTHONPATH``."""
+    env = dict(os.environ if environ is None else environ)
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join([*extra_path, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    return env

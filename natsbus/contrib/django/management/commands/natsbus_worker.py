@@ -2,7 +2,9 @@
 
 The options and exit codes are ``natsbus worker``'s (:mod:`natsbus.cli.worker`):
 0 drained, 1 not drained, 2 usage error, 3 no NATS server, 128 + N stopped at
-once by a second signal N.
+once by a second signal N. ``--processes N`` and ``--reload`` run a
+supervisor (:mod:`natsbus.cli.supervisor`) whose children are
+``python -m django natsbus_worker`` with the same settings module.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, List
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -24,10 +27,15 @@ from natsbus.cli.worker import (
     add_pool_options,
     apply_pool_options,
     call_factory,
+    child_env,
     health_address,
     load,
+    pool_argv,
     refuse_connection_flags,
     serve,
+    supervise,
+    supervised,
+    supervisor_link,
 )
 from natsbus.contrib.django import close_bus, get_bus, natsbus_settings
 from natsbus.errors import NatsBusError
@@ -88,6 +96,9 @@ class Command(BaseCommand):
         self.stdout.write("natsbus worker stopped")
 
     def _serve(self, path: str, options: argparse.Namespace) -> int:
+        if supervised(options):  # --processes N / --reload: children of `python -m django natsbus_worker`
+            return supervise(options, _child_command(path, options), path, _child_environ(options), load(path))
+        link = supervisor_link(options)  # a supervised child's socket to its supervisor, else None
         _override_connection(options)
         health = health_address(options)  # its usage errors before anything connects
         factory = load(path)
@@ -103,9 +114,30 @@ class Command(BaseCommand):
                 route.call = _with_fresh_db_connections(route.call)
             apply_pool_options(pool, options)
             # run() installs the signal handlers, then subscribes: a SIGTERM at any moment drains.
-            return serve(pool, options.drain_timeout, path, health=health)
+            return serve(pool, options.drain_timeout, path, link=link, health=health)
         finally:
             close_bus()
+
+
+def _child_command(path: str, options: argparse.Namespace) -> List[str]:
+    """A supervised child: this command, by ``python -m django``, with the pool and its options."""
+    command = [sys.executable, "-m", "django", "natsbus_worker", "--pool", path, *pool_argv(options)]
+    if options.pythonpath:
+        command += ["--pythonpath", options.pythonpath]
+    return command
+
+
+def _child_environ(options: argparse.Namespace) -> dict[str, str]:
+    """This environment, with the settings module this process runs with, and its project on the path.
+
+    Raises:
+        Refused: the settings come from ``settings.configure()``, not a module.
+    """
+    if not settings.SETTINGS_MODULE:  # settings.configure(): nothing a new process could import
+        raise Refused("--processes and --reload need a settings module (DJANGO_SETTINGS_MODULE or --settings)")
+    env = child_env([os.path.abspath(sys.path[0] or os.curdir), os.getcwd()])
+    env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
+    return env
 
 
 def _override_connection(options: argparse.Namespace) -> None:
