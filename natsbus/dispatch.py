@@ -32,7 +32,7 @@ from .errors import (
 from .messages import Kind, ensure_message_class, message_kind, subject_for, type_name
 from .middleware import HandlerRequest, Middleware, run_handler
 
-__all__ = ["DURATION_BUCKETS", "Dispatcher", "EndpointStats", "HandlerRoute", "NotStarted", "ReplyMemory"]
+__all__ = ["DURATION_BUCKETS", "Dispatcher", "EndpointStats", "HandlerRoute", "Late", "NotStarted", "ReplyMemory"]
 
 logger = logging.getLogger("natsbus.worker")
 
@@ -113,6 +113,18 @@ class NotStarted(NamedTuple):
     not run, without reading the error text. The idempotency store forgets
     such a request, so that its retry runs. It unpacks, compares and is
     sent as the plain 2-tuple.
+    """
+
+    body: bytes
+    headers: Headers
+
+
+class Late(NamedTuple):
+    """The reply to a request the watchdog already answered (its handler overran): not to be sent.
+
+    :meth:`Dispatcher.dispatch` returns it when given the request's
+    ``claim`` and the watchdog took that claim first. The request was
+    counted when the watchdog answered it.
     """
 
     body: bytes
@@ -248,6 +260,7 @@ class Dispatcher:
         deadline: Optional[float] = None,
         failed: Optional[Callable[[BaseException], None]] = None,
         memory: Optional[ReplyMemory] = None,
+        claim: Optional[threading.Lock] = None,
     ) -> Tuple[bytes, Headers]:
         """Handle one request body; return the reply body and headers.
 
@@ -256,7 +269,11 @@ class Dispatcher:
         keeps it as the ``__cause__`` of the error its caller gets).
         ``memory``, when given, answers a repeated command from the replies
         it remembers (see :class:`ReplyMemory`); it is consulted after the
-        envelope is decoded, so the id is read once.
+        envelope is decoded, so the id is read once. ``claim``, when given,
+        is the request's one-shot claim on its reply, shared with the
+        watchdog: whoever takes it answers, and a reply the watchdog
+        answered first comes back as :class:`Late` (counted once, by the
+        watchdog's :meth:`count_overrun`).
 
         Every failure (an ``Exception``) becomes an error envelope. A
         request whose ``deadline`` (``time.monotonic()``) has passed is not
@@ -290,7 +307,7 @@ class Dispatcher:
                 message_id = peek_id(data)[0] or ""
             invalid = InvalidRequestError(INVALID_REQUEST_PREFIX + str(exc), subject=route.subject)
             logger.info("%s %s rejected: %s", route.subject, message_id or "(no id)", invalid)
-            return self._error(route, kind, message_id, invalid, started)
+            return self._error(route, kind, message_id, invalid, started, claim)
         if deadline is not None and time.monotonic() >= deadline:
             with self._stats_lock:
                 self.expired += 1
@@ -299,15 +316,16 @@ class Dispatcher:
             late = DeadlineExceededError(
                 f"Deadline exceeded: the caller gave up before {route.subject} started", subject=route.subject
             )
-            return NotStarted(*self._error(route, kind, message_id, late, started))
+            reply = self._error(route, kind, message_id, late, started, claim)
+            return reply if type(reply) is Late else NotStarted(*reply)
         context = new_context(route.subject, kind, message_id, envelope.service_id, headers or {}, deadline)
         if memory is None or kind is not Kind.COMMAND or not message_id:
-            return self._run(route, context, message, max_payload, failed, started)
+            return self._run(route, context, message, max_payload, failed, started, claim)
         answer, token = memory.claim(route, message_id, deadline)
         if answer is not None:  # a repeat: the reply already sent (or busy), the handler does not run
-            return answer
+            return answer if claim is None or claim.acquire(False) else Late(*answer)
         try:
-            reply = self._run(route, context, message, max_payload, failed, started)
+            reply = self._run(route, context, message, max_payload, failed, started, claim)
         except BaseException:
             memory.settle(route, message_id, token, None)
             raise
@@ -322,6 +340,7 @@ class Dispatcher:
         max_payload: int,
         failed: Optional[Callable[[BaseException], None]],
         started: int,
+        claim: Optional[threading.Lock],
     ) -> Tuple[bytes, Headers]:
         """Run the handler on ``message`` (inside the middleware) and encode its result or error."""
         kind, message_id = route.kind, context.message_id
@@ -337,15 +356,18 @@ class Dispatcher:
             logger.info("%s %s failed: %s", route.label, message_id, exc)
             if failed is not None:
                 failed(exc)
-            return self._error(route, kind, message_id, exc, started)
+            return self._error(route, kind, message_id, exc, started, claim)
         except Exception as exc:  # a handler failure must never take the pool down
             logger.error("handler %s failed on %s", route.label, message_id, exc_info=True)
             if failed is not None:
                 failed(exc)
             text = str(exc) or type(exc).__name__
-            return self._error(route, kind, message_id, HandlerError(text), started)
+            return self._error(route, kind, message_id, HandlerError(text), started, claim)
         except BaseException as exc:  # KeyboardInterrupt, SystemExit, ...: never swallowed
-            self.count(route, started, f"the handler raised {type(exc).__name__}")
+            # Not taking the claim: the caller of dispatch answers (or not) by it.
+            # Already taken, it was the watchdog, which counted this request.
+            taken = claim if claim is not None and claim.locked() else None
+            self.count(route, started, f"the handler raised {type(exc).__name__}", taken)
             raise
         finally:
             _leave(token)
@@ -362,34 +384,53 @@ class Dispatcher:
         except Exception as exc:
             logger.error("cannot encode the result of %s for %s", route.label, message_id, exc_info=True)
             error = HandlerError(f"could not encode the result of {route.name}: {exc}")
-            return self._error(route, kind, message_id, error, started)
+            return self._error(route, kind, message_id, error, started, claim)
         if max_payload and len(body) > max_payload:
             error = HandlerError(
                 f"reply to {route.name} is {len(body)} bytes, over the server's max payload of {max_payload} bytes"
             )
             logger.error("%s %s: %s", route.label, message_id, error)
-            return self._error(route, kind, message_id, error, started)
-        self.count(route, started, None)
+            return self._error(route, kind, message_id, error, started, claim)
+        if not self.count(route, started, None, claim):
+            return Late(body, None)
         return body, None
 
     def _error(
-        self, route: HandlerRoute, kind: Kind, message_id: str, error: ServiceError, started: int
+        self,
+        route: HandlerRoute,
+        kind: Kind,
+        message_id: str,
+        error: ServiceError,
+        started: int,
+        claim: Optional[threading.Lock] = None,
     ) -> Tuple[bytes, Headers]:
-        self.count(route, started, error.message)
-        return error_reply(kind, message_id, error)
+        answered = self.count(route, started, error.message, claim)
+        reply = error_reply(kind, message_id, error)
+        return reply if answered else Late(*reply)
 
-    def count(self, route: HandlerRoute, started: int, error: Optional[str]) -> None:
-        """Count a reply to ``route``: a request, the time since ``started`` (``perf_counter_ns``), its error."""
+    def count(
+        self, route: HandlerRoute, started: int, error: Optional[str], claim: Optional[threading.Lock] = None
+    ) -> bool:
+        """Count a reply to ``route``: a request, the time since ``started`` (``perf_counter_ns``), its error.
+
+        With the request's ``claim``, it takes the claim first: when the
+        watchdog took it already (and counted the request as an overrun),
+        only the handler's time is added. Returns whether this reply is the
+        one to send.
+        """
+        answered = claim is None or claim.acquire(False)
         elapsed = time.perf_counter_ns() - started
         stats = route.stats
         bucket = bisect.bisect_left(_BOUNDS_NS, elapsed)  # metrics: the histogram's bucket
         with self._stats_lock:
-            stats.num_requests += 1
             stats.processing_time_ns += elapsed
-            stats.durations[bucket] += 1
-            if error is not None:
-                stats.num_errors += 1
-                stats.last_error = error
+            if answered:
+                stats.num_requests += 1
+                stats.durations[bucket] += 1
+                if error is not None:
+                    stats.num_errors += 1
+                    stats.last_error = error
+        return answered
 
     def snapshot(self) -> List[Tuple[HandlerRoute, EndpointStats]]:
         """Each route with a copy of its counters, all read at one moment (for ``$SRV.STATS``)."""
@@ -402,8 +443,9 @@ class Dispatcher:
     # -- metrics: the replies sent for a handler that did not answer itself --
 
     def count_overrun(self, route: HandlerRoute, error: str) -> None:
-        """Count the timeout error sent for ``route`` because its handler overran its time limit."""
+        """Count the timeout error sent for ``route`` (its handler overran its limit): a request and an error."""
         with self._stats_lock:
+            route.stats.num_requests += 1
             route.stats.num_errors += 1
             route.stats.overruns += 1
             route.stats.last_error = error

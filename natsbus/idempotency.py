@@ -254,8 +254,8 @@ class _Guard:
             # answered busy (it says it did nothing; retry later): a repeat runs it.
             _quietly(store.abandon, self.bus, command_id, token)
             return
-        try:
-            store.finish(self.bus, command_id, token, reply)
+        try:  # as a plain pair (a Late reply, which the watchdog answered, is still the handler's)
+            store.finish(self.bus, command_id, token, (reply[0], reply[1]))
         except NatsBusError as exc:
             logger.error(
                 "%s %s: could not remember the reply (%s); a repeat will run it again",

@@ -38,7 +38,7 @@ from ._workqueue import STOP, Jobs, Watchdog, Work
 from .bus import Bus
 from .context import parse_deadline
 from .discovery import ServiceStats
-from .dispatch import Dispatcher, HandlerRoute
+from .dispatch import Dispatcher, HandlerRoute, Late
 from .envelope import INSTANCE_HEADER, SERVICE_HEADER, error_reply, peek_id
 from .errors import (
     BusClosedError,
@@ -520,12 +520,12 @@ class WorkerPool:
                     self._watchdog.watch(time.monotonic() + route.time_limit, claim, route, reply, data)
                 headers = as_headers(item.headers)  # parsed here, off the loop
                 deadline = parse_deadline(headers, item.received)
-                body, reply_headers = dispatch(
-                    route, data, transport.max_payload, headers=headers, deadline=deadline, memory=memory
+                answer = dispatch(
+                    route, data, transport.max_payload, headers=headers, deadline=deadline, memory=memory, claim=claim
                 )
-                if claim is None or claim.acquire(blocking=False):
+                if type(answer) is not Late:  # the watchdog did not answer first (dispatch took the claim)
                     # Write it now when idle; under load, let the loop batch the replies.
-                    transport.publish(reply, body, reply_headers, direct=not pending)
+                    transport.publish(reply, answer[0], answer[1], direct=not pending)
                 else:
                     logger.warning("%s: a handler finished after its time limit; its result was dropped", route.subject)
             except BusClosedError:
