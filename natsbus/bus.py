@@ -196,7 +196,20 @@ class Bus:
         return portal, transport
 
     def live_transport(self) -> Transport:
-        """The transport to use now; reopens once in a forked child (the :class:`Connection` seam)."""
+        """The transport to use now; reopens once in a forked child (the :class:`Connection` seam).
+
+        In a forked child, the first use opens the child's own connection
+        and waits for its first round of tries (within ``connect_timeout``,
+        as ``Bus()`` does); calls do not wait here but within their own
+        timeouts (see :meth:`call_grace`).
+        """
+        transport = self._current()
+        if not transport.opened.is_set() and not self._portal.in_loop_thread():
+            transport.opened.wait(self.config.connect_timeout)
+        return transport
+
+    def _current(self) -> Transport:
+        """The transport to use now, reopened (connecting in the background) in a forked child."""
         if self._generation != _fork_generation:
             with self._lock:
                 if self._generation != _fork_generation and self._state is _State.OPEN:
@@ -374,7 +387,7 @@ class Bus:
             NotConnectedError: not connected (for ``reconnect_grace``);
                 nothing was sent.
         """
-        transport = self.live_transport()
+        transport = self._current()  # a call waits for an opening connection within its own timeout
         self._portal.check_caller("a blocking natsbus request")
         try:
             return transport.request(subject, payload, headers, notify)
@@ -395,7 +408,7 @@ class Bus:
         started = time.monotonic()
         deadline = None if grace is None else started + grace
         while True:
-            transport = self.live_transport()
+            transport = self._current()
             if transport.state is ConnectionState.DISCONNECTED:  # no reconnect is coming
                 raise transport.not_connected_error(subject)
             left = None if deadline is None else deadline - time.monotonic()
@@ -416,6 +429,7 @@ class Bus:
 
     def completer(self) -> Completer:
         """The thread that completes this Bus's futures (started on first use; the ``Requester`` seam)."""
+        self._current()  # in a forked child, the parent's completer is forgotten first
         completer = self._completer_thread
         if completer is None:
             with self._lock:

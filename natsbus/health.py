@@ -314,7 +314,7 @@ def bus_liveness(bus: Bus, timeout: float = 1.0) -> Health:
 
 
 def _pool_state(pool: WorkerPool) -> str:
-    if pool.running:
+    if pool.running and pool.served:  # running from start() on; served once subscribed
         return "serving"
     if pool.stopped:
         return "stopped"
@@ -357,6 +357,10 @@ def bus_readiness(bus: Bus) -> Health:
         ok, or not with the reason ``"not connected (<state>)"``;
         ``checks`` has ``connection``, a :class:`~natsbus.ConnectionState` value.
     """
+    try:
+        bus.live_transport()  # a forked child (a pre-fork web server) opens its own connection, as a call would
+    except NatsBusError:  # closed: the state says so
+        pass
     state = bus.state
     checks = {"connection": state.value}
     if state is not ConnectionState.CONNECTED:

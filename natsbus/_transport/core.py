@@ -180,6 +180,7 @@ class Transport(FrameWriter):
         #: Set once the first round of connect tries is over (connected or
         #: not), or once closed: until then the connection is being opened.
         self.opened = threading.Event()
+        self._opening: Optional[asyncio.Task[Any]] = None  # connect()'s task while it runs
         self._connector: Optional[asyncio.Task[None]] = None  # connect_in_background's retries
         self._failures: List[Failure] = []  # the latest round of tries, until connected
         self._down_reason = ""  # why the connection is down now (redacted)
@@ -204,6 +205,7 @@ class Transport(FrameWriter):
         ``config.connect_in_background`` a failed round is no error: the
         transport keeps trying in the background (see :meth:`_keep_connecting`).
         """
+        self._opening = asyncio.current_task()
         try:
             failures = await self._connect_round()
             if failures is None:
@@ -218,6 +220,7 @@ class Transport(FrameWriter):
             cause = next((f.error for f in failures if f.error is not None and is_telling(f.error)), None)
             raise ConnectError(text, servers=self._shown_servers()) from cause
         finally:
+            self._opening = None
             self.opened.set()
 
     async def _connect_round(self) -> Optional[List[Failure]]:
@@ -413,6 +416,13 @@ class Transport(FrameWriter):
         self._fail_waiters(BusClosedError("the Bus was closed while waiting for a reply"))
         if self._pump_task is not None:
             self._pump_task.cancel()
+        opening = self._opening  # a forked child's first round, started without waiting
+        if opening is not None and opening is not asyncio.current_task():
+            opening.cancel()
+            try:
+                await opening
+            except BaseException as exc:  # cancelled, as asked
+                logger.debug("the first connect ended with %r", exc)
         connector, self._connector = self._connector, None
         if connector is not None:
             connector.cancel()

@@ -572,7 +572,9 @@ class LazyBus:
         )
 
     def liveness(self) -> Health:
-        """``/livez`` for a web process: never opens the Bus; when open, its event loop answers.
+        """``/livez`` for a web process: does not open the Bus before its first use; when open, its loop answers.
+
+        (In a forked child, checking the loop opens the child's own connection, as a first call would.)
 
         See :func:`natsbus.health.bus_liveness`; ok with ``{"loop": "not opened"}``
         before the first use (or ``"in-memory"``).

@@ -1,0 +1,52 @@
+"""/readyz of a web process whose Bus was opened in a pre-fork master (gunicorn --preload)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any, Dict, Iterator
+
+import pytest
+from waiting import wait_until
+
+from natsbus import NatsConfig, NatsServer
+from natsbus.contrib._common import BusSettings, LazyBus
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[NatsServer]:
+    with NatsServer(jetstream=False) as srv:
+        yield srv
+
+
+def _probe_readiness(holder: LazyBus, out: Any) -> None:
+    report: Dict[str, Any] = {}
+    try:
+        # Only /readyz is probed (a readinessProbe alone); no view runs before the pod is ready.
+        wait_until(lambda: holder.readiness().ok, 5.0, "the worker's readiness")
+        report["ready"] = True
+    except AssertionError:
+        report["ready"] = False
+        report["last"] = holder.readiness().to_json()
+    out.put(report)
+
+
+def test_readyz_of_a_worker_forked_from_a_master_that_used_its_bus_becomes_ready(server: NatsServer) -> None:
+    holder = LazyBus(lambda: BusSettings(NatsConfig(servers=server.url), 5.0, 5.0, "web"), owner="review")
+    holder.ports()  # the app used its Bus at import, in the master (docs/reliability.rst: supported)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_probe_readiness, args=(holder, out))
+    child.start()
+    try:
+        report = out.get(timeout=30)
+        child.join(10)
+    finally:
+        if child.is_alive():
+            child.kill()
+        holder.close()
+    assert report == {"ready": True}, report
