@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import socket
 import threading
 import time
 from typing import Any, Dict, Iterator
 
 import pytest
+from fork_support import run_forked, silent_server
 
 from natsbus import Bus, NatsServer, NotConnectedError
 
@@ -44,23 +43,10 @@ def test_closing_a_childs_bus_while_it_opens_is_prompt_and_leaves_no_thread(serv
     parent = Bus(server.url, connect_timeout=8.0)
     port = server.port
     server.stop()
-    silent = socket.socket()
-    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        silent.bind(("127.0.0.1", port))
-        silent.listen(16)
-        ctx = multiprocessing.get_context("fork")
-        out = ctx.Queue()
-        child = ctx.Process(target=_open_then_close, args=(parent, out))
-        child.start()
-        try:
-            report = out.get(timeout=30)
-            child.join(10)
-        finally:
-            if child.is_alive():
-                child.kill()
+        with silent_server(port):
+            report = run_forked(_open_then_close, parent)
     finally:
-        silent.close()
         parent.close()
     assert "error" not in report, report
     assert report["first_call"] == "NotConnectedError", report

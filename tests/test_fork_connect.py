@@ -10,12 +10,12 @@ serving as soon as NATS is back.
 from __future__ import annotations
 
 import multiprocessing
-import socket
 import time
 from typing import Any, Dict, Iterator
 
 import attrs
 import pytest
+from fork_support import run_forked, silent_server
 
 from natsbus import Bus, Command, CommandBus, NatsServer, WorkerPool
 
@@ -50,21 +50,6 @@ def _first_call(commands: CommandBus, timeout: float, out: Any) -> None:
     out.put(report)
 
 
-def _in_child(commands: CommandBus, timeout: float) -> Dict[str, Any]:
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    child = ctx.Process(target=_first_call, args=(commands, timeout, out))
-    child.start()
-    try:
-        report: Dict[str, Any] = out.get(timeout=30)
-        child.join(10)
-    finally:
-        if child.is_alive():
-            child.kill()
-    assert child.exitcode == 0
-    return report
-
-
 def test_a_forked_childs_first_call_to_a_silent_server_ends_at_its_timeout_not_connect_timeout(
     server: NatsServer,
 ) -> None:
@@ -73,15 +58,10 @@ def test_a_forked_childs_first_call_to_a_silent_server_ends_at_its_timeout_not_c
     port = server.port
     assert port is not None
     server.stop()
-    # Where the server was, something now accepts connections and never says a word.
-    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        silent.bind(("127.0.0.1", port))
-        silent.listen(64)
-        report = _in_child(commands, timeout=0.5)
+        with silent_server(port):  # where the server was, something accepts and never says a word
+            report = run_forked(_first_call, commands, 0.5)
     finally:
-        silent.close()
         parent.close()
     assert report.get("error") == "NotConnectedError", report
     assert report["elapsed"] < 3.0, report  # its 0.5 s timeout, not the 8 s connect_timeout
@@ -94,7 +74,7 @@ def test_a_forked_childs_first_call_fails_at_once_naming_why_when_every_server_r
     commands = CommandBus(parent)
     server.stop()  # nothing listens: every try is refused at once
     try:
-        report = _in_child(commands, timeout=5.0)
+        report = run_forked(_first_call, commands, 5.0)
     finally:
         parent.close()
     assert report.get("error") == "NotConnectedError", report
@@ -157,7 +137,7 @@ def test_a_fail_fast_bus_forked_while_nats_is_up_serves_its_first_call(server: N
     pool.start()
     parent = Bus(server.url, fail_fast_when_disconnected=True)
     try:
-        report = _in_child(CommandBus(parent), timeout=5.0)
+        report = run_forked(_first_call, CommandBus(parent), 5.0)
     finally:
         parent.close()
         pool.stop(drain_timeout=5)

@@ -1,16 +1,16 @@
-"""in a forked child, the first use of a parent's Bus that is not a request (publish, a WorkerPool's start).
+"""In a forked child, the first use of a parent's Bus that is not a call (publish, a WorkerPool's start) works.
 
-Before 2f4387e the child's first use connected synchronously; now the child's
-transport connects in the background and only request paths wait for it.
+The child's connection opens in the background; calls wait for it within their
+own timeouts, and every other first use waits for it within connect_timeout.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 from typing import Any, Callable, Dict, Iterator
 
 import attrs
 import pytest
+from fork_support import run_forked
 
 from natsbus import Bus, Command, CommandBus, NatsServer, WorkerPool
 
@@ -31,27 +31,18 @@ def server() -> Iterator[NatsServer]:
         yield srv
 
 
-def _run_in_child(target: Callable[[Any], None]) -> Dict[str, Any]:
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-
-    def body(q: Any) -> None:
-        report: Dict[str, Any] = {}
-        try:
-            target(report)
-        except BaseException as exc:
-            report["error"] = f"{type(exc).__name__}: {exc}"
-        q.put(report)
-
-    child = ctx.Process(target=body, args=(out,))
-    child.start()
+def _report(target: Callable[[Dict[str, Any]], None], out: Any) -> None:
+    """In the forked child: ``target(report)``, then the report (with the error, if any)."""
+    report: Dict[str, Any] = {}
     try:
-        report: Dict[str, Any] = out.get(timeout=30)
-        child.join(10)
-    finally:
-        if child.is_alive():
-            child.kill()
-    return report
+        target(report)
+    except BaseException as exc:
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    out.put(report)
+
+
+def _run_in_child(target: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
+    return run_forked(_report, target)
 
 
 def test_a_forked_childs_first_publish_is_sent(server: NatsServer) -> None:
@@ -68,14 +59,14 @@ def test_a_forked_childs_first_publish_is_sent(server: NatsServer) -> None:
                 sub_received.append(data)
                 got.set()
 
-            sub = await listener.live_transport().subscribe("review.fork.publish", "", handler)
+            sub = await listener.live_transport().subscribe("fork.first.publish", "", handler)
             await listener.live_transport().flush()
             return sub
 
         listener.run(subscribe)
 
         def child(report: Dict[str, Any]) -> None:
-            parent.publish("review.fork.publish", b"from-child")  # the child's first use of the Bus
+            parent.publish("fork.first.publish", b"from-child")  # the child's first use of the Bus
             parent.flush(5.0)
             report["sent"] = True
 
@@ -149,7 +140,7 @@ def test_a_worker_pool_started_in_a_forked_child_on_the_parents_bus_serves(serve
     try:
 
         def child(report: Dict[str, Any]) -> None:
-            pool = WorkerPool(parent, service_id="review-fork-pool", max_workers=2)
+            pool = WorkerPool(parent, service_id="fork-first-pool", max_workers=2)
             pool.register(lambda cmd: cmd.text.upper(), message_type=Ping2)
             pool.start()  # the child's first use of the Bus
             try:
@@ -169,7 +160,7 @@ def test_a_forked_childs_first_submit_leaves_no_completer_thread_after_close(ser
     import threading
 
     worker_bus = Bus(server.url)
-    pool = WorkerPool(worker_bus, service_id="review-fork-submit", max_workers=2)
+    pool = WorkerPool(worker_bus, service_id="fork-first-submit", max_workers=2)
     pool.register(lambda cmd: cmd.text.upper(), message_type=Ping2)
     pool.start()
     parent = Bus(server.url)

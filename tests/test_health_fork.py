@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
 from typing import Any, Dict, Iterator
 
 import pytest
+from fork_support import run_forked
 from waiting import wait_until
 
 from natsbus import NatsConfig, NatsServer
@@ -36,17 +36,10 @@ def _probe_readiness(holder: LazyBus, out: Any) -> None:
 
 
 def test_readyz_of_a_worker_forked_from_a_master_that_used_its_bus_becomes_ready(server: NatsServer) -> None:
-    holder = LazyBus(lambda: BusSettings(NatsConfig(servers=server.url), 5.0, 5.0, "web"), owner="review")
+    holder = LazyBus(lambda: BusSettings(NatsConfig(servers=server.url), 5.0, 5.0, "web"), owner="fork-test")
     holder.ports()  # the app used its Bus at import, in the master (docs/reliability.rst: supported)
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    child = ctx.Process(target=_probe_readiness, args=(holder, out))
-    child.start()
     try:
-        report = out.get(timeout=30)
-        child.join(10)
+        report = run_forked(_probe_readiness, holder)
     finally:
-        if child.is_alive():
-            child.kill()
         holder.close()
     assert report == {"ready": True}, report

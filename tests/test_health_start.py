@@ -1,4 +1,4 @@
-"""pool_readiness while start() has not subscribed yet."""
+"""pool_readiness is not ready while start() has not subscribed yet."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class _SlowToOpen(MemoryIdempotencyStore):
 
 def test_readiness_is_not_ok_before_the_pool_has_subscribed(bus: Bus) -> None:
     store = _SlowToOpen()
-    pool = WorkerPool(bus, service_id="review-ready-early", max_workers=1, idempotency=store)
+    pool = WorkerPool(bus, service_id="ready-early", max_workers=1, idempotency=store)
     pool.register(lambda cmd: cmd.text, message_type=Nop)
     starter = threading.Thread(target=pool.start)
     starter.start()

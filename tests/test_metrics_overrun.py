@@ -1,4 +1,4 @@
-"""an overrunning handler that then fails is one request with one error, not two."""
+"""An overrunning handler that then fails is one request with one error, not two."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_an_overrun_whose_handler_then_fails_counts_one_request_and_one_error(bu
         release.wait(10)
         raise ValueError("failed late")
 
-    pool = WorkerPool(bus, service_id="review-late-fail")
+    pool = WorkerPool(bus, service_id="late-fail")
     pool.register(handler, message_type=LateFail, time_limit=0.05)
     with pool, Bus(nats_url) as client:
         with pytest.raises(DeadlineExceededError):
