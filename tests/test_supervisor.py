@@ -428,6 +428,38 @@ def test_manage_py_natsbus_worker_runs_two_processes_and_drains_them(
             worker.wait()
 
 
+def test_manage_py_natsbus_worker_reload_replaces_the_worker_when_a_python_file_changes(
+    nats_server: NatsServer, bus: Bus, tmp_path: Path
+) -> None:
+    app = tmp_path / "reload_app.py"
+    app.write_text(RELOAD_APP.format(version="one"))
+    env = {**os.environ, "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"), "NATS_URL": nats_server.url}
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [
+                *(sys.executable, "-u", "manage.py", "natsbus_worker", "--reload", "--reload-dir", str(tmp_path)),
+                *("--pythonpath", str(tmp_path), "--pool", "reload_app:make_pool"),
+            ],
+            cwd=EXAMPLE,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "supervisor: 1 worker serving" in log.read_text(), 40, "the worker serving")
+        assert QueryBus(bus).ask(Version(), timeout=5) == "one"
+        app.write_text(RELOAD_APP.format(version="two"))
+        wait_until(lambda: "reload done: 1 worker serving" in log.read_text(), 40, "the reload")
+        assert QueryBus(bus).ask(Version(), timeout=5) == "two"
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
 # -- health probes with --processes ------------------------------------------------------------------
 
 
