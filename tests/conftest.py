@@ -30,6 +30,33 @@ def bus(natsbus_bus: Bus) -> Bus:
 
 
 @pytest.fixture()
+def server() -> Iterator[NatsServer]:
+    """A nats-server of this test's own (no JetStream), for tests that stop, restart or replace it.
+
+    A module that needs another kind (monitoring, module scope) defines its own ``server``.
+    """
+    with NatsServer(jetstream=False) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def django_setup() -> None:
+    """Django configured in this process: an in-memory sqlite and the natsbus app (once per process)."""
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(
+            SECRET_KEY="tests-only-not-a-secret",
+            INSTALLED_APPS=["natsbus.contrib.django"],
+            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+            NATSBUS={"SERVICE_ID": "tests"},
+            USE_TZ=True,
+        )
+        django.setup()
+
+
+@pytest.fixture()
 def user_pool(bus: Bus) -> Iterator[WorkerPool]:
     pool = build_pool(bus, max_workers=8).start()
     try:

@@ -50,23 +50,6 @@ ROOT = TESTS.parent
 EXAMPLE = ROOT / "examples" / "django_app"
 
 
-@pytest.fixture(scope="module")
-def django_setup() -> None:
-    """Django configured in this process: an in-memory sqlite and the natsbus app."""
-    import django
-    from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(
-            SECRET_KEY="tests-only-not-a-secret",
-            INSTALLED_APPS=["natsbus.contrib.django"],
-            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-            NATSBUS={"SERVICE_ID": "tests"},
-            USE_TZ=True,
-        )
-        django.setup()
-
-
 @pytest.fixture()
 def memory(django_setup: None) -> Iterator[InMemoryBus]:
     """The in-memory user-service, installed as NATSBUS['IN_MEMORY'] for the test."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 from fork_support import run_forked, silent_server
@@ -15,12 +15,6 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"),
 ]
-
-
-@pytest.fixture()
-def server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=False) as srv:
-        yield srv
 
 
 def _open_then_close(bus: Bus, out: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import attrs
 import pytest
@@ -29,12 +29,6 @@ pytestmark = [
 @attrs.frozen
 class Shout(Command[str]):
     text: str
-
-
-@pytest.fixture()
-def server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=False) as srv:
-        yield srv
 
 
 def _first_call(commands: CommandBus, timeout: float, out: Any) -> None:

@@ -6,7 +6,7 @@ own timeouts, and every other first use waits for it within connect_timeout.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict
 
 import attrs
 import pytest
@@ -23,12 +23,6 @@ pytestmark = [
 @attrs.frozen
 class Ping2(Command[str]):
     text: str
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=False) as srv:
-        yield srv
 
 
 def _report(target: Callable[[Dict[str, Any]], None], out: Any) -> None:

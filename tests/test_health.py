@@ -167,16 +167,6 @@ class Block(Command[str]):
     pass
 
 
-@pytest.fixture()
-def server() -> Iterator[NatsServer]:
-    srv = NatsServer(jetstream=False)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.close()
-
-
 def test_readyz_is_503_while_nats_is_stopped_and_200_once_it_is_back(server: NatsServer) -> None:
     bus = Bus(server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
     pool = WorkerPool(bus, service_id="health-outage")
@@ -406,23 +396,6 @@ def test_flask_readyz_is_503_when_nats_cannot_be_reached_and_200_for_the_in_memo
     response = app.test_client().get("/readyz")
     assert (response.status_code, response.json["checks"]) == (200, {"connection": "in-memory"})
     assert app.test_client().get("/livez").json["checks"] == {"loop": "in-memory"}
-
-
-@pytest.fixture(scope="module")
-def django_setup() -> None:
-    """Django configured in this process, as test_django.py does (whichever runs first)."""
-    import django
-    from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(
-            SECRET_KEY="tests-only-not-a-secret",
-            INSTALLED_APPS=["natsbus.contrib.django"],
-            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-            NATSBUS={"SERVICE_ID": "tests"},
-            USE_TZ=True,
-        )
-        django.setup()
 
 
 def test_django_views_answer_as_the_worker_does_and_livez_opens_no_connection(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 from fork_support import run_forked
@@ -15,12 +15,6 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[NatsServer]:
-    with NatsServer(jetstream=False) as srv:
-        yield srv
 
 
 def _probe_readiness(holder: LazyBus, out: Any) -> None:

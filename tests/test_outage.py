@@ -19,7 +19,7 @@ import re
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import attrs
 import pytest
@@ -60,16 +60,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture()
-def server() -> Iterator[NatsServer]:
-    srv = NatsServer(jetstream=False)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.close()
 
 
 def _serve(bus: Bus) -> WorkerPool:

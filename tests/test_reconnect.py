@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from typing import Iterator, List, Optional, Set, Tuple
+from typing import List, Optional, Set, Tuple
 
 import attrs
 import pytest
@@ -29,16 +29,6 @@ GRACE = 0.75
 @attrs.frozen
 class Echo(Command[str]):
     text: str
-
-
-@pytest.fixture()
-def server() -> Iterator[NatsServer]:
-    srv = NatsServer(jetstream=False)
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.close()
 
 
 def _serve(url: str) -> Tuple[Bus, WorkerPool]:

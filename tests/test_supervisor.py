@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -398,23 +399,33 @@ def test_the_supervisor_pets_the_systemd_watchdog(
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "django_app"
 
 
-def test_manage_py_natsbus_worker_runs_two_processes_and_drains_them(
-    nats_server: NatsServer, bus: Bus, tmp_path: Path
-) -> None:
-    env = {**os.environ, "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"), "NATS_URL": nats_server.url}
+@contextlib.contextmanager
+def manage_py_worker(url: str, tmp_path: Path, *args: str) -> Iterator[Tuple[subprocess.Popen[bytes], Path]]:
+    """``manage.py natsbus_worker ARGS`` in the Django example, its output in a log file; killed if left running."""
+    env = {**os.environ, "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"), "NATS_URL": url}
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(
-            [
-                *(sys.executable, "-u", "manage.py", "natsbus_worker", "--processes", "2"),
-                *("--pythonpath", str(Path(__file__).resolve().parent), "--pool", "supervisor_app:make_pool"),
-            ],
+            [sys.executable, "-u", "manage.py", "natsbus_worker", *args],
             cwd=EXAMPLE,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
+        yield worker, log
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def test_manage_py_natsbus_worker_runs_two_processes_and_drains_them(
+    nats_server: NatsServer, bus: Bus, tmp_path: Path
+) -> None:
+    here = str(Path(__file__).resolve().parent)
+    args = ("--processes", "2", "--pythonpath", here, "--pool", "supervisor_app:make_pool")
+    with manage_py_worker(nats_server.url, tmp_path, *args) as (worker, log):
         wait_until(lambda: "supervisor: 2 workers serving" in log.read_text(), 40, "2 workers serving")
         assert len(bus.discover("supervised-app")) == 2
         assert len({QueryBus(bus).ask(Who()) for _ in range(40)}) == 2
@@ -422,10 +433,6 @@ def test_manage_py_natsbus_worker_runs_two_processes_and_drains_them(
         assert worker.wait(30) == 0
         assert log.read_text().count("stopped: drained") == 2
         assert log.read_text().endswith("natsbus worker stopped\n")
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
 
 
 def test_manage_py_natsbus_worker_reload_replaces_the_worker_when_a_python_file_changes(
@@ -433,20 +440,8 @@ def test_manage_py_natsbus_worker_reload_replaces_the_worker_when_a_python_file_
 ) -> None:
     app = tmp_path / "reload_app.py"
     app.write_text(RELOAD_APP.format(version="one"))
-    env = {**os.environ, "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"), "NATS_URL": nats_server.url}
-    log = tmp_path / "worker.log"
-    with open(log, "wb") as out:
-        worker = subprocess.Popen(
-            [
-                *(sys.executable, "-u", "manage.py", "natsbus_worker", "--reload", "--reload-dir", str(tmp_path)),
-                *("--pythonpath", str(tmp_path), "--pool", "reload_app:make_pool"),
-            ],
-            cwd=EXAMPLE,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    args = ("--reload", "--reload-dir", str(tmp_path), "--pythonpath", str(tmp_path), "--pool", "reload_app:make_pool")
+    with manage_py_worker(nats_server.url, tmp_path, *args) as (worker, log):
         wait_until(lambda: "supervisor: 1 worker serving" in log.read_text(), 40, "the worker serving")
         assert QueryBus(bus).ask(Version(), timeout=5) == "one"
         app.write_text(RELOAD_APP.format(version="two"))
@@ -454,10 +449,6 @@ def test_manage_py_natsbus_worker_reload_replaces_the_worker_when_a_python_file_
         assert QueryBus(bus).ask(Version(), timeout=5) == "two"
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
 
 
 # -- health probes with --processes ------------------------------------------------------------------
