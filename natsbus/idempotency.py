@@ -354,7 +354,13 @@ class MemoryIdempotencyStore(IdempotencyStore):
             return Claim(ClaimState.OWNED, token=run)
 
     def guard(self, bus: Connection) -> ReplyMemory:
-        """See :meth:`IdempotencyStore.guard` (a first request claims with one lock and no :class:`Claim`)."""
+        """See :meth:`IdempotencyStore.guard` (a first request claims with one lock and no :class:`Claim`).
+
+        A subclass that overrides :meth:`begin` gets the general guard, so
+        its ``begin`` sees every request.
+        """
+        if type(self).begin is not MemoryIdempotencyStore.begin:
+            return _Guard(self, bus)
         return _MemoryGuard(self, bus)
 
     def owns(self, command_id: str) -> Optional[_Run]:

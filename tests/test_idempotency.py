@@ -215,6 +215,21 @@ def test_dispatcher_with_a_store_releases_the_claim_when_the_handler_raises_past
     assert calls == [3, 3]
 
 
+def test_a_memory_store_subclass_that_overrides_begin_is_consulted_for_first_requests() -> None:
+    seen: List[str] = []
+
+    class Audited(MemoryIdempotencyStore):
+        def begin(self, bus: Any, command_id: str) -> Claim:
+            seen.append(command_id)
+            return super().begin(bus, command_id)
+
+    dispatcher = Dispatcher("svc")
+    route = dispatcher.register(lambda cmd: cmd.n, message_type=Tally)
+    memory = Audited().guard(None)  # type: ignore[arg-type]
+    dispatcher.dispatch(route, command_body("Tally", "cmd-audited", {"n": 1}), memory=memory)
+    assert seen == ["cmd-audited"]  # the fast path of the plain memory store does not skip it
+
+
 def test_dispatcher_with_a_store_never_deduplicates_queries() -> None:
     store = MemoryIdempotencyStore()
     ran: List[int] = []
