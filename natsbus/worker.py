@@ -804,11 +804,25 @@ class WorkerPool:
         except SystemExit:
             if len(signals) >= 2:
                 logger.warning("second signal: stopping at once (signal %d)", signals[-1])
+                self._abandon()
             raise
         finally:
             self._in_run = False
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _abandon(self) -> None:
+        """Stop at once (a second signal cut the drain short): not drained, and nobody waits for it.
+
+        The drain that was running unwound; without this, ``Bus.close()``
+        (which stops the pools on it) would wait its whole timeout for that
+        drain to finish. The worker threads are daemons: the process exits
+        with whatever handler still runs.
+        """
+        with self._lock:
+            self._state = _State.STOPPED
+        self._stop_result = False
+        self._stopped.set()
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to drain and return (any thread)."""

@@ -217,7 +217,8 @@ def test_second_signal_stops_at_once(
     started = time.monotonic()
     worker.signal(signal.SIGTERM)
     assert worker.wait(10) == 128 + signal.SIGTERM
-    assert time.monotonic() - started < 8
+    # At once: not after the drain, nor after Bus.close() waiting for the drain the signal cut short (5 s).
+    assert time.monotonic() - started < 3
 
 
 def test_full_worker_answers_busy_at_once(
