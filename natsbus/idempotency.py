@@ -44,15 +44,15 @@ docs/exactly-once.rst.
 from __future__ import annotations
 
 import abc
+import collections
 import datetime as dt
 import enum
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from functools import partial
-from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, TypeVar, Union
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple, TypeVar, Union
 
 import attrs
 
@@ -303,6 +303,13 @@ class MemoryIdempotencyStore(IdempotencyStore):
         max_bytes: Reply bytes (bodies and headers) kept at most, or ``None``
             for no bound; the oldest go first, and a reply larger than this
             alone is not kept.
+
+    The bounds are enforced in batches, so that remembering a reply costs
+    a worker thread two dictionary operations and never a wait for another
+    thread: a store may hold up to 32 replies (or 1% of ``max_entries``, if
+    fewer) over ``max_entries`` until the next batch, and a reply of
+    ``max_bytes / 256`` or more is trimmed for at once. ``len()`` trims
+    first.
     """
 
     def __init__(
@@ -320,41 +327,54 @@ class MemoryIdempotencyStore(IdempotencyStore):
             raise ConfigError(f"max_bytes must be >= 1 or None, got {max_bytes!r}")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        # command_id -> the token of the request running it (a one-item list: the event
+        # a repeat waits on, made on demand), or the entry remembering its reply:
+        # (expires, reply, command_id), a success reply (no headers) kept as its body
+        # alone. A first request claims with one atomic setdefault; its reply replaces
+        # its token in one assignment. No worker thread waits for another here (threads
+        # that queue on a lock while they contend for the GIL queue up behind each
+        # other at every switch): the bookkeeping is done in batches, by whichever
+        # thread finds the lock free.
+        self._state: Dict[str, Union[_Token, _Entry]] = {}
+        # Entries remembered since the last trim, for the trimmer to count and order.
+        self._fresh: Deque[_Entry] = collections.deque()
+        # Only the trimmer (who holds _lock) touches these: every counted entry, oldest
+        # first (one replaced since stays until trimmed), and the size of them all.
+        self._order: Deque[_Entry] = collections.deque()
         self._bytes = 0
         self._lock = threading.Lock()
-        # command_id -> (expires, reply), oldest first (each entry is re-inserted when stored).
-        # A reply without headers (a success) is kept as its body alone. (A plain dict
-        # would be smaller still, but taking its oldest entry again and again walks
-        # over every slot deleted before it.)
-        self._done: OrderedDict[str, Tuple[float, Union[bytes, ReplyPair]]] = OrderedDict()
-        self._running: Dict[str, _Run] = {}
+        # Trim after this many replies (bounds are kept give or take the last batch),
+        # and at once after a reply this big.
+        self._batch = max(1, min(_BATCH, max_entries // 100))
+        self._big = 0 if max_bytes is None else max(1, max_bytes // 256)
+        # Who waits for a running command makes its event under this lock (repeats only).
+        self._wait_lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._done)
-
-    def _expire(self, now: float) -> None:
-        done = self._done
-        while done:
-            key, (expires, kept) = next(iter(done.items()))
-            if expires > now:
-                break
-            del done[key]
-            self._bytes -= _kept_size(kept)
+        with self._lock:
+            self._trim(time.monotonic())
+            return len(self._order)
 
     def begin(self, bus: Connection, command_id: str) -> Claim:
         """See :meth:`IdempotencyStore.begin`."""
-        with self._lock:
-            self._expire(time.monotonic())
-            entry = self._done.get(command_id)
-            if entry is not None:
-                return Claim(ClaimState.DONE, reply=_as_reply(entry[1]))
-            if command_id in self._running:
+        state = self._state
+        while True:
+            token = self.owns(command_id)
+            if token is not None:
+                return Claim(ClaimState.OWNED, token=token)
+            value = state.get(command_id)
+            if type(value) is list:
                 return Claim(ClaimState.RUNNING)
-            run = self._running[command_id] = _Run()
-            return Claim(ClaimState.OWNED, token=run)
+            if type(value) is tuple:
+                if value[0] > time.monotonic():
+                    return Claim(ClaimState.DONE, reply=_as_reply(value[1]))
+                with self._lock:  # past its TTL: forget it (unless replaced meanwhile), then claim
+                    if state.get(command_id) is value:
+                        del state[command_id]
+            # else: it went between the two looks: look again
 
     def guard(self, bus: Connection) -> ReplyMemory:
-        """See :meth:`IdempotencyStore.guard` (a first request claims with one lock and no :class:`Claim`).
+        """See :meth:`IdempotencyStore.guard` (a first request claims with no lock and no :class:`Claim`).
 
         A subclass that overrides :meth:`begin` gets the general guard, so
         its ``begin`` sees every request.
@@ -363,80 +383,115 @@ class MemoryIdempotencyStore(IdempotencyStore):
             return _Guard(self, bus)
         return _MemoryGuard(self, bus)
 
-    def owns(self, command_id: str) -> Optional[_Run]:
-        """Claim ``command_id`` when it is neither remembered nor running: the token, else ``None``."""
-        with self._lock:  # an expired entry makes this None: begin() expires it, then claims
-            if command_id in self._done or command_id in self._running:
-                return None
-            run = self._running[command_id] = _Run()
-            return run
+    def owns(self, command_id: str) -> Optional[_Token]:
+        """Claim ``command_id`` when it is neither remembered nor running: the token, else ``None``.
+
+        A remembered reply past its TTL makes this ``None`` too: :meth:`begin` forgets it.
+        """
+        token: _Token = [None]
+        return token if self._state.setdefault(command_id, token) is token else None
 
     def finish(self, bus: Connection, command_id: str, token: Any, reply: ReplyPair) -> None:
         """See :meth:`IdempotencyStore.finish`."""
-        size = _size(reply)
-        now = time.monotonic()
-        with self._lock:
-            if self._running.get(command_id) is token:
-                del self._running[command_id]
-            self._expire(now)
-            done = self._done
-            previous = done.pop(command_id, None)
-            if previous is not None:
-                self._bytes -= _kept_size(previous[1])
-            if self.max_bytes is None or size <= self.max_bytes:
-                done[command_id] = (now + self.ttl, reply[0] if reply[1] is None else reply)
-                self._bytes += size
-            while len(done) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes):
-                self._bytes -= _kept_size(done.popitem(last=False)[1][1])
-            waiting = token.event
-        if waiting is not None:
-            waiting.set()
+        self._remember(command_id, token, reply[0] if reply[1] is None else reply, _size(reply))
+
+    def _remember(self, command_id: str, token: _Token, kept: Union[bytes, ReplyPair], size: int) -> None:
+        big = size >= self._big and self.max_bytes is not None
+        if big and size > self.max_bytes:  # type: ignore[operator]  # too big to keep: forget the claim
+            self.abandon(None, command_id, token)  # type: ignore[arg-type]  # the memory store needs no bus
+            return
+        entry = self._state[command_id] = (time.monotonic() + self.ttl, kept, command_id)
+        fresh = self._fresh
+        fresh.append(entry)
+        event = token[0]
+        if event is not None:  # a repeat waits (wait_for made it before looking at _state again)
+            event.set()
+        if (big or len(fresh) >= self._batch) and self._lock.acquire(False):
+            try:
+                self._trim(time.monotonic())
+            finally:
+                self._lock.release()
+
+    def _trim(self, now: float) -> None:
+        """With the lock: count and order the fresh entries, then drop the expired and the oldest over the bounds."""
+        fresh, order, state = self._fresh, self._order, self._state
+        max_entries, max_bytes = self.max_entries, self.max_bytes
+        added = 0
+        while fresh:
+            entry = fresh.popleft()
+            order.append(entry)
+            kept = entry[1]
+            added += len(kept) if type(kept) is bytes else _size(kept)  # type: ignore[arg-type]
+        total = self._bytes + added
+        while order:
+            entry = order[0]
+            if entry[0] > now and len(order) <= max_entries and (max_bytes is None or total <= max_bytes):
+                break
+            order.popleft()
+            kept = entry[1]
+            total -= len(kept) if type(kept) is bytes else _size(kept)  # type: ignore[arg-type]
+            if state.get(entry[2]) is entry:  # not replaced since (only the lock's holder deletes an entry)
+                del state[entry[2]]
+        self._bytes = total
 
     def abandon(self, bus: Connection, command_id: str, token: Any) -> None:
         """See :meth:`IdempotencyStore.abandon`."""
-        with self._lock:
-            if self._running.get(command_id) is token:
-                del self._running[command_id]
-            waiting = token.event
-        if waiting is not None:
-            waiting.set()
+        state = self._state
+        if state.get(command_id) is token:  # only its owner removes a claim
+            del state[command_id]
+        event = token[0]
+        if event is not None:
+            event.set()
 
     def wait_for(self, bus: Connection, command_id: str, timeout: float) -> None:
         """See :meth:`IdempotencyStore.wait_for`."""
-        with self._lock:
-            run = self._running.get(command_id)
-            if run is None:
-                return  # finished (or abandoned) meanwhile: look again
-            if run.event is None:  # the first repeat to wait: most commands never get one
-                run.event = threading.Event()
-            event = run.event
+        token = self._state.get(command_id)
+        if type(token) is not list:
+            return  # finished (or abandoned) meanwhile: look again
+        with self._wait_lock:
+            event = token[0]
+            if event is None:  # the first repeat to wait: most commands never get one
+                event = token[0] = threading.Event()
+        if self._state.get(command_id) is not token:
+            return  # finished before the event was there to be set: look again
         event.wait(timeout)
 
 
 class _MemoryGuard(_Guard):
-    """The memory store's guard: a first request (nearly all) costs one lock and no objects but its token."""
+    """The memory store's guard: a first request (nearly all) claims with one dict operation."""
 
-    __slots__ = ("memory",)
+    __slots__ = ("memory", "state")
 
     def __init__(self, store: MemoryIdempotencyStore, bus: Connection) -> None:
         super().__init__(store, bus)
         self.memory = store
+        self.state = store._state
 
     def claim(self, route: HandlerRoute, command_id: str, deadline: Optional[float]) -> Tuple[Optional[ReplyPair], Any]:
         """See :meth:`_Guard.claim`."""
-        token = self.memory.owns(command_id)
-        if token is not None:
+        token: _Token = [None]  # MemoryIdempotencyStore.owns(), without a call
+        if self.state.setdefault(command_id, token) is token:
             return None, token
         return super().claim(route, command_id, deadline)  # a repeat: answer, or wait for the first
 
+    def settle(self, route: HandlerRoute, command_id: str, token: Any, reply: Optional[ReplyPair]) -> None:
+        """See :meth:`_Guard.settle` (a success reply, nearly all, is remembered straight away)."""
+        if type(reply) is tuple and reply[1] is None:
+            body = reply[0]
+            self.memory._remember(command_id, token, body, len(body))
+        else:
+            super().settle(route, command_id, token, reply)
 
-class _Run:
-    """A command running for the memory store: who waits for it gets an event, made on demand."""
 
-    __slots__ = ("event",)
+#: A running command's token: the event a repeat waits on, once one does.
+_Token = List[Optional[threading.Event]]
 
-    def __init__(self) -> None:
-        self.event: Optional[threading.Event] = None
+#: Replies remembered between two trims of a large store.
+_BATCH = 32
+
+
+#: A remembered reply: when it expires (``time.monotonic()``), the reply, its ``command_id``.
+_Entry = Tuple[float, Union[bytes, ReplyPair], str]
 
 
 def _as_reply(kept: Union[bytes, ReplyPair]) -> ReplyPair:

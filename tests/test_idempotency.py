@@ -139,6 +139,94 @@ def test_memory_store_repeat_waits_for_the_first_to_finish() -> None:
     assert [claim.reply for claim in seen] == [(b"the reply", None)]
 
 
+def _together(threads: int, work: Callable[[int], None]) -> None:
+    """Run ``work(0..threads-1)`` on that many threads, started at one barrier."""
+    barrier = threading.Barrier(threads)
+    errors: List[BaseException] = []
+
+    def run(index: int) -> None:
+        barrier.wait(10)
+        try:
+            work(index)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=(index,)) for index in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(30)
+    assert errors == []
+
+
+def test_memory_store_one_of_many_threads_claiming_one_id_owns_it() -> None:
+    store = MemoryIdempotencyStore()
+    route = Dispatcher("svc").register(lambda cmd: cmd.n, message_type=Tally)
+    guard = store.guard(None)  # type: ignore[arg-type]  # the memory store never uses the bus
+    for round_ in range(50):
+        command_id = f"cmd-{round_}"
+        seen: List[Any] = []
+        _together(8, lambda _: seen.append(guard.claim(route, command_id, time.monotonic())))  # noqa: B023
+        owners = [token for answer, token in seen if answer is None]
+        busy = [answer for answer, _ in seen if answer is not None]
+        assert len(owners) == 1 and len(busy) == 7  # the others waited out their deadline, answered busy
+        guard.settle(route, command_id, owners[0], (b"r", None))
+        assert store.begin(None, command_id).reply == (b"r", None)  # type: ignore[arg-type]
+
+
+def test_memory_store_keeps_every_reply_remembered_by_threads_at_once() -> None:
+    store = MemoryIdempotencyStore(max_entries=100_000)
+    route = Dispatcher("svc").register(lambda cmd: cmd.n, message_type=Tally)
+    guard = store.guard(None)  # type: ignore[arg-type]  # the memory store never uses the bus
+
+    def remember(thread: int) -> None:
+        for n in range(2000):
+            command_id = f"cmd-{thread}-{n}"
+            answer, token = guard.claim(route, command_id, None)
+            assert answer is None
+            guard.settle(route, command_id, token, (command_id.encode(), None))
+
+    _together(8, remember)
+    assert len(store) == 16_000
+    for thread in range(8):
+        for n in range(0, 2000, 7):
+            command_id = f"cmd-{thread}-{n}"
+            assert store.begin(None, command_id).reply == (command_id.encode(), None)  # type: ignore[arg-type]
+
+
+def test_memory_store_bounds_hold_once_threads_at_once_stop() -> None:
+    store = MemoryIdempotencyStore(max_entries=1000, max_bytes=50_000)
+    bus: Any = None
+
+    def remember(thread: int) -> None:
+        for n in range(1000):
+            claim = store.begin(bus, f"cmd-{thread}-{n}")
+            store.finish(bus, f"cmd-{thread}-{n}", claim.token, (b"x" * 40, None))
+
+    _together(8, remember)
+    assert len(store) == 1000  # 40,000 bytes: the count bounds it
+    remembered = sum(
+        store.begin(bus, f"cmd-{thread}-{n}").state is ClaimState.DONE for thread in range(8) for n in range(1000)
+    )
+    assert remembered == 1000
+    for n in range(10):  # larger replies: now the bytes bound it
+        claim = store.begin(bus, f"big-{n}")
+        store.finish(bus, f"big-{n}", claim.token, (b"y" * 10_000, None))
+    assert len(store) == 5
+
+
+def test_memory_store_big_store_trims_in_batches_and_len_trims_first() -> None:
+    store = MemoryIdempotencyStore(max_entries=10_000)
+    bus: Any = None
+    for n in range(10_100):
+        claim = store.begin(bus, f"cmd-{n}")
+        store.finish(bus, f"cmd-{n}", claim.token, (b"r", None))
+    assert len(store._state) <= 10_000 + 32  # trimmed every 32 replies
+    assert len(store) == 10_000
+    assert store.begin(bus, "cmd-99").state is ClaimState.OWNED
+    assert store.begin(bus, "cmd-100").state is ClaimState.DONE
+
+
 def test_wrap_forgets_a_not_started_reply_whatever_its_text_but_remembers_a_handlers_own_504() -> None:
     store = MemoryIdempotencyStore()
     route = Dispatcher("svc").register(lambda cmd: cmd.n, message_type=Tally)
