@@ -343,6 +343,9 @@ class MemoryIdempotencyStore(IdempotencyStore):
         self._order: Deque[_Entry] = collections.deque()
         self._bytes = 0
         self._lock = threading.Lock()
+        # Set before trying the lock; whoever held it looks again after letting go, so a
+        # trim asked for while the lock was taken is not skipped.
+        self._trim_wanted = False
         # Trim after this many replies (bounds are kept give or take the last batch),
         # and at once after a reply this big.
         self._batch = max(1, min(_BATCH, max_entries // 100))
@@ -353,7 +356,9 @@ class MemoryIdempotencyStore(IdempotencyStore):
     def __len__(self) -> int:
         with self._lock:
             self._trim(time.monotonic())
-            return len(self._order)
+            count = len(self._order)
+        self._trim_if_free()  # what was remembered meanwhile
+        return count
 
     def begin(self, bus: Connection, command_id: str) -> Claim:
         """See :meth:`IdempotencyStore.begin`."""
@@ -371,15 +376,17 @@ class MemoryIdempotencyStore(IdempotencyStore):
                 with self._lock:  # past its TTL: forget it (unless replaced meanwhile), then claim
                     if state.get(command_id) is value:
                         del state[command_id]
+                self._trim_if_free()  # what was remembered meanwhile
             # else: it went between the two looks: look again
 
     def guard(self, bus: Connection) -> ReplyMemory:
         """See :meth:`IdempotencyStore.guard` (a first request claims with no lock and no :class:`Claim`).
 
-        A subclass that overrides :meth:`begin` gets the general guard, so
-        its ``begin`` sees every request.
+        A subclass that overrides :meth:`begin`, :meth:`owns`, :meth:`finish`
+        or :meth:`abandon` gets the general guard, so that its methods see
+        every request.
         """
-        if type(self).begin is not MemoryIdempotencyStore.begin:
+        if any(getattr(type(self), name) is not getattr(MemoryIdempotencyStore, name) for name in _OVERRIDABLE):
             return _Guard(self, bus)
         return _MemoryGuard(self, bus)
 
@@ -406,11 +413,19 @@ class MemoryIdempotencyStore(IdempotencyStore):
         event = token[0]
         if event is not None:  # a repeat waits (wait_for made it before looking at _state again)
             event.set()
-        if (big or len(fresh) >= self._batch) and self._lock.acquire(False):
+        if big or len(fresh) >= self._batch:
+            self._trim_wanted = True
+            self._trim_if_free()
+
+    def _trim_if_free(self) -> None:
+        """Trim while a trim is wanted and the lock is free (whoever held the lock calls this after letting go)."""
+        lock = self._lock
+        while self._trim_wanted and lock.acquire(False):
             try:
+                self._trim_wanted = False
                 self._trim(time.monotonic())
             finally:
-                self._lock.release()
+                lock.release()
 
     def _trim(self, now: float) -> None:
         """With the lock: count and order the fresh entries, then drop the expired and the oldest over the bounds."""
@@ -421,7 +436,7 @@ class MemoryIdempotencyStore(IdempotencyStore):
             entry = fresh.popleft()
             order.append(entry)
             kept = entry[1]
-            added += len(kept) if type(kept) is bytes else _size(kept)  # type: ignore[arg-type]
+            added += _kept_size(kept)
         total = self._bytes + added
         while order:
             entry = order[0]
@@ -429,7 +444,7 @@ class MemoryIdempotencyStore(IdempotencyStore):
                 break
             order.popleft()
             kept = entry[1]
-            total -= len(kept) if type(kept) is bytes else _size(kept)  # type: ignore[arg-type]
+            total -= _kept_size(kept)
             if state.get(entry[2]) is entry:  # not replaced since (only the lock's holder deletes an entry)
                 del state[entry[2]]
         self._bytes = total
@@ -489,6 +504,9 @@ _Token = List[Optional[threading.Event]]
 #: Replies remembered between two trims of a large store.
 _BATCH = 32
 
+#: The methods that, overridden, make :meth:`MemoryIdempotencyStore.guard` the general one.
+_OVERRIDABLE = ("begin", "owns", "finish", "abandon")
+
 
 #: A remembered reply: when it expires (``time.monotonic()``), the reply, its ``command_id``.
 _Entry = Tuple[float, Union[bytes, ReplyPair], str]
@@ -499,7 +517,7 @@ def _as_reply(kept: Union[bytes, ReplyPair]) -> ReplyPair:
 
 
 def _kept_size(kept: Union[bytes, ReplyPair]) -> int:
-    return len(kept) if isinstance(kept, bytes) else _size(kept)
+    return len(kept) if type(kept) is bytes else _size(kept)  # type: ignore[arg-type]
 
 
 def _size(reply: ReplyPair) -> int:

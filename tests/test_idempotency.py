@@ -227,6 +227,75 @@ def test_memory_store_big_store_trims_in_batches_and_len_trims_first() -> None:
     assert store.begin(bus, "cmd-100").state is ClaimState.DONE
 
 
+@pytest.mark.parametrize("method", ["owns", "finish", "abandon"])
+def test_a_memory_store_subclass_that_overrides_a_method_has_it_called(method: str) -> None:
+    seen: List[str] = []
+
+    def record(self: Any, *args: Any) -> Any:
+        seen.append(method)
+        return getattr(MemoryIdempotencyStore, method)(self, *args)
+
+    audited = type("Audited", (MemoryIdempotencyStore,), {method: record})()
+    dispatcher = Dispatcher("svc")
+    route = dispatcher.register(lambda cmd: cmd.n, message_type=Tally)
+    refused = dispatcher.register(_refuse, message_type=Refuse)
+    memory = audited.guard(None)
+    dispatcher.dispatch(route, command_body("Tally", "cmd-1", {"n": 1}), memory=memory)
+    if method == "abandon":  # a busy reply: nothing done, the claim is released
+        dispatcher.dispatch(refused, command_body("Refuse", "cmd-2", {"n": 1}), memory=memory)
+    assert seen == [method]
+
+
+def _refuse(cmd: Refuse) -> None:
+    raise BusyError("not now")
+
+
+def _hold_the_trim_lock(store: MemoryIdempotencyStore) -> Callable[[], None]:
+    """Another thread holds the store's trim lock (a len() mid-trim) until the returned call."""
+    real_trim = store._trim
+    trimmed, gate = threading.Event(), threading.Event()
+
+    def trim_then_hold(now: float) -> None:
+        real_trim(now)
+        trimmed.set()
+        gate.wait(10)
+
+    store._trim = trim_then_hold  # type: ignore[method-assign]
+    other = threading.Thread(target=len, args=(store,))
+    other.start()
+    assert trimmed.wait(10)
+
+    def release() -> None:
+        gate.set()
+        other.join(10)
+        del store._trim  # the real method again
+
+    return release
+
+
+def test_memory_store_big_replies_remembered_while_the_trim_lock_is_held_are_trimmed_for_after() -> None:
+    store = MemoryIdempotencyStore(max_entries=1000, max_bytes=1000)
+    bus: Any = None
+    release = _hold_the_trim_lock(store)
+    for n in range(4):
+        claim = store.begin(bus, f"big-{n}")
+        store.finish(bus, f"big-{n}", claim.token, (b"x" * 600, None))
+    release()
+    # Idle from here on (no len(), no more replies): the bytes bound holds all the same.
+    assert [type(store._state.get(f"big-{n}")) for n in range(4)] == [type(None)] * 3 + [tuple]
+
+
+def test_memory_store_a_batch_full_while_the_trim_lock_is_held_is_trimmed_after() -> None:
+    store = MemoryIdempotencyStore(max_entries=100)  # trimmed every reply
+    bus: Any = None
+    release = _hold_the_trim_lock(store)
+    for n in range(150):
+        claim = store.begin(bus, f"cmd-{n}")
+        store.finish(bus, f"cmd-{n}", claim.token, (b"r", None))
+    release()
+    assert len(store._state) == 100
+
+
 def test_wrap_forgets_a_not_started_reply_whatever_its_text_but_remembers_a_handlers_own_504() -> None:
     store = MemoryIdempotencyStore()
     route = Dispatcher("svc").register(lambda cmd: cmd.n, message_type=Tally)
