@@ -14,7 +14,17 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from natsbus.bench import runner
-from natsbus.bench.plan import BASELINE, CROSS, HANDLER_WORK_US, NATSBUS_X2, NO_STORE, RAW_X2, Options, plan
+from natsbus.bench.plan import (
+    BASELINE,
+    CROSS,
+    HANDLER_WORK_US,
+    NATSBUS_X2,
+    NO_STORE,
+    RAW_X2,
+    STORE_ROUNDS,
+    Options,
+    plan,
+)
 from natsbus.bench.report import targets, versus_baseline
 from natsbus.cli import main
 
@@ -63,6 +73,11 @@ def test_default_plan_measures_8_32_64_and_256_callers_with_the_diagnostics_at_6
     ]
     by_key = {cell.key: cell for cell in growth}
     assert by_key["store/64/0"].impls == by_key["store-batch/64/0"].impls == ("natsbus", NO_STORE)
+    # A difference of a few percent needs more alternating rounds than the others' two.
+    assert by_key["store/64/0"].rounds == by_key["store-batch/64/0"].rounds == STORE_ROUNDS == 6
+    assert by_key["types/64/0"].rounds is None
+    quick = {cell.key: cell for cell in plan(Options(quick=True), execute_many=True)[1]}
+    assert quick["store/64/0"].rounds is None
     processes = by_key["processes/64/0"]
     assert processes.impls == ("raw", RAW_X2, "natsbus", NATSBUS_X2)
     assert processes.work_us == HANDLER_WORK_US > 0  # a handler with work a second core can share

@@ -18,6 +18,8 @@ CROSS = (RAW_TO_NATSBUS, NATSBUS_TO_RAW)
 #: natsbus against itself with the pool's default reply store turned off
 #: (``WorkerPool(idempotency=None)``): what remembering command replies costs.
 NO_STORE = "natsbus, no reply store"
+#: Alternating rounds of the reply-store rows, each as long as a round of the others.
+STORE_ROUNDS = 6
 #: Each with two responder processes (the same client load): the processes figure.
 RAW_X2 = "raw, 2 responder processes"
 NATSBUS_X2 = "natsbus, 2 worker processes"
@@ -83,8 +85,9 @@ class Cell:
     concurrency: int
     impls: Tuple[str, ...] = (RAW, NATSBUS)
     max_requests: Optional[int] = None
-    duration: Optional[float] = None
+    duration: Optional[float] = None  # per round
     work_us: int = 0  # CPU each handler spends per request (both sides)
+    rounds: Optional[int] = None  # alternating rounds, when not --rounds
 
 
 def size_label(size: int) -> str:
@@ -118,11 +121,22 @@ def plan(options: Options, execute_many: bool) -> Tuple[List[Cell], List[Cell]]:
         if execute_many:
             key = f"batch/{BATCH_IN_FLIGHT}/{size}"
             main.append(Cell(key, "batch", size, BATCH_IN_FLIGHT, impls=(RAW, *ours)))
+    # The store's difference is a few percent, as large as a round's noise here: more rounds.
+    store_rounds = None if options.quick else max(options.rounds, STORE_ROUNDS)
     growth = [
         Cell(f"types/{ref}/0", "throughput", 0, ref, impls=(NATSBUS, NATSBUS_TYPES)),
-        Cell(f"store/{ref}/0", "throughput", 0, ref, impls=(NATSBUS, NO_STORE)),
+        Cell(f"store/{ref}/0", "throughput", 0, ref, impls=(NATSBUS, NO_STORE), rounds=store_rounds),
         *(
-            [Cell(f"store-batch/{BATCH_IN_FLIGHT}/0", "batch", 0, BATCH_IN_FLIGHT, impls=(NATSBUS, NO_STORE))]
+            [
+                Cell(
+                    f"store-batch/{BATCH_IN_FLIGHT}/0",
+                    "batch",
+                    0,
+                    BATCH_IN_FLIGHT,
+                    impls=(NATSBUS, NO_STORE),
+                    rounds=store_rounds,
+                )
+            ]
             if execute_many
             else []
         ),

@@ -332,7 +332,7 @@ class _Runner:
         # Generous: a run is bounded by its window plus one request timeout
         # (a batch by one more batch), and 200 extra types are warmed first.
         limit = opts.warmup + duration + 4 * REQUEST_TIMEOUT + 30.0
-        for round_no in range(opts.rounds):
+        for round_no in range(cell.rounds or opts.rounds):
             order = cell.impls if round_no % 2 == 0 else cell.impls[::-1]
             for impl in order:
                 client, responders, serve = self._roles(impl)
