@@ -382,8 +382,8 @@ class MemoryIdempotencyStore(IdempotencyStore):
     def guard(self, bus: Connection) -> ReplyMemory:
         """See :meth:`IdempotencyStore.guard` (a first request claims with no lock and no :class:`Claim`).
 
-        A subclass that overrides :meth:`begin`, :meth:`owns`, :meth:`finish`
-        or :meth:`abandon` gets the general guard, so that its methods see
+        A subclass that overrides :meth:`begin`, :meth:`finish` or
+        :meth:`abandon` gets the general guard, so that its methods see
         every request.
         """
         if any(getattr(type(self), name) is not getattr(MemoryIdempotencyStore, name) for name in _OVERRIDABLE):
@@ -475,17 +475,16 @@ class MemoryIdempotencyStore(IdempotencyStore):
 class _MemoryGuard(_Guard):
     """The memory store's guard: a first request (nearly all) claims with one dict operation."""
 
-    __slots__ = ("memory", "state")
+    __slots__ = ("memory",)
 
     def __init__(self, store: MemoryIdempotencyStore, bus: Connection) -> None:
         super().__init__(store, bus)
         self.memory = store
-        self.state = store._state
 
     def claim(self, route: HandlerRoute, command_id: str, deadline: Optional[float]) -> Tuple[Optional[ReplyPair], Any]:
         """See :meth:`_Guard.claim`."""
-        token: _Token = [None]  # MemoryIdempotencyStore.owns(), without a call
-        if self.state.setdefault(command_id, token) is token:
+        token = self.memory.owns(command_id)
+        if token is not None:
             return None, token
         return super().claim(route, command_id, deadline)  # a repeat: answer, or wait for the first
 
@@ -505,7 +504,7 @@ _Token = List[Optional[threading.Event]]
 _BATCH = 32
 
 #: The methods that, overridden, make :meth:`MemoryIdempotencyStore.guard` the general one.
-_OVERRIDABLE = ("begin", "owns", "finish", "abandon")
+_OVERRIDABLE = ("begin", "finish", "abandon")
 
 
 #: A remembered reply: when it expires (``time.monotonic()``), the reply, its ``command_id``.
