@@ -331,10 +331,11 @@ class MemoryIdempotencyStore(IdempotencyStore):
         # a repeat waits on, made on demand), or the entry remembering its reply:
         # (expires, reply, command_id), a success reply (no headers) kept as its body
         # alone. A first request claims with one atomic setdefault; its reply replaces
-        # its token in one assignment. No worker thread waits for another here (threads
+        # its token in one assignment. Neither waits for another worker thread (threads
         # that queue on a lock while they contend for the GIL queue up behind each
         # other at every switch): the bookkeeping is done in batches, by whichever
-        # thread finds the lock free.
+        # thread finds the lock free. Only forgetting an expired reply in begin() (a
+        # repeat after the TTL) waits for the lock: a dict cannot compare-and-delete.
         self._state: Dict[str, Union[_Token, _Entry]] = {}
         # Entries remembered since the last trim, for the trimmer to count and order.
         self._fresh: Deque[_Entry] = collections.deque()
