@@ -88,6 +88,24 @@ def _load(
         calls.append(n)
 
 
+@contextlib.contextmanager
+def _under_load(url: str) -> Iterator[Tuple[List[int], List[Tuple[int, float, BaseException]]]]:
+    """Four caller threads (:func:`_load`) until the block ends: the calls made, the failures seen."""
+    stop = threading.Event()
+    failures: List[Tuple[int, float, BaseException]] = []
+    calls: List[int] = []
+    with Bus(url) as client:
+        callers = [threading.Thread(target=_load, args=(client, i, stop, failures, calls)) for i in range(4)]
+        for caller in callers:
+            caller.start()
+        try:
+            yield calls, failures
+        finally:
+            stop.set()
+            for caller in callers:
+                caller.join(10)
+
+
 # -- options ------------------------------------------------------------------------
 
 
@@ -191,25 +209,14 @@ def test_a_killed_child_is_restarted_and_only_its_requests_fail(
 ) -> None:
     supervisor = _start(supervisors, nats_server.url)
     [(slot, victim), _] = supervisor.serving()
-    stop = threading.Event()
-    failures: List[Tuple[int, float, BaseException]] = []
-    calls: List[int] = []
-    with Bus(nats_server.url) as client:
-        callers = [threading.Thread(target=_load, args=(client, i, stop, failures, calls)) for i in range(4)]
-        for caller in callers:
-            caller.start()
-        try:
-            wait_until(lambda: len(calls) > 100, what="calls before the kill")
-            os.kill(victim, signal.SIGKILL)
-            supervisor.wait_for(f"worker {slot} (pid {victim}) was killed by SIGKILL; restarting it in 0.5s")
-            noticed_at = time.monotonic()
-            wait_until(lambda: len(supervisor.serving()) == 3, what="the restarted child serving")
-            served = len(calls)
-            wait_until(lambda: len(calls) > served + 100, what="calls after the restart")
-        finally:
-            stop.set()
-            for caller in callers:
-                caller.join(10)
+    with _under_load(nats_server.url) as (calls, failures):
+        wait_until(lambda: len(calls) > 100, what="calls before the kill")
+        os.kill(victim, signal.SIGKILL)
+        supervisor.wait_for(f"worker {slot} (pid {victim}) was killed by SIGKILL; restarting it in 0.5s")
+        noticed_at = time.monotonic()
+        wait_until(lambda: len(supervisor.serving()) == 3, what="the restarted child serving")
+        served = len(calls)
+        wait_until(lambda: len(calls) > served + 100, what="calls after the restart")
     # Only requests that child held fail: each sent before the supervisor saw it die (the server
     # routes to it until its connection closes), a timeout, at most one per caller.
     assert all(started < noticed_at and isinstance(exc, RequestTimeoutError) for _, started, exc in failures)
@@ -275,23 +282,12 @@ def test_sighup_replaces_every_child_with_no_failed_call_under_load(
 ) -> None:
     supervisor = _start(supervisors, nats_server.url)
     before = supervisor.pids()
-    stop = threading.Event()
-    failures: List[Tuple[int, float, BaseException]] = []
-    calls: List[int] = []
-    with Bus(nats_server.url) as client:
-        callers = [threading.Thread(target=_load, args=(client, i, stop, failures, calls)) for i in range(4)]
-        for caller in callers:
-            caller.start()
-        try:
-            wait_until(lambda: len(calls) > 100, what="calls before the reload")
-            supervisor.signal(signal.SIGHUP)
-            supervisor.wait_for("reload done: 2 workers serving")
-            done = len(calls)
-            wait_until(lambda: len(calls) > done + 50, what="calls after the reload")
-        finally:
-            stop.set()
-            for caller in callers:
-                caller.join(10)
+    with _under_load(nats_server.url) as (calls, failures):
+        wait_until(lambda: len(calls) > 100, what="calls before the reload")
+        supervisor.signal(signal.SIGHUP)
+        supervisor.wait_for("reload done: 2 workers serving")
+        done = len(calls)
+        wait_until(lambda: len(calls) > done + 50, what="calls after the reload")
     assert failures == []
     after = supervisor.pids()
     assert len(after) == 2 and not after & before
